@@ -1,0 +1,40 @@
+"""Exceptions of `lambda_export`, each carrying the exit code the command line uses for it.
+
+Exit codes (documented in ``lambda-export --help`` and the README):
+0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; 3 conversion failed;
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARITY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONVERSION = 3
+EXIT_INTERRUPTED = 130
+
+
+class LambdaExportError(Exception):
+    """Base class: a problem the user can fix, reported as one line with ``exit_code``."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(LambdaExportError):
+    """Bad usage or an unreadable / invalid input file (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnsafeModelError(InputError):
+    """The model would execute code on load (a ``Lambda`` layer) and ``trust_code`` was not given (exit code 2)."""
+
+
+class ConversionError(LambdaExportError):
+    """TensorFlow → ONNX conversion or a graph rewrite failed, or produced an invalid graph (exit code 3)."""
+
+    exit_code = EXIT_CONVERSION
+
+
+class ProviderUnavailableError(InputError):
+    """An ONNX Runtime execution provider was asked for but is not available (exit code 2)."""
