@@ -166,9 +166,16 @@ class _LambdaLayer(layers.Layer):
         self.position_conv = None
         if self.mode == "local":
             kernel = (self.receptive_kernel, self.receptive_kernel) if self._rank == 2 else (self.receptive_kernel, 1)
-            # Conv2D over (H, W) (1D: (T, 1)) from u to k channels; the value axis v is folded into the batch.
+            # Conv2D over (H, W) (1D: (T, 1)) from u to k channels; the value axis v is folded into the batch. It runs
+            # channels last (TensorFlow's CPU Conv2D has no NCHW kernel without oneDNN) between two transposes that
+            # tf2onnx cancels against its own: the exported graph keeps one NCHW Conv (see _local_position_lambda).
             self.position_conv = layers.Conv2D(
-                k, kernel, padding="same", use_bias=self.position_bias, data_format="channels_first", name="position_conv"
+                k,
+                kernel,
+                padding="same",
+                use_bias=self.position_bias,
+                data_format="channels_last",
+                name="position_conv",
             )
         self.position_embedding = None
         self._spatial: tuple[int | None, ...] | None = None
@@ -189,6 +196,16 @@ class _LambdaLayer(layers.Layer):
 
     def _make_projection(self, units: int, name: str) -> layers.Layer:
         raise NotImplementedError
+
+    def _projection_args(self) -> dict[str, Any]:
+        """Keyword arguments for one projection, with its own copy of the kernel initializer.
+
+        A Keras 3 initializer instance without a seed draws its seed once, so sharing one instance between the three
+        projections would give the query, key and value kernels identical initial values.
+        """
+        args = dict(self.projection_kwargs)
+        args["kernel_initializer"] = keras.initializers.get(keras.initializers.serialize(args["kernel_initializer"]))
+        return args
 
     def _split_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, tuple[int | None, ...]]:
         """Return (channels, spatial dims) of an input shape in this layer's data format."""
@@ -254,7 +271,7 @@ class _LambdaLayer(layers.Layer):
             )
             self._relative_index = relative_position_index(spatial)
         elif self.mode == "local":
-            self.position_conv.build((None, u, None, None))
+            self.position_conv.build((None, None, None, u))
         super().build(input_shape)
 
     # -- forward -------------------------------------------------------------------------------------------------
@@ -300,7 +317,10 @@ class _LambdaLayer(layers.Layer):
             vol = ops.reshape(values, (-1, n, u, vd))  # b, n, u, v
             vol = ops.transpose(vol, (0, 3, 2, 1))  # b, v, u, n
         vol = ops.reshape(vol, (-1, u, *grid))  # (b v), u, H, W
-        lam = self.position_conv(vol)  # (b v), k, H, W
+        # NCHW -> NHWC -> conv -> NCHW: ONNX Conv is NCHW, so tf2onnx wraps the NHWC conv in the inverse transposes and
+        # its optimizer removes both pairs; the ONNX graph has one Conv and no extra Transpose.
+        vol = ops.transpose(vol, (0, 2, 3, 1))  # (b v), H, W, u
+        lam = ops.transpose(self.position_conv(vol), (0, 3, 1, 2))  # (b v), k, H, W
         lam = ops.reshape(lam, (-1, vd, k, n))  # b, v, k, n
         return ops.transpose(lam, (0, 3, 2, 1))  # b, n, k, v
 
@@ -411,7 +431,7 @@ class LambdaNetwork2DConv(_LambdaLayer):
     _rank = 2
 
     def _make_projection(self, units: int, name: str) -> layers.Layer:
-        return layers.Conv2D(units, 1, use_bias=False, name=name, **self.projection_kwargs)
+        return layers.Conv2D(units, 1, use_bias=False, name=name, **self._projection_args())
 
 
 @keras.saving.register_keras_serializable(package="lambda_layers")
@@ -426,7 +446,7 @@ class LambdaNetwork1DConv(_LambdaLayer):
     _rank = 1
 
     def _make_projection(self, units: int, name: str) -> layers.Layer:
-        return layers.Conv1D(units, 1, use_bias=False, name=name, **self.projection_kwargs)
+        return layers.Conv1D(units, 1, use_bias=False, name=name, **self._projection_args())
 
 
 @keras.saving.register_keras_serializable(package="lambda_layers")
@@ -440,4 +460,4 @@ class LambdaNetwork1Dense(_LambdaLayer):
     _rank = 1
 
     def _make_projection(self, units: int, name: str) -> layers.Layer:
-        return layers.Dense(units, use_bias=False, name=name, **self.projection_kwargs)
+        return layers.Dense(units, use_bias=False, name=name, **self._projection_args())
