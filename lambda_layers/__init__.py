@@ -7,11 +7,13 @@ from lambda_layers.layers import (
     LambdaNetwork2DConv,
     relative_position_index,
 )
+from lambda_layers.torch_port import load_torch_weights
 
 __all__ = [
     "LambdaNetwork1DConv",
     "LambdaNetwork1Dense",
     "LambdaNetwork2DConv",
+    "load_torch_weights",
     "models",
     "relative_position_index",
 ]
