@@ -117,7 +117,9 @@ class _LambdaLayer(layers.Layer):
                 "value channels."
             )
         if receptive_kernel is not None and receptive_kernel % 2 == 0:
-            raise ValueError(f"`receptive_kernel` must be odd so the lambda convolution is centred, got {receptive_kernel}.")
+            raise ValueError(
+                f"`receptive_kernel` must be odd so the lambda convolution is centred, got {receptive_kernel}."
+            )
         if data_format not in _DATA_FORMATS:
             raise ValueError(f"`data_format` must be one of {_DATA_FORMATS}, got {data_format!r}.")
         if relative and receptive_kernel is not None:
@@ -132,7 +134,7 @@ class _LambdaLayer(layers.Layer):
                 "No position lambda selected: pass `size` (global absolute embedding), `relative=True` (global relative "
                 "embedding), `receptive_kernel` (local lambda convolution), or `content_only=True` explicitly."
             )
-        if not 0.0 < float(norm_epsilon):
+        if not float(norm_epsilon) > 0.0:
             raise ValueError(f"`norm_epsilon` must be positive, got {norm_epsilon!r}.")
 
         self.kernel_out = int(kernel_out)
@@ -259,7 +261,8 @@ class _LambdaLayer(layers.Layer):
         if self.key_norm is not None:
             self.key_norm.build((None, None, u * k))
         self.value_norm.build((None, None, u * v))
-        embedding_init = keras.initializers.RandomNormal(stddev=1.0)
+        # std 1/sqrt(m*u): the position lambda sums over the m*u context entries, so this keeps it O(|v|)
+        embedding_init = keras.initializers.RandomNormal(stddev=1.0 / math.sqrt((n or 1) * u))
         if self.mode == "absolute":
             self.position_embedding = self.add_weight(
                 name="position_embedding", shape=(n, n, k, u), initializer=embedding_init
@@ -300,12 +303,17 @@ class _LambdaLayer(layers.Layer):
         return ops.take(table, self._relative_index, axis=0)  # n, m, k, u
 
     def _global_position_lambda(self, v_ctx: Any, n: Any) -> Any:
-        """lambda_p[b, n, k, v] = sum_{m,u} E[n, m, k, u] V[b, m, u, v]; v_ctx is V as (b, m*u, v)."""
-        k, u, vd = self.key_depth, self.intra_depth, self.value_depth
+        """lambda_p[b, n, k, v] = sum_{m,u} E[n, m, k, u] V[b, m, u, v]; v_ctx is V as (b, m*u, v).
+
+        Computed as V^T E^T so that the constant embedding is the second MatMul operand (one large GEMM, and the form
+        old runtimes accept).
+        """
+        k, vd = self.key_depth, self.value_depth
         emb = ops.cast(self.position_embeddings(), self.compute_dtype)  # n, m, k, u
-        emb = ops.reshape(ops.transpose(emb, (0, 2, 1, 3)), (n * k, -1))  # (n k), (m u)
-        lam = ops.matmul(emb, v_ctx)  # b, (n k), v
-        return ops.reshape(lam, (-1, n, k, vd))  # b, n, k, v
+        emb = ops.reshape(ops.transpose(emb, (1, 3, 0, 2)), (1, -1, n * k))  # 1, (m u), (n k)
+        lam = ops.matmul(ops.transpose(v_ctx, (0, 2, 1)), emb)  # b, v, (n k)
+        lam = ops.reshape(lam, (-1, vd, n, k))  # b, v, n, k
+        return ops.transpose(lam, (0, 2, 3, 1))  # b, n, k, v
 
     def _local_position_lambda(self, values: Any, n: Any, spatial: tuple[Any, ...]) -> Any:
         """lambda_p = Conv_r(V) with u input and k output channels, per value channel; values is (b, n, u*v)."""

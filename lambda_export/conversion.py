@@ -1,0 +1,413 @@
+"""Keras model → ONNX through tf2onnx, with the graph rewrites and checks (steps "convert", "rewrite", "check").
+
+Entry point: :func:`convert`. The output is deterministic (same model → byte-identical file), carries provenance in
+``metadata_props``, and is written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import os
+import re
+import tempfile
+import warnings as pywarnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lambda_export.errors import ConversionError, InputError
+from lambda_export.loading import LoadedModel, TensorInfo, load_model
+from lambda_export.rewrites.cleanup import run_cleanup
+from lambda_export.targets import TARGETS, check_target
+
+__all__ = ["ConvertResult", "convert", "save_model_atomic"]
+
+MIN_OPSET, MAX_OPSET = 13, 18
+PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # leave headroom below protobuf's 2 GiB message limit
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` produced.
+
+    Attributes:
+        model: the ONNX ``ModelProto``.
+        inputs / outputs: name, shape (None = dynamic) and dtype of each graph input / output, in order.
+        op_histogram: op type → node count.
+        warnings: everything the user should know (unrewritten Einsum, target issues, ...).
+        passes: the rewrite passes that changed the graph.
+        target_issues: nodes the chosen target would refuse (empty when the graph fits the target).
+        path: where the model was written, if an output path was given.
+        loaded: the loaded Keras model (reused by the parity check).
+    """
+
+    model: onnx.ModelProto
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    op_histogram: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+    passes: list[str] = field(default_factory=list)
+    target_issues: list[str] = field(default_factory=list)
+    path: str | None = None
+    loaded: LoadedModel | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [info.name for info in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [info.name for info in self.outputs]
+
+    @property
+    def node_count(self) -> int:
+        return len(self.model.graph.node)
+
+
+def _resolve_shapes(
+    loaded: LoadedModel, batch_size: int | None, input_shapes: dict[str, tuple[int | None, ...]] | None
+) -> list[TensorInfo]:
+    """Apply ``batch_size`` and ``input_shapes`` overrides; every non-batch dim must end up static."""
+    overrides = dict(input_shapes or {})
+    names = {info.name for info in loaded.inputs}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise InputError(
+            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(sorted(names))}"
+        )
+    resolved = []
+    for info in loaded.inputs:
+        shape = list(info.shape)
+        if info.name in overrides:
+            new = tuple(overrides[info.name])
+            if len(new) != len(shape):
+                raise InputError(
+                    f"--input-shape {info.name}: {len(new)} dims given, the input has {len(shape)} {tuple(info.shape)}"
+                )
+            for axis, (old, dim) in enumerate(zip(shape, new, strict=True)):
+                if old is not None and dim is not None and old != dim:
+                    raise InputError(
+                        f"--input-shape {info.name}: dim {axis} is fixed to {old} by the model, cannot set {dim}"
+                    )
+            shape = list(new)
+        if batch_size is not None and shape:
+            if shape[0] is not None and shape[0] != batch_size:
+                raise InputError(f"input {info.name}: the model fixes the batch size to {shape[0]}, not {batch_size}")
+            shape[0] = batch_size
+        missing = [axis for axis, dim in enumerate(shape) if dim is None and axis != 0]
+        if missing:
+            raise InputError(
+                f"input {info.name} has unknown dims {tuple(shape)}: give them with "
+                f"--input-shape {info.name}={','.join('?' if d is None else str(d) for d in shape)} "
+                "(replace each ? after the batch by a size)"
+            )
+        resolved.append(TensorInfo(info.name, tuple(shape), info.dtype))
+    return resolved
+
+
+def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.ModelProto:
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    model = loaded.model
+    signature = [tf.TensorSpec(info.shape, tf.as_dtype(info.dtype), name=info.name) for info in inputs]
+    dict_inputs = isinstance(model.input, dict) if hasattr(model, "input") else False
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(*args: Any) -> list[Any]:
+        if dict_inputs:
+            feed = {info.name: arg for info, arg in zip(inputs, args, strict=True)}
+        else:
+            feed = args[0] if len(args) == 1 else list(args)
+        result = keras.tree.flatten(model(feed, training=False))
+        return [tf.identity(t) for t in result]
+
+    function = tf.function(forward, input_signature=signature)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), pywarnings.catch_warnings():
+            pywarnings.simplefilter("ignore")
+            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {text[0] if text else ''}") from exc
+    return proto
+
+
+def _check_converted(model: onnx.ModelProto) -> None:
+    """Fail loudly on what tf2onnx returns as if fine: unconverted TF ops, invalid graphs, graphs ORT refuses."""
+    from onnx import defs
+
+    bad = []
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type):
+            bad.append(f"{node.op_type} ({node.name})")
+    if bad:
+        raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ConversionError(f"the exported graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ConversionError(f"ONNX Runtime refuses the exported graph: {str(exc).strip()[:300]}") from exc
+
+
+def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
+    """Give graph inputs/outputs the Keras names (tf2onnx appends ':0' and names outputs 'Identity:0')."""
+    graph = model.graph
+    mapping = {}
+    for value, info in zip(graph.input, inputs, strict=True):
+        mapping[value.name] = info.name
+    for value, info in zip(graph.output, outputs, strict=True):
+        mapping[value.name] = info.name
+    for value in [*graph.input, *graph.output]:
+        value.name = mapping.get(value.name, value.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = mapping.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = mapping.get(name, name)
+
+
+_COUNTER = re.compile(r"(__\d+)+")
+
+
+def _canonical_names(model: onnx.ModelProto) -> None:
+    """Deterministic, readable names: drop tf2onnx's process-global counters, then de-duplicate in graph order."""
+    graph = model.graph
+    keep = {v.name for v in [*graph.input, *graph.output]}
+    used: set[str] = set(keep)
+    mapping: dict[str, str] = {}
+
+    def fresh(name: str) -> str:
+        base = _COUNTER.sub("", name).replace(":0", "") or "t"
+        candidate, i = base, 0
+        while candidate in used:
+            i += 1
+            candidate = f"{base}_{i}"
+        used.add(candidate)
+        return candidate
+
+    for init in graph.initializer:
+        mapping[init.name] = fresh(init.name)
+    for node in graph.node:
+        for name in node.output:
+            if name not in keep and name not in mapping:
+                mapping[name] = fresh(name)
+    for init in graph.initializer:
+        init.name = mapping[init.name]
+    node_names: set[str] = set()
+    for i, node in enumerate(graph.node):
+        for j, name in enumerate(node.input):
+            node.input[j] = mapping.get(name, name)
+        for j, name in enumerate(node.output):
+            node.output[j] = mapping.get(name, name)
+        base = _COUNTER.sub("", node.name) or f"{node.op_type}_{i}"
+        candidate, k = base, 0
+        while candidate in node_names:
+            k += 1
+            candidate = f"{base}_{k}"
+        node_names.add(candidate)
+        node.name = candidate
+    for value in graph.value_info:
+        value.name = mapping.get(value.name, value.name)
+    # initializers in a stable order (name), nodes keep their topological order
+    inits = sorted(graph.initializer, key=lambda t: t.name)
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    from lambda_export import __version__
+
+    return {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "tf2onnx_version": tf2onnx.__version__,
+        "onnx_version": onnx.__version__,
+        "lambda_export_version": __version__,
+    }
+
+
+def save_model_atomic(
+    model: onnx.ModelProto, path: str | os.PathLike[str], *, overwrite: bool = False, external_data: bool | None = None
+) -> str:
+    """Write ``model`` to ``path`` via a temporary file in the same folder and a rename.
+
+    Models too large for one protobuf (> 2 GiB) are saved with ONNX external data next to the file
+    (``<name>.data``), also written to a temporary name first. Returns the final path.
+
+    Raises:
+        InputError: the file exists and ``overwrite`` is False, or the folder is not writable / the disk is full.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists; pass --force (Python API: overwrite=True) to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: output folder does not exist")
+    if external_data is None:
+        external_data = model.ByteSize() > PROTOBUF_LIMIT
+    tmp_model = tmp_data = None
+    try:
+        fd, tmp_model = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        data_name = path.name + ".data"
+        if external_data:
+            tmp_data = str(folder / f".{data_name}.tmp")
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.external_data_helper.convert_model_to_external_data(
+                copy, all_tensors_to_one_file=True, location=os.path.basename(tmp_data), size_threshold=1024
+            )
+            onnx.save_model(copy, tmp_model)  # writes the tensors to tmp_data
+            # point the model at the final data file name, then rewrite the (small) model file
+            for tensor in onnx.external_data_helper._get_all_tensors(copy):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            with open(tmp_model, "wb") as handle:
+                handle.write(copy.SerializeToString())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_data, folder / data_name)
+            tmp_data = None
+        else:
+            with open(tmp_model, "wb") as handle:
+                handle.write(model.SerializeToString())
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp_model, path)
+        tmp_model = None
+    except PermissionError as exc:
+        raise InputError(f"{folder}: cannot write the output here (permission denied)") from exc
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (tmp_model, tmp_data):
+            if leftover and os.path.exists(leftover):
+                os.unlink(leftover)
+    return str(path)
+
+
+def convert(
+    source: Any,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    opset: int = 17,
+    batch_size: int | None = None,
+    input_shapes: dict[str, tuple[int | None, ...]] | None = None,
+    target: str = "portable",
+    trust_code: bool = False,
+    imports: list[str] | tuple[str, ...] = (),
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+) -> ConvertResult:
+    """Convert a Keras model to ONNX, rewrite it for ``target``, check it, and optionally save it.
+
+    Args:
+        source: path to ``.h5`` / ``.keras`` / SavedModel folder, or an in-memory ``keras.Model``.
+        output: where to write the ``.onnx`` file (atomically); None keeps it in memory.
+        opset: ONNX opset, 13 to 18.
+        batch_size: fix the batch dimension; None keeps it dynamic.
+        input_shapes: full shapes for inputs with unknown dims, by input name, e.g. ``{"x": (None, 64, 64, 3)}``.
+        target: a key of :data:`lambda_export.targets.TARGETS`; the result is checked against it.
+        trust_code: allow ``Lambda`` layers (their loading executes code from the file).
+        imports: modules or ``.py`` files registering custom layers, imported before loading.
+        overwrite: replace an existing output file.
+        loaded: an already loaded model (skips loading ``source``).
+
+    Raises:
+        InputError: unreadable input, bad shapes/arguments, unwritable output (exit code 2).
+        ConversionError: tf2onnx failed or produced an invalid graph (exit code 3).
+    """
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise InputError(f"--opset {opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}")
+    if target not in TARGETS:
+        raise InputError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+    if batch_size is not None and batch_size <= 0:
+        raise InputError(f"--batch-size {batch_size}: must be a positive integer")
+    if output is not None and Path(output).exists() and not overwrite:
+        raise InputError(f"{output} exists; pass --force (Python API: overwrite=True) to replace it")
+    if loaded is None:
+        loaded = load_model(source, trust_code=trust_code, imports=imports)
+    inputs = _resolve_shapes(loaded, batch_size, input_shapes)
+
+    model = _tf2onnx_convert(loaded, inputs, int(opset))
+    _rename_io(model, inputs, loaded.outputs)
+    _check_converted(model)
+
+    warnings: list[str] = []
+    even = TARGETS[target].no_broadcast
+    passes = run_cleanup(model, even_splits_only=even)
+    if any(node.op_type == "Einsum" for node in model.graph.node):
+        from lambda_export.rewrites.einsum import rewrite_einsum
+
+        model, einsum_warnings = rewrite_einsum(model)
+        warnings.extend(einsum_warnings)
+        passes.append("rewrite_einsum")
+        passes.extend(p for p in run_cleanup(model, even_splits_only=even) if p not in passes)
+    _canonical_names(model)
+    del model.graph.value_info[:]
+    _check_converted(model)
+
+    issues = [str(offense) for offense in check_target(model, target)]
+    if issues:
+        warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
+
+    outputs = _output_infos(model, loaded.outputs)
+    model.producer_name = "lambda-export"
+    from lambda_export import __version__
+
+    model.producer_version = __version__
+    metadata = {
+        "source_sha256": loaded.sha256 or "in-memory",
+        "source": os.path.basename(loaded.source) if loaded.source else "in-memory",
+        "rewrite_passes": ",".join(passes),
+        "target": target,
+        "opset": str(opset),
+        **_versions(),
+    }
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, metadata)
+    histogram = dict(sorted(collections.Counter(node.op_type for node in model.graph.node).items()))
+    result = ConvertResult(
+        model=model,
+        inputs=inputs,
+        outputs=outputs,
+        op_histogram=histogram,
+        warnings=warnings,
+        passes=passes,
+        target_issues=issues,
+        loaded=loaded,
+    )
+    if output is not None:
+        result.path = save_model_atomic(model, output, overwrite=overwrite)
+    return result
+
+
+def _output_infos(model: onnx.ModelProto, outputs: list[TensorInfo]) -> list[TensorInfo]:
+    infos = []
+    for value, info in zip(model.graph.output, outputs, strict=True):
+        dims = value.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        infos.append(TensorInfo(info.name, shape or info.shape, np.dtype(dtype).name))
+    return infos

@@ -1,0 +1,333 @@
+"""Load a saved Keras model (``.h5``, ``.keras``, SavedModel folder) safely, first step of the pipeline.
+
+Safety defaults: Keras' ``safe_mode`` stays on, a model whose config contains a ``Lambda`` layer (whose
+deserialisation runs Python code stored in the file) is refused unless the caller passes ``trust_code=True``, and
+``.keras`` archives are checked for implausible uncompressed sizes before Keras opens them. User code that registers
+custom layers is imported only when asked (``imports``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lambda_export.errors import InputError, UnsafeModelError
+
+MAX_ARCHIVE_BYTES = 16 * 1024**3  # a .keras entry declaring more than this uncompressed is refused
+MAX_COMPRESSION_RATIO = 2000  # ... and so is one that would expand more than this (zip bomb)
+
+__all__ = ["LoadedModel", "TensorInfo", "import_user_code", "load_model", "sha256_of"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a dynamic dim) and NumPy dtype name of a model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model ready for conversion, with its inputs/outputs and where it came from."""
+
+    model: Any  # keras.Model
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    source: str | None = None  # path, or None for an in-memory model
+    sha256: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, or of all files of a folder (sorted by relative path)."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        if root.is_dir():
+            digest.update(str(file.relative_to(root)).encode())
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def import_user_code(items: list[str] | tuple[str, ...]) -> None:
+    """Import modules (dotted names) or Python files that register custom Keras layers.
+
+    Raises:
+        InputError: a module cannot be found or raises while importing.
+    """
+    for item in items:
+        try:
+            if item.endswith(".py") or os.sep in item:
+                path = Path(item)
+                if not path.is_file():
+                    raise InputError(f"--import {item}: no such file")
+                name = f"lambda_export_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    raise InputError(f"--import {item}: not a Python file")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(item)
+        except InputError:
+            raise
+        except Exception as exc:  # user code can raise anything
+            raise InputError(f"--import {item}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _find_lambda_layers(config: Any) -> list[str]:
+    """Names of ``Lambda`` layers anywhere in a (nested) Keras model config."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "Lambda":
+            inner = config.get("config", {})
+            found.append(str(inner.get("name", "?")) if isinstance(inner, dict) else "?")
+        for value in config.values():
+            found.extend(_find_lambda_layers(value))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(_find_lambda_layers(value))
+    return found
+
+
+def _check_keras_archive(path: Path) -> dict[str, Any]:
+    """Validate a ``.keras`` zip archive without extracting it and return its parsed config."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a valid .keras file (not a zip archive)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = {info.filename for info in infos}
+            for info in infos:
+                if info.file_size > MAX_ARCHIVE_BYTES or (
+                    info.compress_size > 0 and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO
+                ):
+                    raise InputError(
+                        f"{path}: entry {info.filename!r} declares {info.file_size} bytes uncompressed "
+                        f"({info.compress_size} compressed); refusing a possible zip bomb"
+                    )
+            if "config.json" not in names:
+                raise InputError(f"{path}: not a valid .keras file (no config.json entry)")
+            if not any(name.startswith("model.weights") for name in names):
+                raise InputError(f"{path}: .keras archive has no weights entry (model.weights.h5)")
+            config = json.loads(archive.read("config.json"))
+            bad = archive.testzip()
+            if bad is not None:
+                raise InputError(f"{path}: .keras archive entry {bad!r} is corrupted (CRC mismatch)")
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: cannot read .keras archive: {_first_line(exc)}") from exc
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: config.json is not a Keras model config")
+    return config
+
+
+def _h5_config(path: Path) -> dict[str, Any]:
+    """The ``model_config`` JSON of a Keras ``.h5`` file."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(path):
+            raise InputError(f"{path}: not a valid .h5 file (no HDF5 signature)")
+        with h5py.File(path, "r") as handle:
+            raw = handle.attrs.get("model_config")
+            if raw is None:
+                raise InputError(f"{path}: .h5 file has no model_config (weights-only files are not models)")
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8")
+            return json.loads(raw)
+    except InputError:
+        raise
+    except Exception as exc:  # h5py raises OSError/KeyError/... on truncated files
+        raise InputError(f"{path}: cannot read .h5 file (truncated or corrupt?): {_first_line(exc)}") from exc
+
+
+_UNKNOWN_CLASS = re.compile(r"(?:Could not locate (?:class|function) |Unknown layer: |Unknown \w+: )'?([\w.>]+)'?")
+
+
+def _explain_load_error(path: Path, exc: BaseException) -> InputError:
+    text = str(exc)
+    match = _UNKNOWN_CLASS.search(text)
+    if match:
+        name = match.group(1)
+        return InputError(
+            f"{path}: unknown custom class {name!r}: import the code that defines and registers it with "
+            f"--import MODULE_OR_FILE (Python API: imports=[...]); the class must be decorated with "
+            f"@keras.saving.register_keras_serializable()"
+        )
+    return InputError(f"{path}: cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _tensor_infos(tensors: list[Any], names: list[str]) -> list[TensorInfo]:
+    import keras
+
+    infos = []
+    for tensor, name in zip(tensors, names, strict=True):
+        shape = tuple(None if d is None else int(d) for d in tensor.shape)
+        infos.append(TensorInfo(name=name, shape=shape, dtype=keras.backend.standardize_dtype(tensor.dtype)))
+    return infos
+
+
+def describe(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """Input and output descriptions of a built Keras model."""
+    try:
+        inputs = list(model.inputs)
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError) as exc:
+        raise InputError(
+            "the model has no defined inputs (a Sequential model built without an Input layer?): "
+            "build it with keras.Input(shape=...) before saving"
+        ) from exc
+    if not inputs or not outputs:
+        raise InputError("the model has no defined inputs or outputs")
+    input_names = [getattr(t, "name", None) or f"input_{i}" for i, t in enumerate(inputs)]
+    output_names = list(getattr(model, "output_names", None) or [])
+    if len(output_names) != len(outputs):
+        output_names = [f"output_{i}" for i in range(len(outputs))]
+    output_names = _unique([_sanitize(name) for name in output_names])
+    input_names = _unique([_sanitize(name) for name in input_names])
+    return _tensor_infos(inputs, input_names), _tensor_infos(outputs, output_names)
+
+
+def _sanitize(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.split(":")[0])
+    return name or "tensor"
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        else:
+            seen[name] = 0
+        out.append(name)
+    return out
+
+
+def load_model(
+    source: Any,
+    *,
+    trust_code: bool = False,
+    imports: list[str] | tuple[str, ...] = (),
+) -> LoadedModel:
+    """Load a Keras model from a path (``.h5``, ``.keras``, SavedModel folder) or accept an in-memory model.
+
+    Args:
+        source: a path or a ``keras.Model``.
+        trust_code: allow ``Lambda`` layers, whose deserialisation executes code from the file.
+        imports: modules or ``.py`` files to import first (they register custom layers).
+
+    Raises:
+        InputError: missing/unreadable/invalid file, unknown custom class.
+        UnsafeModelError: the model contains ``Lambda`` layers and ``trust_code`` is False.
+    """
+    import_user_code(list(imports))
+    import keras
+
+    import lambda_layers  # noqa: F401  (registers the lambda layers for deserialisation)
+
+    if isinstance(source, keras.Model):
+        if not trust_code:
+            lambdas = [layer.name for layer in _walk_layers(source) if type(layer).__name__ == "Lambda"]
+            if lambdas:
+                raise UnsafeModelError(_lambda_message("the model", lambdas))
+        inputs, outputs = describe(source)
+        return LoadedModel(model=source, inputs=inputs, outputs=outputs)
+
+    path = Path(os.fspath(source))
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _load_saved_model(path, trust_code=trust_code)
+    suffix = path.suffix.lower()
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    if suffix == ".keras":
+        config = _check_keras_archive(path)
+    elif suffix in (".h5", ".hdf5"):
+        config = _h5_config(path)
+    else:
+        raise InputError(
+            f"{path}: unsupported model file type {suffix!r} (expected .h5, .keras or a SavedModel folder)"
+        )
+    lambdas = _find_lambda_layers(config)
+    if lambdas and not trust_code:
+        raise UnsafeModelError(_lambda_message(str(path), lambdas))
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
+    except Exception as exc:
+        raise _explain_load_error(path, exc) from exc
+    inputs, outputs = describe(model)
+    return LoadedModel(model=model, inputs=inputs, outputs=outputs, source=str(path), sha256=sha256_of(path))
+
+
+def _lambda_message(what: str, names: list[str]) -> str:
+    return (
+        f"{what} contains Lambda layer(s) {', '.join(sorted(set(names)))}: loading them executes Python code stored "
+        "in the file; pass --trust-code (Python API: trust_code=True) only if you trust its origin"
+    )
+
+
+def _walk_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in getattr(model, "layers", []):
+        out.append(layer)
+        out.extend(_walk_layers(layer))
+    return out
+
+
+def _load_saved_model(path: Path, *, trust_code: bool) -> LoadedModel:
+    """Wrap a TensorFlow SavedModel's ``serving_default`` signature in a Keras model."""
+    if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+        raise InputError(f"{path}: a folder, but not a SavedModel (no saved_model.pb)")
+    import keras
+
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot load the SavedModel: {_first_line(exc)}") from exc
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise InputError(f"{path}: the SavedModel has no serving_default signature")
+    specs = signature.structured_input_signature[1]
+    inputs = {
+        name: keras.Input(shape=tuple(spec.shape[1:]), batch_size=spec.shape[0], dtype=spec.dtype.name, name=name)
+        for name, spec in sorted(specs.items())
+    }
+    outputs = layer(inputs)
+    if not isinstance(outputs, dict):
+        outputs = {"output_0": outputs}
+    model = keras.Model(inputs=inputs, outputs=outputs, name=path.name or "saved_model")
+    infos_in = _tensor_infos([inputs[n] for n in sorted(inputs)], sorted(inputs))
+    out_names = sorted(outputs)
+    infos_out = _tensor_infos([outputs[n] for n in out_names], out_names)
+    return LoadedModel(model=model, inputs=infos_in, outputs=infos_out, source=str(path), sha256=sha256_of(path))
