@@ -201,12 +201,20 @@ def _canonical_names(model: onnx.ModelProto) -> None:
         used.add(candidate)
         return candidate
 
-    for init in graph.initializer:
-        mapping[init.name] = fresh(init.name)
-    for node in graph.node:
+    init_names = {init.name for init in graph.initializer}
+    for node in graph.node:  # names assigned in node order: tf2onnx's initializer order varies between runs
+        for position, name in enumerate(node.input):
+            if name in init_names and name not in mapping:
+                # tf2onnx's optimizers name the constants they create nondeterministically (const_fold_opt__7 in
+                # one run, new_shape__9 in the next): name those after their first reader instead
+                readable = name if "/" in name else f"{_COUNTER.sub('', node.name) or node.op_type}/input{position}"
+                mapping[name] = fresh(readable)
         for name in node.output:
             if name not in keep and name not in mapping:
                 mapping[name] = fresh(name)
+    for init in graph.initializer:
+        if init.name not in mapping:
+            mapping[init.name] = fresh(init.name)
     for init in graph.initializer:
         init.name = mapping[init.name]
     node_names: set[str] = set()
@@ -224,6 +232,13 @@ def _canonical_names(model: onnx.ModelProto) -> None:
         node.name = candidate
     for value in graph.value_info:
         value.name = mapping.get(value.name, value.name)
+    # dynamic dims: tf2onnx numbers them with a process-global counter (unk__123)
+    for value in [*graph.input, *graph.output]:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = "batch" if axis == 0 else f"{value.name}_dim{axis}"
+    graph.doc_string = "exported by lambda-export"
+    graph.name = "lambda_export"
     # initializers in a stable order (name), nodes keep their topological order
     inits = sorted(graph.initializer, key=lambda t: t.name)
     del graph.initializer[:]

@@ -32,3 +32,44 @@ def require(condition: bool, what: str, how: str) -> None:
     if STRICT:
         pytest.fail(f"required in CI (LAMBDA_EXPORT_REQUIRE_EXAMPLES=1): {message}", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def demo_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The demo model trained a few steps, saved as .h5, exported to .onnx, plus inputs and TF reference outputs.
+
+    Returns a dict with paths ``h5``, ``onnx``, ``inputs`` (``.npz`` with the model's input names as keys, batch 4),
+    ``reference`` (``.npz`` with the output names as keys, TensorFlow inference-mode outputs), ``reference_json``
+    (same, as JSON lists), and the ``input_name``/``output_name`` strings.
+    """
+    import json
+
+    import numpy as np
+
+    from lambda_export.conversion import convert
+    from lambda_layers import models
+
+    folder = tmp_path_factory.mktemp("demo")
+    model = models.build_demo_model(seed=0)
+    models.train_demo_model(model, steps=8, seed=0)
+    h5 = folder / "demo.h5"
+    model.save(h5)
+    result = convert(str(h5), folder / "demo.onnx")
+    x, _ = models.make_demo_data(4, seed=123)
+    input_name, output_name = result.input_names[0], result.output_names[0]
+    reference = np.asarray(model(x, training=False))
+    np.savez(folder / "inputs.npz", **{input_name: x})
+    np.savez(folder / "reference.npz", **{output_name: reference})
+    (folder / "reference.json").write_text(
+        json.dumps({"inputs": {input_name: x.tolist()}, "outputs": {output_name: reference.tolist()}})
+    )
+    return {
+        "h5": h5,
+        "onnx": folder / "demo.onnx",
+        "inputs": folder / "inputs.npz",
+        "reference": folder / "reference.npz",
+        "reference_json": folder / "reference.json",
+        "input_name": input_name,
+        "output_name": output_name,
+        "input_shape": tuple(x.shape),
+    }

@@ -156,6 +156,33 @@ def squeeze_matmul_constants(model: onnx.ModelProto) -> bool:
     return changed
 
 
+def squeeze_elementwise_constants(model: onnx.ModelProto) -> bool:
+    """Add/Sub/Mul/Div with a constant of shape (1, ..., 1, *rest) → constant of shape rest.
+
+    Same broadcasting result when the other operand has at least the constant's rank; OpenCV 4.6 reads a (C, 1, 1)
+    constant as a per-channel scale/bias but fails on (1, C, 1, 1).
+    """
+    graph, changed = model.graph, False
+    index, shapes = GraphIndex(graph), _static_shapes(model)
+    for node in graph.node:
+        if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
+            continue
+        for position in (0, 1):
+            value = index.const(node.input[position])
+            other = shapes.get(node.input[1 - position])
+            if value is None or other is None or index.const(node.input[1 - position]) is not None:
+                continue
+            lead = 0
+            while lead < value.ndim - 1 and value.shape[lead] == 1:
+                lead += 1
+            if lead == 0 or len(other) < value.ndim:
+                continue
+            base = node.input[position].split(":")[0]
+            node.input[position] = index.add_initializer(base + "_squeezed", value.reshape(value.shape[lead:]))
+            changed = True
+    return changed
+
+
 def _channel_vector(value: np.ndarray, channels: int, axis_from_end: int) -> np.ndarray | None:
     """``value`` as a per-channel vector of length ``channels`` if it broadcasts only along that channel axis."""
     if value.size == 1:
@@ -359,6 +386,30 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
+def squeeze_to_reshape(model: onnx.ModelProto) -> bool:
+    """Squeeze/Unsqueeze/Flatten with a statically known output shape (batch aside) → Reshape to a constant shape.
+
+    OpenCV 4.6 cannot read opset-13 Squeeze/Unsqueeze (axes as an input); a Reshape is understood everywhere.
+    """
+    graph, changed = model.graph, False
+    shapes = _static_shapes(model)
+    index = GraphIndex(graph)
+    for node in graph.node:
+        if node.op_type not in ("Squeeze", "Unsqueeze", "Flatten"):
+            continue
+        out_shape = shapes.get(node.output[0])
+        if out_shape is None or sum(d is None for d in out_shape) > 1 or any(d == 0 for d in out_shape):
+            continue
+        if node.op_type != "Flatten" and len(node.input) > 1 and index.const(node.input[1]) is None:
+            continue
+        target = np.array([-1 if d is None else d for d in out_shape], dtype=np.int64)
+        shape_name = index.add_initializer(node.name + "_shape", target)
+        new = onnx.helper.make_node("Reshape", [node.input[0], shape_name], list(node.output), name=node.name)
+        node.CopyFrom(new)
+        changed = True
+    return changed
+
+
 def merge_reshapes(model: onnx.ModelProto) -> bool:
     """Reshape(Reshape(x, s1), s2) → Reshape(x, s2) when s2 is constant and has no 0 ("copy") entries."""
     graph, changed = model.graph, False
@@ -457,6 +508,8 @@ CLEANUP_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
     ("squeeze_matmul_constants", squeeze_matmul_constants),
     ("fold_affine_into_matmul", fold_affine_into_matmul),
     ("fold_affine_into_conv", fold_affine_into_conv),
+    ("squeeze_to_reshape", squeeze_to_reshape),
+    ("squeeze_elementwise_constants", squeeze_elementwise_constants),
     ("merge_sibling_matmuls", merge_sibling_matmuls),
     ("merge_reshapes", merge_reshapes),
     ("merge_transposes", merge_transposes),
