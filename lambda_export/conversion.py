@@ -381,6 +381,10 @@ def convert(
         passes.extend(p for p in run_cleanup(model, even_splits_only=even) if p not in passes)
     _canonical_names(model)
     del model.graph.value_info[:]
+    used_domains = {node.domain for node in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used_domains or (o.domain == "ai.onnx" and "" in used_domains)]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
     _check_converted(model)
 
     issues = [str(offense) for offense in check_target(model, target)]
