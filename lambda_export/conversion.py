@@ -111,6 +111,66 @@ def _resolve_shapes(
     return resolved
 
 
+def _relabel_einsum_equation(equation: str) -> str:
+    """Rename the subscripts of an einsum equation to distinct lower-case letters (a bijection).
+
+    tf2onnx lower-cases equations (``bIi,iK->bIK`` would become ``bii,ik->bik``, a diagonal); relabelling first makes
+    its ``lower()`` a no-op. Lower-case letters keep their names, upper-case ones take unused lower-case letters.
+
+    Raises:
+        ConversionError: more than 26 distinct subscripts (ONNX runtimes and tf2onnx need lower-case ones).
+    """
+    if equation == equation.lower():
+        return equation
+    letters = sorted({c for c in equation if c.isalpha()}, key=lambda c: (c.isupper(), c))
+    free = iter(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in equation)
+    mapping = {}
+    for letter in letters:
+        if letter.islower():
+            mapping[letter] = letter
+            continue
+        replacement = next(free, None)
+        if replacement is None:
+            raise ConversionError(f"einsum equation {equation!r} uses more than 26 distinct subscripts")
+        mapping[letter] = replacement
+    return "".join(mapping.get(c, c) for c in equation)
+
+
+@contextlib.contextmanager
+def _tf2onnx_patched() -> Any:
+    """Work around two tf2onnx behaviours for the duration of one conversion (restored afterwards).
+
+    * Its ``Einsum`` handler lower-cases the equation, silently changing mixed-case equations: relabel them first.
+    * Its ``EinsumOptimizer`` decomposes Einsum with Shape/Gather/ReduceProd chains when the batch is dynamic: turn it
+      off, so that :mod:`lambda_export.rewrites.einsum` rewrites the Einsum nodes with static reshapes instead.
+    """
+    from tf2onnx import constants, handler, optimizer
+
+    saved_optimizers = optimizer._optimizers.copy()
+    optimizer._optimizers.pop("einsum_optimizer", None)
+    opsets = handler.tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])
+    patched: list[tuple[dict, tuple]] = []
+    for op_map in opsets:
+        if "Einsum" in op_map:
+            original, kwargs = op_map["Einsum"]
+
+            def relabelled(ctx: Any, node: Any, _original: Any = original, **kw: Any) -> Any:
+                equation = node.get_attr_value("equation")
+                text = equation.decode() if isinstance(equation, bytes) else str(equation)
+                node.attr["equation"].s = _relabel_einsum_equation(text).encode()
+                return _original(ctx, node, **kw)
+
+            patched.append((op_map, op_map["Einsum"]))
+            op_map["Einsum"] = (relabelled, kwargs)
+    try:
+        yield
+    finally:
+        optimizer._optimizers.clear()
+        optimizer._optimizers.update(saved_optimizers)
+        for op_map, entry in patched:
+            op_map["Einsum"] = entry
+
+
 def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.ModelProto:
     import keras
     import tensorflow as tf
@@ -133,13 +193,29 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), pywarnings.catch_warnings():
+        with contextlib.redirect_stdout(sink), pywarnings.catch_warnings(), _tf2onnx_patched():
             pywarnings.simplefilter("ignore")
             proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    except ConversionError:
+        raise
     except Exception as exc:
         text = str(exc).strip().splitlines()
         raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {text[0] if text else ''}") from exc
     return proto
+
+
+def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies), depth first."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                nodes.extend(_all_nodes(attr.g))
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    nodes.extend(_all_nodes(sub))
+    return nodes
 
 
 def _check_converted(model: onnx.ModelProto) -> None:
@@ -147,22 +223,37 @@ def _check_converted(model: onnx.ModelProto) -> None:
     from onnx import defs
 
     bad = []
-    for node in model.graph.node:
+    for node in _all_nodes(model.graph):  # tf2onnx leaves unconverted ops in If/Loop bodies too (tf.cond)
         if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type):
             bad.append(f"{node.op_type} ({node.name})")
     if bad:
         raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}")
+    large = model.ByteSize() >= PROTOBUF_LIMIT
     try:
-        onnx.checker.check_model(model, full_check=True)
+        # onnx.checker refuses in-memory models over 2 GiB: check the graph without the weight data instead
+        onnx.checker.check_model(_without_weights(model) if large else model, full_check=True)
     except Exception as exc:
         raise ConversionError(f"the exported graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
-    if model.ByteSize() < PROTOBUF_LIMIT:
+    if not large:
         import onnxruntime as ort
 
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime refuses the exported graph: {str(exc).strip()[:300]}") from exc
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without weight data, to check the structure of models too large to serialise.
+
+    Initializers become typed graph inputs (small integer ones, shapes and axes, keep their values).
+    """
+    from lambda_export.rewrites.cleanup import _skeleton
+
+    skeleton = _skeleton(model)
+    del skeleton.metadata_props[:]
+    skeleton.ir_version = model.ir_version
+    return skeleton
 
 
 def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
@@ -266,8 +357,10 @@ def save_model_atomic(
 ) -> str:
     """Write ``model`` to ``path`` via a temporary file in the same folder and a rename.
 
-    Models too large for one protobuf (> 2 GiB) are saved with ONNX external data next to the file
-    (``<name>.data``), also written to a temporary name first. Returns the final path.
+    Models too large for one protobuf (> 2 GiB), or any model with ``external_data=True``, are saved with ONNX external
+    data next to the file (``<name>.data``, tensors of 1 KiB and more), also written to a temporary name first. The
+    data file is renamed into place before the model file; if that last rename fails, a data file this call created is
+    removed again. Nothing is left behind under temporary names. Returns the final path.
 
     Raises:
         InputError: the file exists and ``overwrite`` is False, or the folder is not writable / the disk is full.
@@ -280,43 +373,52 @@ def save_model_atomic(
         raise InputError(f"{folder}: output folder does not exist")
     if external_data is None:
         external_data = model.ByteSize() > PROTOBUF_LIMIT
-    tmp_model = tmp_data = None
+    data_path = folder / (path.name + ".data")
+    tmp_model = tmp_data = created_data = None
     try:
         fd, tmp_model = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
-        data_name = path.name + ".data"
         if external_data:
-            tmp_data = str(folder / f".{data_name}.tmp")
+            from onnx import external_data_helper
+
+            fd, tmp_data = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(tmp_data)  # onnx appends to the data file: it must start empty
             copy = onnx.ModelProto()
             copy.CopyFrom(model)
-            onnx.external_data_helper.convert_model_to_external_data(
+            external_data_helper.convert_model_to_external_data(
                 copy, all_tensors_to_one_file=True, location=os.path.basename(tmp_data), size_threshold=1024
             )
-            onnx.save_model(copy, tmp_model)  # writes the tensors to tmp_data
-            # point the model at the final data file name, then rewrite the (small) model file
-            for tensor in onnx.external_data_helper._get_all_tensors(copy):
+            # writes the tensors to tmp_data (relative to the model file's folder) and clears their raw data
+            external_data_helper.write_external_data_tensors(copy, str(folder))
+            if not os.path.exists(tmp_data):  # no tensor reached the threshold: onnx wrote no data file
+                open(tmp_data, "wb").close()
+            with open(tmp_data, "rb+") as handle:
+                os.fsync(handle.fileno())
+            # point the model at the final data file name
+            for tensor in external_data_helper._get_all_tensors(copy):
                 for entry in tensor.external_data:
                     if entry.key == "location":
-                        entry.value = data_name
-            with open(tmp_model, "wb") as handle:
-                handle.write(copy.SerializeToString())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_data, folder / data_name)
-            tmp_data = None
+                        entry.value = data_path.name
+            serialized = copy.SerializeToString()
         else:
-            with open(tmp_model, "wb") as handle:
-                handle.write(model.SerializeToString())
-                handle.flush()
-                os.fsync(handle.fileno())
+            serialized = model.SerializeToString()
+        with open(tmp_model, "wb") as handle:
+            handle.write(serialized)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if tmp_data is not None:
+            created_data = None if data_path.exists() else data_path
+            os.replace(tmp_data, data_path)
+            tmp_data = None
         os.replace(tmp_model, path)
-        tmp_model = None
+        tmp_model = created_data = None
     except PermissionError as exc:
         raise InputError(f"{folder}: cannot write the output here (permission denied)") from exc
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        for leftover in (tmp_model, tmp_data):
+        for leftover in (tmp_model, tmp_data, created_data):
             if leftover and os.path.exists(leftover):
                 os.unlink(leftover)
     return str(path)
