@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+import stat
 import tempfile
 import warnings as pywarnings
 from dataclasses import dataclass, field
@@ -368,9 +369,17 @@ def save_model_atomic(
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; pass --force (Python API: overwrite=True) to replace it")
+    if path.exists() and not path.is_file():  # a rename would replace a device node, FIFO, ... (/dev/full as root)
+        raise InputError(f"{path} exists and is not a regular file; refusing to replace it")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"{folder}: output folder does not exist")
+        raise InputError(
+            f"{folder}: output folder does not exist" if not folder.exists() else f"{folder}: not a folder"
+        )
+    # mkstemp creates 0600 files: give the result the mode of the file it replaces, or the umask's default
+    mask = os.umask(0o077)
+    os.umask(mask)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~mask
     if external_data is None:
         external_data = model.ByteSize() > PROTOBUF_LIMIT
     data_path = folder / (path.name + ".data")
@@ -407,6 +416,7 @@ def save_model_atomic(
             handle.write(serialized)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_model, mode)
         if tmp_data is not None:
             created_data = None if data_path.exists() else data_path
             os.replace(tmp_data, data_path)
