@@ -404,3 +404,13 @@ def test_mixed_case_raw_einsum_keeps_its_meaning():
     x = np.random.default_rng(6).normal(size=(2, 6, 6)).astype(np.float32)
     (out,) = _ort_run(result.model, {result.input_names[0]: x})
     np.testing.assert_allclose(out, np.asarray(model(x)), rtol=0, atol=1e-5)
+
+
+def test_einsum_relabelling_is_a_bijection_onto_lower_case():
+    relabel = conversion._relabel_einsum_equation
+    assert relabel("bij,jk->bik") == "bij,jk->bik"
+    assert relabel("bIi,iK->bIK") == "bai,ic->bac"
+    assert relabel("...Ij,jK->...IK") == "...aj,jb->...ab"
+    many = "".join(chr(ord("a") + i) for i in range(26)) + "Z"
+    with pytest.raises(ConversionError, match="more than 26"):
+        relabel(f"{many}->Z")
