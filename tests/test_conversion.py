@@ -230,10 +230,12 @@ def _custom_op_model(fn, shape: tuple[int, ...] = (4,)) -> keras.Model:
     return keras.Model(inputs, CustomOp()(inputs))
 
 
-def test_unconvertible_op_fails_loudly_naming_the_op():
-    """tf2onnx has no conversion for Lgamma; it still returns a graph (continue_on_error): convert must refuse it."""
-    with pytest.raises(ConversionError, match="Lgamma"):
-        convert(_custom_op_model(tf.math.lgamma))
+def test_unconvertible_op_fails_loudly_naming_the_op(tmp_path: Path):
+    """tf2onnx has no conversion for Lgamma; it still returns a graph (continue_on_error): convert must refuse it,
+    and write nothing."""
+    with pytest.raises(ConversionError, match="no ONNX conversion: Lgamma"):
+        convert(_custom_op_model(tf.math.lgamma), tmp_path / "lgamma.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unconvertible_op_inside_a_cond_branch_is_named():
