@@ -13,9 +13,13 @@ Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or un
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -48,6 +52,8 @@ class _State:
     verbose = 0
     quiet = False
     json = False
+    written: str | None = None  # the output file, once written (an interruption after that says so)
+    interrupted: int | None = None  # SIGINT/SIGTERM received (sticky: library code may swallow the exception)
 
 
 STATE = _State()
@@ -66,7 +72,8 @@ def _parse_shape(value: str) -> tuple[str, tuple[int | None, ...]]:
         raise click.BadParameter(f"{value!r}: expected NAME=DIMS, e.g. images=?,64,64,3", param_hint="--input-shape")
     name, dims_text = value.split("=", 1)
     dims: list[int | None] = []
-    for token in dims_text.replace("x", ",").split(","):
+    separator = "," if "," in dims_text else "x"  # images=?,64,64,3 or images=1x64x64x3
+    for token in dims_text.split(separator):
         token = token.strip()
         if token in ("?", "-1", "None", "none", "N", ""):
             dims.append(None)
@@ -189,6 +196,38 @@ def _convert_options(fn: Any) -> Any:
 
 def _set_state(quiet: bool, verbose: int, as_json: bool) -> None:
     STATE.quiet, STATE.verbose, STATE.json = quiet, verbose, as_json
+    STATE.written = None
+    if not verbose:
+        # TensorFlow's C++ INFO/WARNING lines would break the one-line error promise; -v shows them
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _os_reason(exc: OSError) -> str:
+    reasons = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENOTDIR: "not a folder",
+        errno.ENOENT: "the folder does not accept new files",
+    }
+    return reasons.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+def _check_output_writable(output: Path) -> None:
+    """Fail before the (slow) conversion when the output folder cannot take a new file."""
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.exists():
+        raise InputError(f"{output}: the output folder {folder} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"{output}: cannot write the output: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write to the output folder {folder}: {_os_reason(exc)}") from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -251,13 +290,13 @@ def _run_verify(
 
 def _finish(result: dict[str, Any], report: Any, report_path: str | None) -> int:
     """Print the verdict (table or JSON), write the report, and return the exit code."""
-    from lambda_export.report import render_text, write_report
-
     exit_code = EXIT_OK
     if report is not None:
         exit_code = EXIT_OK if report.passed else EXIT_PARITY_FAILED
         result["parity"] = report.to_dict()
         if report_path:
+            from lambda_export.report import write_report
+
             write_report(report, report_path)
             result["report"] = report_path
     result["exit_code"] = exit_code
@@ -266,6 +305,8 @@ def _finish(result: dict[str, Any], report: Any, report_path: str | None) -> int
         click.echo(json.dumps(result, indent=2, default=str))
         return exit_code
     if report is not None and not STATE.quiet:
+        from lambda_export.report import render_text
+
         click.echo(render_text(report, color=sys.stdout.isatty()))
     if report is None:
         click.echo(f"converted: {result.get('onnx')} (parity not checked)")
@@ -275,6 +316,25 @@ def _finish(result: dict[str, Any], report: Any, report_path: str | None) -> int
     if report_path and not STATE.quiet:
         click.echo(f"report: {report_path}")
     return exit_code
+
+
+def _graph_inputs(model: Any) -> list[Any]:
+    """Name, shape (None for a symbolic dim) and dtype of an ONNX graph's inputs (initializers left out)."""
+    import numpy as np
+    import onnx
+
+    from lambda_export.loading import TensorInfo
+
+    initializers = {init.name for init in model.graph.initializer}
+    infos = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name if tensor.elem_type else "float32"
+        infos.append(TensorInfo(value.name, dims, dtype))
+    return infos
 
 
 def _conversion_summary(result: Any) -> dict[str, Any]:
@@ -299,17 +359,25 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
         raise InputError("--batch-size and --dynamic-batch contradict each other")
     input_shapes = dict(_parse_shape(text) for text in opts["input_shapes"])
     output = Path(opts["output"]) if opts["output"] else _default_output(model or "model")
+    if output.is_dir():
+        raise InputError(f"{output}: the output is a folder; give a file name ending in .onnx")
     if output.exists() and not opts["force"]:
         raise InputError(f"{output} exists; pass --force to replace it")
+    if output.exists() and not output.is_file():
+        raise InputError(f"{output} exists and is not a regular file; refusing to replace it")
+    _check_output_writable(output)
     if loaded is None:
         _progress(f"loading {model}")
         started = time.perf_counter()
         loaded = load_model(model, trust_code=opts["trust_code"], imports=opts["imports"])
         _progress(f"loaded in {time.perf_counter() - started:.1f}s")
     _progress(f"converting (opset {opts['opset']}, target {opts['target']})")
+    _checkpoint()
+    from lambda_export.conversion import save_model_atomic
+
     result = convert(
         model,
-        output,
+        None,
         opset=opts["opset"],
         batch_size=opts["batch_size"],
         input_shapes=input_shapes or None,
@@ -317,9 +385,12 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
         overwrite=opts["force"],
         loaded=loaded,
     )
+    _checkpoint()  # an interruption swallowed inside TensorFlow/tf2onnx must not end in a written file
+    result.path = save_model_atomic(result.model, output, overwrite=opts["force"])
     for warning in result.warnings:
         if not STATE.json:
             click.echo(f"warning: {warning}", err=True)
+    STATE.written = result.path
     _progress(f"wrote {result.path} ({result.node_count} nodes)")
     summary: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
@@ -345,6 +416,7 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
             locate=opts["locate"],
             fixed_batch=fixed,
         )
+    _checkpoint()
     return _finish(summary, report, opts["report_path"])
 
 
@@ -409,6 +481,10 @@ def verify_cmd(model: str, onnx_file: str, **opts: Any) -> int:
 
     _check_report_path(opts["report_path"])
     onnx_model = load_onnx(onnx_file)
+    if opts["inputs_path"]:
+        from lambda_export.parity import load_inputs
+
+        load_inputs(opts["inputs_path"], _graph_inputs(onnx_model))  # bad inputs fail before TensorFlow starts
     _progress(f"loading {model}")
     loaded = load_model(model, trust_code=opts["trust_code"], imports=opts["imports"])
     onnx_inputs = [value.name for value in onnx_model.graph.input]
@@ -433,6 +509,7 @@ def verify_cmd(model: str, onnx_file: str, **opts: Any) -> int:
         locate=opts["locate"],
         fixed_batch=fixed,
     )
+    _checkpoint()
     return _finish({"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, opts["report_path"])
 
 
@@ -584,10 +661,41 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (CI cancellation), so temporary files are removed on the way out."""
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: remember it, then raise at once (KeyboardInterrupt / _Terminated).
+
+    An exception raised from a signal handler can land inside C++ code that calls back into Python (TensorFlow's
+    nest utilities, tf.function tracing), which turns it into a SystemError and carries on. The flag survives that:
+    :func:`_checkpoint` raises again before the output is written and before the verdict.
+    """
+    STATE.interrupted = signum
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _checkpoint() -> None:
+    """Raise a pending interruption that library code swallowed."""
+    if STATE.interrupted == signal.SIGTERM:
+        raise _Terminated()
+    if STATE.interrupted is not None:
+        raise KeyboardInterrupt()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and turn every failure into a one-line message and an exit code."""
+    if argv is None:  # the real command line (not a test calling main in-process)
+        with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+            signal.signal(signal.SIGTERM, _on_signal)
+            signal.signal(signal.SIGINT, _on_signal)
     try:
         code = cli.main(args=argv, prog_name="lambda-export", standalone_mode=False)
+        _checkpoint()
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -596,27 +704,49 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         _error(exc.format_message(), EXIT_USAGE)
         code = EXIT_USAGE
-    except click.exceptions.Abort:
-        _error("interrupted", EXIT_INTERRUPTED)
-        code = EXIT_INTERRUPTED
+    except click.exceptions.Abort:  # Click turns KeyboardInterrupt into Abort
+        code = _report_interruption(STATE.interrupted or signal.SIGINT)
     except KeyboardInterrupt:
-        _error("interrupted (no output file was written)", EXIT_INTERRUPTED)
-        code = EXIT_INTERRUPTED
+        code = _report_interruption(signal.SIGINT)
+    except _Terminated:
+        code = _report_interruption(signal.SIGTERM)
     except LambdaExportError as exc:
-        _error(str(exc), exc.exit_code)
-        code = exc.exit_code
+        if STATE.interrupted is not None:  # the interruption surfaced as a wrapped error (e.g. tf2onnx failed: ...)
+            code = _report_interruption(STATE.interrupted)
+        else:
+            _error(str(exc), exc.exit_code)
+            code = exc.exit_code
     except MemoryError:
         _error("out of memory", EXIT_CONVERSION)
         code = EXIT_CONVERSION
     except Exception as exc:  # anything unexpected: still one line, with a hint
-        _error(
-            f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            " (run with -v for the traceback and please report it)",
-            EXIT_CONVERSION,
-        )
-        code = EXIT_CONVERSION
+        if STATE.interrupted is not None:
+            code = _report_interruption(STATE.interrupted)
+        else:
+            _error(
+                f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                " (run with -v for the traceback and please report it)",
+                EXIT_CONVERSION,
+            )
+            code = EXIT_CONVERSION
+    if argv is None:  # the verdict stands: a late Ctrl-C must not end in a traceback at exit
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _report_interruption(signum: int) -> int:
+    """One line saying what an interruption left behind; returns 130 (SIGINT) or 143 (SIGTERM)."""
+    what, code = (
+        ("terminated (SIGTERM)", EXIT_TERMINATED) if signum == signal.SIGTERM else ("interrupted", EXIT_INTERRUPTED)
+    )
+    if STATE.written:
+        _error(f"{what} after writing {STATE.written}; its parity was not checked", code)
+    else:
+        _error(f"{what}; no output file was written", code)
+    return code
 
 
 def _error(message: str, code: int) -> None:

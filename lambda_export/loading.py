@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,8 @@ def _check_keras_archive(path: Path) -> dict[str, Any]:
                 raise InputError(f"{path}: .keras archive entry {bad!r} is corrupted (CRC mismatch)")
     except InputError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path}: cannot read .keras archive: {_first_line(exc)}") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, RuntimeError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read .keras archive (corrupted?): {_first_line(exc)}") from exc
     if not isinstance(config, dict):
         raise InputError(f"{path}: config.json is not a Keras model config")
     return config
@@ -246,8 +247,23 @@ def load_model(
         InputError: missing/unreadable/invalid file, unknown custom class.
         UnsafeModelError: the model contains ``Lambda`` layers and ``trust_code`` is False.
     """
+    if imports:
+        import_keras()  # user code imports Keras itself: do it here, with TensorFlow's start-up lines kept off stderr
     import_user_code(list(imports))
-    import keras
+    if not _is_keras_model(source):
+        # Cheap checks first: a missing, empty or malformed file is reported without starting TensorFlow.
+        path = Path(os.fspath(source))
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        if path.is_dir():
+            if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
+                raise InputError(f"{path}: a folder, but not a SavedModel (no saved_model.pb)")
+        else:
+            config = _file_config(path)
+            lambdas = _find_lambda_layers(config)
+            if lambdas and not trust_code:
+                raise UnsafeModelError(_lambda_message(str(path), lambdas))
+    keras = import_keras()
 
     import lambda_layers  # noqa: F401  (registers the lambda layers for deserialisation)
 
@@ -259,31 +275,99 @@ def load_model(
         inputs, outputs = describe(source)
         return LoadedModel(model=source, inputs=inputs, outputs=outputs)
 
-    path = Path(os.fspath(source))
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         return _load_saved_model(path, trust_code=trust_code)
-    suffix = path.suffix.lower()
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
-    if suffix == ".keras":
-        config = _check_keras_archive(path)
-    elif suffix in (".h5", ".hdf5"):
-        config = _h5_config(path)
-    else:
-        raise InputError(
-            f"{path}: unsupported model file type {suffix!r} (expected .h5, .keras or a SavedModel folder)"
-        )
-    lambdas = _find_lambda_layers(config)
-    if lambdas and not trust_code:
-        raise UnsafeModelError(_lambda_message(str(path), lambdas))
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as exc:
         raise _explain_load_error(path, exc) from exc
     inputs, outputs = describe(model)
     return LoadedModel(model=model, inputs=inputs, outputs=outputs, source=str(path), sha256=sha256_of(path))
+
+
+def _file_config(path: Path) -> dict[str, Any]:
+    """The model config stored in a ``.keras`` or ``.h5`` file, after checking the file is plausible."""
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise InputError(
+            f"{path}: unsupported model file type {suffix!r} (expected .h5, .keras or a SavedModel folder)"
+        )
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise InputError(f"{path}: not a regular file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise InputError(f"{path}: the file is empty")
+    if suffix == ".keras":
+        return _check_keras_archive(path)
+    return _h5_config(path)
+
+
+def _is_keras_model(source: Any) -> bool:
+    """True for an in-memory Keras model (checked without importing Keras when it is not loaded yet)."""
+    keras = sys.modules.get("keras")
+    return keras is not None and isinstance(source, keras.Model)
+
+
+def import_keras() -> Any:
+    """Import Keras (and TensorFlow), keeping TensorFlow's native start-up log lines off stderr.
+
+    TensorFlow's C++ libraries print INFO lines (oneDNN, CUDA stubs, CPU features) and, on a machine without a GPU,
+    a ``cuInit`` error straight to file descriptor 2 while they load and first look for devices, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says (they come before its logging is set up); a command line that promises one-line
+    errors cannot let them through. They are captured while the import and the device discovery run and written out
+    only if the import fails.
+    """
+    if "keras" in sys.modules:
+        import keras
+
+        return keras
+    with _native_stderr_captured() as captured:
+        try:
+            import keras
+        except BaseException:
+            captured.replay = True
+            raise
+        with contextlib.suppress(Exception):  # device discovery (cuInit) now, while its log lines are captured
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+    return keras
+
+
+class _Capture:
+    replay = False
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Any:
+    """Point file descriptor 2 at a temporary file for the duration; replay its text if ``replay`` is set."""
+    import tempfile
+
+    capture = _Capture()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield capture  # no usable descriptor 2 (embedded interpreter): nothing to hide
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield capture
+        finally:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if capture.replay:
+                sink.seek(0)
+                text = sink.read().decode("utf-8", "replace")
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.write(text)
+                    sys.stderr.flush()
 
 
 def _lambda_message(what: str, names: list[str]) -> str:
@@ -303,9 +387,7 @@ def _walk_layers(model: Any) -> list[Any]:
 
 def _load_saved_model(path: Path, *, trust_code: bool) -> LoadedModel:
     """Wrap a TensorFlow SavedModel's ``serving_default`` signature in a Keras model."""
-    if not (path / "saved_model.pb").exists() and not (path / "saved_model.pbtxt").exists():
-        raise InputError(f"{path}: a folder, but not a SavedModel (no saved_model.pb)")
-    import keras
+    keras = import_keras()
 
     try:
         with contextlib.redirect_stderr(open(os.devnull, "w")):

@@ -100,7 +100,7 @@ def test_export_json_success_and_schema(workdir: Path, capsys: pytest.CaptureFix
 def test_refuses_to_overwrite_without_force(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = workdir / "existing.onnx"
     target.write_bytes(b"previous output")
-    code, out, err = run_main([str(workdir / "demo.h5"), "-o", str(target), "--skip-verify"], capsys)
+    code, _, err = run_main([str(workdir / "demo.h5"), "-o", str(target), "--skip-verify"], capsys)
     assert code == 2
     assert "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
     assert target.read_bytes() == b"previous output"
