@@ -274,6 +274,7 @@ def _run_verify(
         loaded.model,
         onnx_model,
         loaded=loaded,
+        int_high=_int_high(loaded),
         providers=_parse_providers(providers),
         atol=atol,
         rtol=rtol,
@@ -286,6 +287,23 @@ def _run_verify(
         fp16=fp16,
         progress=_progress,
     )
+
+
+def _int_high(loaded: Any) -> int:
+    """Exclusive upper bound of random integer inputs: the smallest ``Embedding`` vocabulary, so token ids are valid.
+
+    TensorFlow raises on an out-of-range embedding index (and ONNX Runtime's Gather too), so the parity engine's
+    default range [0, 100) would break every model with a vocabulary under 100.
+    """
+    from lambda_export.loading import _walk_layers
+    from lambda_export.parity import INT_HIGH
+
+    sizes = [
+        int(layer.input_dim)
+        for layer in _walk_layers(loaded.model)
+        if type(layer).__name__ == "Embedding" and getattr(layer, "input_dim", 0)
+    ]
+    return max(1, min([INT_HIGH, *sizes]))
 
 
 def _finish(result: dict[str, Any], report: Any, report_path: str | None) -> int:
