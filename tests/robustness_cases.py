@@ -343,7 +343,6 @@ class Case:
         previous: the bytes ``output`` held before the run.
         watch: a folder that must not gain any file except ``output`` (no temporary files left behind).
         interrupt: a signal sent once the ``… converting`` progress line appears (needs ``-v`` in argv).
-        needs_parity: uses the parity engine (``lambda_export.parity``).
         check: extra assertions, run after the common ones.
         limits: (RLIMIT_FSIZE bytes) for the child, to make writes fail.
     """
@@ -355,7 +354,6 @@ class Case:
     previous: bytes | None = None
     watch: Path | None = None
     interrupt: int | None = None
-    needs_parity: bool = False
     check: Callable[[], None] | None = None
     fsize_limit: int | None = None
 
@@ -629,7 +627,7 @@ def opset_out_of_range(ws: Workspace) -> Case:
 def _verify_inputs(ws: Workspace, name: str, inputs: Path, patterns: list[str], code: int = 2) -> Case:
     folder = ws.folder(name)
     argv = ["verify", str(ws.tiny_h5), str(ws.tiny_onnx), "--inputs", str(inputs), "--report", str(folder / "r.json")]
-    return Case(argv, code, patterns, watch=folder, needs_parity=True)
+    return Case(argv, code, patterns, watch=folder)
 
 
 @case
