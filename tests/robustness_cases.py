@@ -221,18 +221,26 @@ def _make_bad_files(ws: Workspace) -> None:
 
     # ONNX files whose external data points outside their folder (and one whose data file is missing)
     import onnx
-    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     (ws.root / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
-    for name, location in (
-        ("outside", "../secret.bin"),
-        ("absolute", str(ws.root / "secret.bin")),
-        ("missing", "w.bin"),
-    ):
+    variants = {
+        "outside": ("../secret.bin", "0", "16"),
+        "absolute": (str(ws.root / "secret.bin"), "0", "16"),
+        "missing": ("w.bin", "0", "16"),
+        "bad_offset": ("w.bin", "abc", "16"),
+        "past_end": ("w.bin", "0", str(10**12)),
+    }
+    for name, (location, offset, length) in variants.items():
         folder = ws.root / f"ext_{name}"
         folder.mkdir(exist_ok=True)
+        if name != "missing":
+            (folder / "w.bin").write_bytes(np.ones(4, np.float32).tobytes())
         weight = numpy_helper.from_array(np.ones(4, np.float32), "W")
-        external_data_helper.set_external_data(weight, location=location, offset=0, length=16)
+        weight.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", offset), ("length", length)):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
         weight.ClearField("raw_data")
         graph = helper.make_graph(
             [helper.make_node("Add", ["x", "W"], ["y"])],
@@ -715,6 +723,19 @@ def verify_external_data_absolute(ws: Workspace) -> Case:
 def inspect_external_data_missing(ws: Workspace) -> Case:
     model = ws.root / "ext_missing" / "model.onnx"
     return Case(["inspect", str(model)], 2, [r"external data file 'w\.bin'", r"missing"])
+
+
+@case
+def inspect_external_data_bad_offset(ws: Workspace) -> Case:
+    model = ws.root / "ext_bad_offset" / "model.onnx"
+    return Case(["inspect", str(model)], 2, [r"tensor 'W' has an invalid external data entry", r"abc"])
+
+
+@case
+def inspect_external_data_past_end(ws: Workspace) -> Case:
+    """A declared length of 1 TB must be refused from the file size, not read (MemoryError)."""
+    model = ws.root / "ext_past_end" / "model.onnx"
+    return Case(["inspect", str(model)], 2, [r"length 1000000000000", r"lies outside 'w\.bin' \(16 bytes\)"])
 
 
 @case

@@ -69,6 +69,7 @@ _FAST = {
     "lambda_layer_refused_keras", "lambda_layer_refused_h5", "input_shape_malformed",
     "opset_out_of_range", "inspect_random_bytes_onnx", "inspect_empty_onnx", "verify_random_bytes_onnx",
     "inspect_external_data_outside", "verify_external_data_absolute", "inspect_external_data_missing",
+    "inspect_external_data_bad_offset", "inspect_external_data_past_end",
     "existing_output_without_force", "force_with_broken_model_keeps_previous", "output_is_a_folder",
     "output_is_a_fifo", "output_parent_is_a_file", "output_folder_missing", "output_in_proc",
     "output_readonly_folder", "report_bad_suffix", "npz_random_bytes", "npz_wrong_names", "npz_wrong_shape",
