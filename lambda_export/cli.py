@@ -8,7 +8,7 @@
     lambda-export triton ONNX --repo DIR            write a Triton Inference Server model repository
 
 Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; 3 conversion failed;
-130 interrupted. Errors are one line on stderr (``-v`` adds the traceback).
+130 interrupted (SIGINT); 143 terminated (SIGTERM). Errors are one line on stderr (``-v`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from lambda_export.errors import (
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; "
-    "3 conversion failed; 130 interrupted."
+    "3 conversion failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
 )
 TARGET_CHOICES = ["portable", "ort", "openvino", "opencv4", "opencv5"]
 RESULT_SCHEMA = "lambda-export/result/v1"
