@@ -247,6 +247,22 @@ def _default_output(model: str) -> Path:
     return path.with_suffix(".onnx")
 
 
+def _check_verify_options(opts: dict[str, Any]) -> None:
+    """Refuse bad parity-check options before the slow work: an exit 2 must not come with a freshly written file."""
+    import math
+
+    for name in ("atol", "rtol"):
+        value = opts[name]
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"--{name} {value!r}: must be a finite number >= 0")
+    _batch_sizes(opts["batch_sizes"])
+    requested = _parse_providers(opts["providers"])
+    if requested is not None:  # None = every available provider, probed by the check itself
+        from lambda_export.parity import resolve_providers
+
+        resolve_providers(requested)
+
+
 def _check_report_path(report_path: str | None) -> None:
     if report_path and Path(report_path).suffix.lower() not in (".json", ".html", ".htm"):
         raise InputError(f"--report {report_path}: the report file must end in .json or .html")
@@ -376,6 +392,12 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
     if opts["batch_size"] is not None and opts["dynamic_batch"]:
         raise InputError("--batch-size and --dynamic-batch contradict each other")
     input_shapes = dict(_parse_shape(text) for text in opts["input_shapes"])
+    if model is not None and not str(model).strip():
+        raise InputError("MODEL is an empty path")
+    if opts["output"] is not None and not str(opts["output"]).strip():
+        raise InputError("-o/--output is an empty path")
+    if not opts["skip_verify"]:
+        _check_verify_options(opts)
     output = Path(opts["output"]) if opts["output"] else _default_output(model or "model")
     if output.is_dir():
         raise InputError(f"{output}: the output is a folder; give a file name ending in .onnx")
@@ -389,6 +411,10 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
         started = time.perf_counter()
         loaded = load_model(model, trust_code=opts["trust_code"], imports=opts["imports"])
         _progress(f"loaded in {time.perf_counter() - started:.1f}s")
+    if opts["inputs_path"] and not opts["skip_verify"]:
+        from lambda_export.parity import load_inputs
+
+        load_inputs(opts["inputs_path"], loaded.inputs)  # bad inputs fail before the conversion writes anything
     _progress(f"converting (opset {opts['opset']}, target {opts['target']})")
     _checkpoint()
     from lambda_export.conversion import save_model_atomic
@@ -498,6 +524,7 @@ def verify_cmd(model: str, onnx_file: str, **opts: Any) -> int:
     from lambda_export.onnx_io import load_onnx
 
     _check_report_path(opts["report_path"])
+    _check_verify_options(opts)
     onnx_model = load_onnx(onnx_file)
     if opts["inputs_path"]:
         from lambda_export.parity import load_inputs

@@ -252,6 +252,8 @@ def load_model(
     import_user_code(list(imports))
     if not _is_keras_model(source):
         # Cheap checks first: a missing, empty or malformed file is reported without starting TensorFlow.
+        if not str(os.fspath(source)).strip():
+            raise InputError("the model path is empty")
         path = Path(os.fspath(source))
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")

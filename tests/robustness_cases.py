@@ -645,7 +645,7 @@ def npz_random_bytes(ws: Workspace) -> Case:
 
 @case
 def npz_wrong_names(ws: Workspace) -> Case:
-    return _verify_inputs(ws, "npz_wrong_names", ws.bad("wrong_name.npz"), [r"pixels|images"])
+    return _verify_inputs(ws, "npz_wrong_names", ws.bad("wrong_name.npz"), [r"missing input\(s\) images"])
 
 
 @case
@@ -687,6 +687,37 @@ def npz_object_array(ws: Workspace) -> Case:
     result = _verify_inputs(ws, "npz_object_array", ws.bad("object.npz"), [r"object\.npz", r"pickle|object"])
     result.check = _no_pickle_executed(ws)
     return result
+
+
+@case
+def export_npz_wrong_names(ws: Workspace) -> Case:
+    """Bad --inputs for an export are refused after loading, before the conversion writes anything."""
+    return _export(
+        ws,
+        "export_npz_wrong_names",
+        ws.tiny_h5,
+        "--inputs",
+        str(ws.bad("wrong_name.npz")),
+        code=2,
+        patterns=[r"wrong_name\.npz", r"missing input\(s\) images"],
+    )
+
+
+@case
+def export_bad_tolerance(ws: Workspace) -> Case:
+    return _export(ws, "export_bad_tolerance", ws.tiny_h5, "--atol", "nan", code=2, patterns=[r"--atol nan", r"finite"])
+
+
+@case
+def export_unknown_provider(ws: Workspace) -> Case:
+    return _export(
+        ws, "export_unknown_provider", ws.tiny_h5, "--providers", "gpu9", code=2, patterns=[r"--providers 'gpu9'"]
+    )
+
+
+@case
+def empty_output_path(ws: Workspace) -> Case:
+    return _export(ws, "empty_output_path", ws.tiny_h5, "-o", "", code=2, patterns=[r"--output is an empty path"])
 
 
 # ONNX files for verify / inspect
