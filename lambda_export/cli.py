@@ -656,6 +656,9 @@ def demo_cmd(out_dir: str, steps: int, as_json: bool, quiet: bool, verbose: int)
         )
     h5 = folder / "demo_model.h5"
     tmp = folder / ".demo_model.tmp.h5"
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)  # .h5 is asked for by design; no "legacy format" warning
     model.save(tmp)
     os.replace(tmp, h5)
     loaded = load_model(str(h5))
