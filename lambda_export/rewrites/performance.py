@@ -1,0 +1,537 @@
+"""Exact ONNX rewrites that make exported lambda layers run faster on ONNX Runtime's CPU provider.
+
+Every pass moves data or regroups the same products; nothing is approximated, and on the lambda layers the results
+are bit-identical to the graph before the passes (tests/test_bench.py). The passes keep the ``portable`` target's
+rules (static shapes apart from the batch, constant MatMul operands 2D and second, equal-rank non-broadcast MatMuls);
+:func:`optimize_for_ort` undoes any pass that would add a node the target refuses.
+
+Found with ONNX Runtime's profiler on the lambda layers (``benchmarks/RESULTS.md`` has the figures):
+
+* ``unmerge_split_matmul`` – the clean-up pass ``merge_sibling_matmuls`` turns the query/key/value projections into
+  one GEMM + ``Split``; ORT's Split is a single-threaded strided copy that costs more than the GEMM it saves once the
+  product is large (56×56, u=4, batch 8: Split 16 ms for a 9.7 ms GEMM). Large products get their three GEMMs back.
+* ``flatten_transposed_matmul`` – ``Transpose(swap last two axes) → MatMul(·, W const 2D)``: ORT fuses the Transpose
+  into ``FusedMatMul(transA=1)``, which then runs one GEMM *per batch item* and streams the whole constant ``W``
+  through the caches once per item. For the global position lambda (``V^T E^T`` with E of n·m·k·u floats, 157 MB at
+  28×28, u=4) that was 92 % of the layer's time. A Reshape to 2D between the Transpose and the MatMul (and one back
+  after it) blocks the fusion, and the MatMul becomes one GEMM with the batch folded into its rows: W is read once.
+* ``split_slow_transposes`` – ORT's CPU ``Transpose`` has fast kernels (MLAS matrix transposes, block copies) only
+  for permutations that move a single axis; any other permutation, such as the (b, v, k, n) → (b, n, k, v) after the
+  local lambda convolution, goes through a generic element-by-element loop (37 % of the local layer's time at
+  56×56, u=4, batch 8). The pass writes such a Transpose as the cheapest chain of single-axis moves, each a 3D/4D
+  Transpose between Reshapes (so that ORT's transpose optimizer does not merge them back into one slow Transpose).
+* ``reshape_before_output_add`` – the layer's last ``Reshape`` copies the whole output (ORT cannot alias a graph
+  output); reshaping the two Add operands instead is free.
+
+Entry point: :func:`optimize_for_ort` (runs every pass, returns the names of those that changed the graph). Run it
+last, after the clean-up passes (``merge_sibling_matmuls`` / ``merge_transposes`` would undo some of this work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = [
+    "PERFORMANCE_PASSES",
+    "flatten_transposed_matmul",
+    "optimize_for_ort",
+    "reshape_before_output_add",
+    "split_slow_transposes",
+    "unmerge_split_matmul",
+]
+
+
+# -- small graph helpers (kept local: the clean-up module's helpers are private and may change) ----------------------
+
+
+class _Graph:
+    """Producers, consumers, constants and static shapes of one graph (rebuild after each change)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.graph = graph
+        self.initializers = {init.name: init for init in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {value.name for value in graph.output}
+        self.names = set(self.initializers) | {node.name for node in graph.node}
+        for node in graph.node:
+            self.names.update(node.output)
+        self.shapes = _static_shapes(model)
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def shape_constant(self, base: str, dims: list[int]) -> str:
+        name = self.fresh(base)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(dims, dtype=np.int64), name))
+        return name
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without large initializer data (they become typed inputs): shape inference stays cheap."""
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    known = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        small_int = init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(init.dims) <= 64
+        if small_int:
+            graph.initializer.append(init)
+        elif init.name not in known:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+    except Exception:
+        return {init.name: tuple(init.dims) for init in model.graph.initializer}
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None
+
+
+def _insert_before(graph: onnx.GraphProto, anchor: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+    position = list(graph.node).index(anchor)
+    for offset, new in enumerate(new_nodes):
+        graph.node.insert(position + offset, new)
+
+
+# -- passes --------------------------------------------------------------------------------------------------------
+
+
+def flatten_transposed_matmul(model: onnx.ModelProto) -> bool:
+    """``MatMul(Transpose(X, swap last two), W)``, W constant 2D → ``Reshape(MatMul(Reshape(Transpose(X), 2D), W))``.
+
+    The Reshapes only regroup the batch dims into GEMM rows; the products and their K-order are unchanged.
+    """
+    changed = False
+    while True:
+        g = _Graph(model)
+        done = False
+        for node in g.graph.node:
+            if node.op_type != "MatMul" or g.const(node.input[0]) is not None:
+                continue
+            weight = g.const(node.input[1])
+            source = g.producer.get(node.input[0])
+            if weight is None or weight.ndim != 2 or source is None or source.op_type != "Transpose":
+                continue
+            perm = _perm(source)
+            shape = g.shapes.get(node.input[0])
+            if perm is None or shape is None or len(shape) < 3 or len(perm) != len(shape):
+                continue
+            if perm[-2:] != [len(perm) - 1, len(perm) - 2]:
+                continue  # ORT only fuses a Transpose that swaps the last two axes
+            inner = shape[1:]
+            if any(dim is None for dim in inner) or shape[-1] != weight.shape[0]:
+                continue
+            base = node.name or node.output[0]
+            flat_in = g.fresh(base + "/rows")
+            flat_out = g.fresh(base + "/rows_out")
+            first = helper.make_node(
+                "Reshape",
+                [node.input[0], g.shape_constant(base + "/rows_shape", [-1, int(shape[-1])])],
+                [flat_in],
+                name=g.fresh(base + "/to_rows"),
+            )
+            back_shape = g.shape_constant(
+                base + "/back_shape", [-1, *[int(d) for d in inner[:-1]], int(weight.shape[1])]
+            )
+            output = node.output[0]
+            node.input[0] = flat_in
+            node.output[0] = flat_out
+            last = helper.make_node("Reshape", [flat_out, back_shape], [output], name=g.fresh(base + "/from_rows"))
+            _insert_before(g.graph, node, [first])
+            position = list(g.graph.node).index(node)
+            g.graph.node.insert(position + 1, last)
+            changed = done = True
+            break
+        if not done:
+            return changed
+
+
+def _merge_axes(shape: list[int | None], perm: list[int]) -> tuple[list[int | None], list[int]]:
+    """Merge input axes that stay adjacent and in order under ``perm``; returns the reduced (shape, perm)."""
+    groups: list[list[int]] = []
+    for axis in perm:
+        if groups and groups[-1][-1] + 1 == axis:
+            groups[-1].append(axis)
+        else:
+            groups.append([axis])
+    order = sorted(range(len(groups)), key=lambda i: groups[i][0])
+    new_shape: list[int | None] = []
+    for i in order:
+        dims = [shape[a] for a in groups[i]]
+        new_shape.append(None if any(d is None for d in dims) else int(np.prod(dims)))
+    position = {group_index: new_axis for new_axis, group_index in enumerate(order)}
+    return new_shape, [position[i] for i in range(len(groups))]
+
+
+# Cost model of ORT's CPU Transpose, in units of "one element moved by a fast kernel" (measured on AVX-512 EPYC,
+# ORT 1.32): a single-axis move of a (pre, A, B) view runs one MLAS matrix transpose per leading index (≈ 450 element
+# units of call overhead each); a (pre, A, B, post) move copies blocks of ``post`` elements (≈ 6 units per block); any
+# other permutation takes the generic element-by-element loop (≈ 4.7 units per element); each node ≈ 2000 units.
+_CALL_COST = 450.0
+_BLOCK_COST = 6.0
+_GENERIC_COST = 4.7
+_NODE_COST = 2000.0
+
+
+def _move_view(shape: Sequence[int], step: list[int]) -> tuple[int, int, int, int]:
+    """(pre, A, B, post) of a single-axis move ``step`` on ``shape``: blocks A and B swap places."""
+    moved = [i for i in range(len(step)) if step[i] != i]
+    lo, hi = moved[0], moved[-1]
+    if step[lo] == hi:  # axis hi moves outwards to lo: blocks [lo, hi) and [hi]
+        block_a, block_b = list(range(lo, hi)), [hi]
+    else:  # axis lo moves inwards to hi: blocks [lo] and (lo, hi]
+        block_a, block_b = [lo], list(range(lo + 1, hi + 1))
+    pre = int(np.prod(shape[:lo])) if lo else 1
+    post = int(np.prod(shape[hi + 1 :])) if hi + 1 < len(shape) else 1
+    size_a = int(np.prod([shape[i] for i in block_a]))
+    size_b = int(np.prod([shape[i] for i in block_b]))
+    return pre, size_a, size_b, post
+
+
+def _move_cost(shape: Sequence[int], step: list[int]) -> float:
+    pre, size_a, size_b, post = _move_view(shape, step)
+    elements = pre * size_a * size_b * post
+    overhead = _CALL_COST * pre if post == 1 else _BLOCK_COST * pre * size_a * size_b
+    return elements + overhead + _NODE_COST
+
+
+def _single_moves_from(rank: int) -> list[list[int]]:
+    moves = []
+    for source in range(rank):
+        for target in range(rank):
+            if source == target or target == source + 1:  # moving one place right == moving the neighbour left
+                continue
+            step = list(range(rank))
+            step.pop(source)
+            step.insert(target, source)
+            moves.append(step)
+    return moves
+
+
+def _cheapest_moves(shape: Sequence[int], perm: Sequence[int]) -> tuple[float, list[list[int]]]:
+    """Cheapest chain of single-axis moves realising ``perm`` on ``shape`` (Dijkstra over arrangements)."""
+    import heapq
+
+    rank = len(perm)
+    goal = tuple(perm)
+    start = tuple(range(rank))
+    moves = _single_moves_from(rank)
+    best: dict[tuple[int, ...], float] = {start: 0.0}
+    queue: list[tuple[float, tuple[int, ...], list[list[int]]]] = [(0.0, start, [])]
+    while queue:
+        cost, state, path = heapq.heappop(queue)
+        if state == goal:
+            return cost, path
+        if cost > best.get(state, float("inf")) or len(path) >= rank:
+            continue
+        current_shape = [shape[a] for a in state]
+        for step in moves:
+            new_state = tuple(state[i] for i in step)
+            new_cost = cost + _move_cost(current_shape, step)
+            if new_cost < best.get(new_state, float("inf")):
+                best[new_state] = new_cost
+                heapq.heappush(queue, (new_cost, new_state, [*path, step]))
+    return float("inf"), []
+
+
+def _transpose_cost(shape: Sequence[int], perm: Sequence[int]) -> float:
+    """Estimated cost of ``Transpose(perm)`` on ``shape`` as ORT would run it (0 for an identity)."""
+    merged_shape, merged_perm = _merge_axes(list(shape), list(perm))
+    if merged_perm == list(range(len(merged_perm))):
+        return 0.0
+    if _is_single_move(merged_perm):
+        return _move_cost(merged_shape, merged_perm)
+    return _GENERIC_COST * float(np.prod(merged_shape)) + _NODE_COST
+
+
+def _is_single_move(perm: Sequence[int]) -> bool:
+    """Identity, or one axis taken out and put back elsewhere (what ORT's fast Transpose kernels handle)."""
+    rank = len(perm)
+    if list(perm) == list(range(rank)):
+        return True
+    return list(perm) in _single_moves_from(rank)
+
+
+def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -> bool:
+    """A Transpose that is not a single-axis move → Reshape / single-axis Transpose chain (same data movement).
+
+    The chain is the cheapest by the cost model above, used only when cheaper than the generic kernel; each move is
+    a 3D (pre, A, B) → (pre, B, A) or 4D (pre, A, B, post) → (pre, B, A, post) Transpose between Reshapes, so that
+    ORT's transpose optimizer cannot merge the chain back into one slow Transpose. Only tensors with static dims after
+    the batch (which must stay the leading axis) and at least ``min_elements`` elements per batch item.
+    """
+    changed = False
+    while True:
+        g = _Graph(model)
+        done = False
+        for node in g.graph.node:
+            if node.op_type != "Transpose":
+                continue
+            perm = _perm(node)
+            shape = g.shapes.get(node.input[0])
+            if perm is None or shape is None or len(shape) != len(perm) or len(perm) < 3:
+                continue
+            if any(d is None for d in shape[1:]) or int(np.prod(shape[1:])) < min_elements:
+                continue
+            merged_shape, merged_perm = _merge_axes(list(shape), perm)
+            if _is_single_move(merged_perm) or merged_perm[0] != 0:
+                continue
+            sized = [1 if d is None else int(d) for d in merged_shape]  # cost per batch item
+            chain_cost, moves = _cheapest_moves(sized, merged_perm)
+            if not moves or chain_cost >= _transpose_cost(sized, merged_perm):
+                continue
+            if merged_shape[0] is None and any(step[0] != 0 for step in moves):
+                continue  # the dynamic batch axis must stay in front
+            out_shape = [shape[a] for a in perm]
+            final = [-1 if d is None else int(d) for d in out_shape]
+            if sum(1 for d in final if d == -1) > 1:
+                continue
+            base = node.name or node.output[0]
+            new_nodes: list[onnx.NodeProto] = []
+            current_name = node.input[0]
+            current_shape = list(merged_shape)
+            for index, step in enumerate(moves):
+                pre, size_a, size_b, post = _move_view([1 if d is None else d for d in current_shape], step)
+                lo = next(i for i in range(len(step)) if step[i] != i)
+                pre_dims = current_shape[:lo]
+                pre_size = -1 if any(d is None for d in pre_dims) else pre
+                view = [pre_size, size_a, size_b] + ([post] if post != 1 else [])
+                swap = [0, 2, 1, 3] if post != 1 else [0, 2, 1]
+                reshaped = g.fresh(f"{base}/move{index}_in")
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape",
+                        [current_name, g.shape_constant(f"{base}/move{index}_shape", view)],
+                        [reshaped],
+                        name=g.fresh(f"{base}/move{index}_reshape"),
+                    )
+                )
+                moved_name = g.fresh(f"{base}/move{index}")
+                new_nodes.append(
+                    helper.make_node(
+                        "Transpose", [reshaped], [moved_name], name=g.fresh(f"{base}/move{index}"), perm=swap
+                    )
+                )
+                current_shape = [current_shape[i] for i in step]
+                current_name = moved_name
+            new_nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [current_name, g.shape_constant(f"{base}/out_shape", final)],
+                    [node.output[0]],
+                    name=g.fresh(f"{base}/out"),
+                )
+            )
+            _insert_before(g.graph, node, new_nodes)
+            g.graph.node.remove(node)
+            changed = done = True
+            break
+        if not done:
+            return changed
+
+
+def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) -> bool:
+    """``Split(MatMul(A, [W_1 … W_n]), axis=-1)`` with constant W → n ``MatMul(A, W_i)`` (undoes the sibling merge).
+
+    The clean-up pass ``merge_sibling_matmuls`` merges the query/key/value projections into one GEMM and a Split.
+    On ORT's CPU provider the Split is a strided copy of the whole product (single-threaded), which costs more than
+    the GEMM it saves once the product is large: 16 ms of Split for a 9.7 ms merged GEMM at 56×56, u=4, batch 8.
+    Applied when the product has at least ``min_elements`` elements per batch item; the products are the same
+    column blocks of the same GEMM, so the numbers do not change.
+    """
+    changed = False
+    while True:
+        g = _Graph(model)
+        done = False
+        for node in g.graph.node:
+            if node.op_type != "Split" or g.const(node.input[0]) is not None:
+                continue
+            producer = g.producer.get(node.input[0])
+            if producer is None or producer.op_type != "MatMul" or len(g.consumers.get(node.input[0], [])) != 1:
+                continue
+            if node.input[0] in g.outputs:
+                continue
+            weight = g.const(producer.input[1])
+            shape = g.shapes.get(node.input[0])
+            if weight is None or weight.ndim != 2 or not shape or any(d is None for d in shape[1:]):
+                continue
+            axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
+            if axis not in (-1, len(shape) - 1):
+                continue
+            if int(np.prod(shape[1:])) < min_elements:
+                continue
+            sizes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            outputs = list(node.output)
+            if sizes is None:
+                if weight.shape[1] % len(outputs):
+                    continue
+                sizes = np.full(len(outputs), weight.shape[1] // len(outputs))
+            sizes = [int(x) for x in np.asarray(sizes).ravel()]
+            if sum(sizes) != weight.shape[1] or len(sizes) != len(outputs):
+                continue
+            base = producer.name or producer.output[0]
+            new_nodes = []
+            offset = 0
+            for index, (size, out) in enumerate(zip(sizes, outputs, strict=True)):
+                name = g.fresh(f"{base}/part{index}_weight")
+                g.graph.initializer.append(
+                    numpy_helper.from_array(np.ascontiguousarray(weight[:, offset : offset + size]), name)
+                )
+                new_nodes.append(
+                    helper.make_node("MatMul", [producer.input[0], name], [out], name=g.fresh(f"{base}/part{index}"))
+                )
+                offset += size
+            _insert_before(g.graph, producer, new_nodes)
+            g.graph.node.remove(producer)
+            g.graph.node.remove(node)
+            changed = done = True
+            break
+        if not done:
+            if changed:
+                _drop_unused_initializers(model)
+            return changed
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {value.name for value in model.graph.output}
+    keep = [init for init in model.graph.initializer if init.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+def reshape_before_output_add(model: onnx.ModelProto) -> bool:
+    """``Reshape(Add(A, B))`` that is a graph output → ``Add(Reshape(A), Reshape(B))`` (same shapes, no broadcast).
+
+    ORT cannot make a graph output alias its Reshape's input, so the final Reshape of a lambda layer copies the whole
+    output; Reshapes of inner tensors are free. The Add then writes the output directly. Exact (same additions).
+    """
+    changed = False
+    g = _Graph(model)
+    for node in list(g.graph.node):
+        if node.op_type != "Reshape" or node.output[0] not in g.outputs or g.const(node.input[1]) is None:
+            continue
+        add = g.producer.get(node.input[0])
+        if add is None or add.op_type != "Add" or len(g.consumers.get(add.output[0], [])) != 1:
+            continue
+        if add.output[0] in g.outputs:
+            continue
+        shapes = [g.shapes.get(name) for name in add.input]
+        out_shape = g.shapes.get(add.output[0])
+        if (
+            not out_shape
+            or any(shape != out_shape for shape in shapes)
+            or any(g.const(n) is not None for n in add.input)
+        ):
+            continue
+        if sum(1 for d in out_shape if d is None) > 1:
+            continue
+        base = add.name or add.output[0]
+        new_inputs = []
+        new_nodes = []
+        for index, name in enumerate(add.input):
+            reshaped = g.fresh(f"{base}/in{index}_reshaped")
+            new_nodes.append(
+                helper.make_node(
+                    "Reshape", [name, node.input[1]], [reshaped], name=g.fresh(f"{base}/in{index}_reshape")
+                )
+            )
+            new_inputs.append(reshaped)
+        new_add = helper.make_node("Add", new_inputs, [node.output[0]], name=g.fresh(base + "/output"))
+        _insert_before(g.graph, add, [*new_nodes, new_add])
+        g.graph.node.remove(add)
+        g.graph.node.remove(node)
+        changed = True
+    return changed
+
+
+PERFORMANCE_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
+    ("unmerge_split_matmul", unmerge_split_matmul),
+    ("flatten_transposed_matmul", flatten_transposed_matmul),
+    ("split_slow_transposes", split_slow_transposes),
+    ("reshape_before_output_add", reshape_before_output_add),
+]
+
+
+def optimize_for_ort(model: onnx.ModelProto, target: str | None = "portable") -> list[str]:
+    """Run every performance pass on ``model`` in place; return the names of the passes that changed it.
+
+    With ``target`` (a key of ``lambda_export.targets.TARGETS``), a pass whose result the target would refuse (more
+    offending nodes than before) is undone, so the graph stays as portable as it was.
+    """
+    try:
+        from lambda_export.targets import check_target
+    except ImportError:  # pragma: no cover - the checker is part of the package
+        target = None
+
+    def offenses(candidate: onnx.ModelProto) -> int:
+        return len(check_target(candidate, target)) if target else 0
+
+    before = offenses(model) if target else 0
+    original = onnx.ModelProto()
+    if target:
+        original.CopyFrom(model)
+    applied = []
+    for name, fn in PERFORMANCE_PASSES:
+        if fn(model):
+            applied.append(name)
+    if target and applied and offenses(model) > before:
+        # find the pass(es) responsible: replay one at a time from the original, keeping only the harmless ones
+        model.CopyFrom(original)
+        applied = []
+        for name, fn in PERFORMANCE_PASSES:
+            trial = onnx.ModelProto()
+            trial.CopyFrom(model)
+            if fn(trial) and offenses(trial) <= before:
+                model.CopyFrom(trial)
+                applied.append(name)
+    if applied:
+        _drop_unused_initializers(model)
+    return applied

@@ -1,0 +1,215 @@
+"""The benchmark runs and writes well-formed results; the performance passes it measures are exact.
+
+No timed assertions: only that the figures exist, are positive and are consistent with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _check_entry(record: dict) -> None:
+    assert record["status"] == "ok", record.get("reason")
+    for key in ("latency", "ratios", "flops", "gflops", "export", "target", "tf_best", "max_abs_diff_vs_tf_graph"):
+        assert key in record, key
+    for name in ("tf_graph", "ort_portable"):
+        stats = record["latency"][name]
+        assert stats["n"] > 0
+        assert 0 < stats["median_ms"] <= stats["p90_ms"]
+    ratio = record["ratios"]["ort_portable/tf_best"]
+    assert ratio["median"] > 0 and ratio["n"] >= 1
+    assert all(value is None or value["median"] > 0 for value in record["ratios"].values())
+    assert record["flops"]["total"] > 0
+    assert record["export"]["portable"]["nodes"] > 0 and record["export"]["portable"]["file_bytes"] > 0
+    assert max(record["max_abs_diff_vs_tf_graph"].values()) < 1e-3  # the timed graphs compute the same thing
+
+
+def test_smoke_benchmark_writes_wellformed_json(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out), "--no-results", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert results["schema"] == "lambda-export/bench/v1"
+    assert results["mode"] == "smoke"
+    for key in ("environment", "settings", "method", "targets", "entries", "gpu", "export_cost", "summary"):
+        assert key in results, key
+    environment = results["environment"]
+    assert environment["cpu_model"] and environment["threads"]["n"] == 2
+    assert environment["threads"]["ort_intra_op"] == environment["threads"]["tf_intra_op"] == 2
+    assert environment["versions"]["onnxruntime"] and environment["versions"]["tensorflow"]
+    assert len(results["entries"]) == 1
+    record = results["entries"][0]
+    _check_entry(record)
+    assert record["flops"]["total"] == record["flops"]["graph_count"]  # analytic count == count from the graph
+    memory = record["memory"]
+    for side in ("tf", "ort"):
+        assert "error" not in memory[side], memory[side]
+        assert memory[side]["peak_rss_mb"] > 0
+    assert results["gpu"].get("skipped") in (True, False)
+    if results["gpu"].get("skipped"):
+        assert results["gpu"]["reason"]
+    assert "| configuration |" in proc.stdout  # the Markdown table
+    assert (out / "bench.md").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "chart skipped" in proc.stdout
+    else:
+        assert (out / "bench.png").stat().st_size > 0
+
+
+def test_cli_bench_on_a_saved_model(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lambda_export.bench import LayerConfig
+    from lambda_export.cli import cli
+
+    assert "bench" in cli.commands
+    model = LayerConfig("absolute", (4, 4), 8, d=16, k=4, h=4, u=2).build()
+    path = tmp_path / "layer.keras"
+    model.save(path)
+    out = tmp_path / "layer.bench.json"
+    args = ["bench", str(path), "--batch-sizes", "1,2", "--budget", "0.2", "--no-memory", "--out", str(out), "-q"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert results["mode"] == "model" and len(results["entries"]) == 2
+    for record in results["entries"]:
+        _check_entry(record)
+    assert results["entries"][1]["export_reused"]  # batch 2 reuses the batch-1 exports (dynamic batch)
+    assert "layer.keras b=1" in result.output
+
+
+def test_layer_flops_match_the_exported_graph() -> None:
+    from lambda_export.bench import LayerConfig, layer_flops, onnx_flops
+    from lambda_export.conversion import convert
+
+    for config in (
+        LayerConfig("local", (6, 5), 8, d=16, k=4, h=2, u=3, r=3, batch=2),
+        LayerConfig("relative", (4, 3), 8, d=16, k=4, h=4, u=2, batch=3),
+        LayerConfig("absolute", (10,), 8, d=8, k=4, h=2, u=1, batch=1),
+        LayerConfig("local", (12,), 8, d=8, k=4, h=2, u=2, r=5, batch=2),
+    ):
+        model = convert(config.build()).model
+        assert onnx_flops(model, config.batch)["total"] == layer_flops(config)["total"], config.name
+
+
+def test_interleaved_measurement_and_paired_ratios() -> None:
+    from lambda_export.bench import measure_interleaved, paired_ratio
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(name: str):
+        def run() -> None:
+            calls[name] += 1
+            sum(range(2000 if name == "a" else 4000))
+
+        return run
+
+    measured = measure_interleaved(
+        {"a": runner("a"), "b": runner("b")}, budget_s=0.0, min_rounds=4, max_rounds=4, block_s=0.001
+    )
+    assert len(measured["rounds"]) == 4
+    assert all(set(r) == {"a", "b"} for r in measured["rounds"])
+    assert len(measured["samples"]["a"]) == 4 * measured["block_runs"]["a"]
+    ratio = paired_ratio(measured["rounds"], "a", "b")
+    assert ratio is not None and ratio["n"] == 4 and ratio["p10"] <= ratio["median"] <= ratio["p90"]
+
+
+def _run(model, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize(
+    "config_args",
+    [
+        ("local", (6, 6), 8, {"u": 4, "r": 3}),
+        ("local", (6, 6), 8, {"u": 1, "r": 3}),
+        ("relative", (5, 4), 8, {"u": 4}),
+        ("absolute", (9,), 8, {"u": 2}),
+        ("local", (16,), 8, {"u": 4, "r": 5}),
+        ("local", (20,), 8, {"u": 1, "r": 7}),
+    ],
+)
+def test_performance_passes_are_exact_and_portable(config_args: tuple) -> None:
+    import copy
+    import inspect
+
+    from lambda_export.bench import LayerConfig
+    from lambda_export.conversion import convert
+    from lambda_export.rewrites import performance
+    from lambda_export.targets import check_target
+
+    mode, spatial, channels, extra = config_args
+    config = LayerConfig(mode, spatial, channels, d=16, k=4, h=4, **extra)
+    original = convert(config.build()).model
+    optimized = copy.deepcopy(original)
+    applied = []
+    # thresholds at 0 so that the small test graphs take every rewrite the real sizes take
+    for name, fn in performance.PERFORMANCE_PASSES:
+        parameters = inspect.signature(fn).parameters
+        kwargs = {key: value for key, value in (("min_elements", 0),) if key in parameters}
+        if fn(optimized, **kwargs):
+            applied.append(name)
+    assert applied, "no pass applied: the test graph does not exercise the passes"
+    import onnx
+
+    onnx.checker.check_model(optimized, full_check=True)
+    assert not check_target(optimized, "portable"), check_target(optimized, "portable")
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, *spatial, channels)).astype(np.float32)
+        expected, got = _run(original, x), _run(optimized, x)
+        np.testing.assert_array_equal(got, expected)  # data movement and regrouped GEMMs: bit-identical
+
+
+def test_split_slow_transposes_is_exact() -> None:
+    import copy
+
+    from lambda_export.bench import LayerConfig
+    from lambda_export.conversion import convert
+    from lambda_export.rewrites import performance
+
+    config = LayerConfig("local", (24, 24), 8, d=16, k=4, h=4, u=4, r=3)
+    original = convert(config.build()).model
+    optimized = copy.deepcopy(original)
+    slow = sum(node.op_type == "Transpose" for node in optimized.graph.node)
+    assert performance.split_slow_transposes(optimized, min_elements=0)
+    assert sum(node.op_type == "Transpose" for node in optimized.graph.node) > slow  # chains of fast moves
+    x = np.random.default_rng(0).standard_normal((2, 24, 24, 8)).astype(np.float32)
+    np.testing.assert_array_equal(_run(optimized, x), _run(original, x))  # pure data movement: bit-identical
+
+
+def test_transpose_decomposition_realises_the_permutation() -> None:
+    from itertools import permutations
+
+    from lambda_export.rewrites.performance import _cheapest_moves
+
+    shape = [2, 3, 4, 5, 6]
+    x = np.arange(np.prod(shape)).reshape(shape)
+    for perm in permutations(range(1, 5)):
+        perm = [0, *perm]
+        _, moves = _cheapest_moves(shape, perm)
+        y = x
+        for step in moves:
+            y = np.transpose(y, step)
+        np.testing.assert_array_equal(y, np.transpose(x, perm))
