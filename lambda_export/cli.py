@@ -268,22 +268,8 @@ def _check_report_path(report_path: str | None) -> None:
         raise InputError(f"--report {report_path}: the report file must end in .json or .html")
 
 
-def _run_verify(
-    loaded: Any,
-    onnx_model: Any,
-    *,
-    providers: str | None,
-    atol: float,
-    rtol: float,
-    inputs_path: str | None,
-    samples: int,
-    seed: int,
-    batch_sizes: str,
-    fp16: bool,
-    tf32: bool,
-    locate: bool,
-    fixed_batch: bool,
-) -> Any:
+def _run_verify(loaded: Any, onnx_model: Any, opts: dict[str, Any], *, fixed_batch: bool) -> Any:
+    """Run the parity engine with the verification options shared by `export`, `verify` and `demo`."""
     from lambda_export.parity import verify
 
     return verify(
@@ -291,16 +277,16 @@ def _run_verify(
         onnx_model,
         loaded=loaded,
         int_high=_int_high(loaded),
-        providers=_parse_providers(providers),
-        atol=atol,
-        rtol=rtol,
-        inputs=inputs_path,
-        batch_sizes=(None,) if fixed_batch else _batch_sizes(batch_sizes),
-        samples=samples,
-        seed=seed,
-        tf32=tf32,
-        locate="on_failure" if locate else "never",
-        fp16=fp16,
+        providers=_parse_providers(opts["providers"]),
+        atol=opts["atol"],
+        rtol=opts["rtol"],
+        inputs=opts["inputs_path"],
+        batch_sizes=(None,) if fixed_batch else _batch_sizes(opts["batch_sizes"]),
+        samples=opts["samples"],
+        seed=opts["seed"],
+        tf32=opts["tf32"],
+        locate="on_failure" if opts["locate"] else "never",
+        fp16=opts["fp16"],
         progress=_progress,
     )
 
@@ -354,21 +340,9 @@ def _finish(result: dict[str, Any], report: Any, report_path: str | None) -> int
 
 def _graph_inputs(model: Any) -> list[Any]:
     """Name, shape (None for a symbolic dim) and dtype of an ONNX graph's inputs (initializers left out)."""
-    import numpy as np
-    import onnx
+    from lambda_export.parity import _onnx_io
 
-    from lambda_export.loading import TensorInfo
-
-    initializers = {init.name for init in model.graph.initializer}
-    infos = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name if tensor.elem_type else "float32"
-        infos.append(TensorInfo(value.name, dims, dtype))
-    return infos
+    return _onnx_io(model)[0]
 
 
 def _conversion_summary(result: Any) -> dict[str, Any]:
@@ -445,21 +419,7 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
     report = None
     if not opts["skip_verify"]:
         fixed = all(info.shape and info.shape[0] is not None for info in result.inputs)
-        report = _run_verify(
-            loaded,
-            result.model,
-            providers=opts["providers"],
-            atol=opts["atol"],
-            rtol=opts["rtol"],
-            inputs_path=opts["inputs_path"],
-            samples=opts["samples"],
-            seed=opts["seed"],
-            batch_sizes=opts["batch_sizes"],
-            fp16=opts["fp16"],
-            tf32=opts["tf32"],
-            locate=opts["locate"],
-            fixed_batch=fixed,
-        )
+        report = _run_verify(loaded, result.model, opts, fixed_batch=fixed)
     _checkpoint()
     return _finish(summary, report, opts["report_path"])
 
@@ -539,21 +499,7 @@ def verify_cmd(model: str, onnx_file: str, **opts: Any) -> int:
         raise InputError(f"{onnx_file}: its inputs {onnx_inputs} do not match the model's inputs {expected}")
     dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
     fixed = bool(dims) and dims[0].HasField("dim_value")
-    report = _run_verify(
-        loaded,
-        onnx_model,
-        providers=opts["providers"],
-        atol=opts["atol"],
-        rtol=opts["rtol"],
-        inputs_path=opts["inputs_path"],
-        samples=opts["samples"],
-        seed=opts["seed"],
-        batch_sizes=opts["batch_sizes"],
-        fp16=opts["fp16"],
-        tf32=opts["tf32"],
-        locate=opts["locate"],
-        fixed_batch=fixed,
-    )
+    report = _run_verify(loaded, onnx_model, opts, fixed_batch=fixed)
     _checkpoint()
     return _finish({"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, opts["report_path"])
 

@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lambda_export.rewrites.cleanup import _static_shapes  # shape inference on a weight-free skeleton
+
 __all__ = [
     "PERFORMANCE_PASSES",
     "flatten_transposed_matmul",
@@ -90,40 +92,6 @@ class _Graph:
         name = self.fresh(base)
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(dims, dtype=np.int64), name))
         return name
-
-
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` without large initializer data (they become typed inputs): shape inference stays cheap."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    known = {value.name for value in model.graph.input}
-    for init in model.graph.initializer:
-        small_int = init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(init.dims) <= 64
-        if small_int:
-            graph.initializer.append(init)
-        elif init.name not in known:
-            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    return skeleton
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-    except Exception:
-        return {init.name: tuple(init.dims) for init in model.graph.initializer}
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
