@@ -42,7 +42,9 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; "
     "3 conversion failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
 )
+# literal copies (the CLI starts without importing onnx); tests/test_cli.py checks them against the library
 TARGET_CHOICES = ["portable", "ort", "openvino", "opencv4", "opencv5"]
+OPTIMIZE_CHOICES = ["default", "speed"]
 RESULT_SCHEMA = "lambda-export/result/v1"
 
 
@@ -183,6 +185,13 @@ def _convert_options(fn: Any) -> Any:
             default="portable",
             show_default=True,
             help="Runtimes the graph must load on.",
+        ),
+        click.option(
+            "--optimize",
+            type=click.Choice(OPTIMIZE_CHOICES),
+            default="default",
+            show_default=True,
+            help="default: fewest nodes; speed: also the exact ONNX Runtime CPU performance rewrites (same target rules).",
         ),
         click.option("--force", is_flag=True, help="Overwrite an existing output file."),
         click.option(
@@ -400,6 +409,7 @@ def _export(model: str | None, *, loaded: Any = None, **opts: Any) -> int:
         batch_size=opts["batch_size"],
         input_shapes=input_shapes or None,
         target=opts["target"],
+        optimize=opts["optimize"],
         overwrite=opts["force"],
         loaded=loaded,
     )
@@ -619,6 +629,7 @@ def demo_cmd(out_dir: str, steps: int, as_json: bool, quiet: bool, verbose: int)
         dynamic_batch=False,
         input_shapes=(),
         target="portable",
+        optimize="default",
         force=True,
         skip_verify=False,
         providers=None,

@@ -27,9 +27,11 @@ from lambda_export.loading import LoadedModel, TensorInfo, load_model
 from lambda_export.rewrites.cleanup import run_cleanup
 from lambda_export.targets import TARGETS, check_target
 
-__all__ = ["ConvertResult", "convert", "save_model_atomic"]
+__all__ = ["OPTIMIZE_CHOICES", "ConvertResult", "convert", "save_model_atomic"]
 
 MIN_OPSET, MAX_OPSET = 13, 18
+# "default": the smallest graph; "speed": plus lambda_export.rewrites.performance (faster on ONNX Runtime's CPU)
+OPTIMIZE_CHOICES = ("default", "speed")
 PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # leave headroom below protobuf's 2 GiB message limit
 
 
@@ -442,6 +444,7 @@ def convert(
     batch_size: int | None = None,
     input_shapes: dict[str, tuple[int | None, ...]] | None = None,
     target: str = "portable",
+    optimize: str = "default",
     trust_code: bool = False,
     imports: list[str] | tuple[str, ...] = (),
     overwrite: bool = False,
@@ -456,6 +459,10 @@ def convert(
         batch_size: fix the batch dimension; None keeps it dynamic.
         input_shapes: full shapes for inputs with unknown dims, by input name, e.g. ``{"x": (None, 64, 64, 3)}``.
         target: a key of :data:`lambda_export.targets.TARGETS`; the result is checked against it.
+        optimize: ``"default"`` (the smallest graph: fewest nodes) or ``"speed"`` (also the exact ONNX Runtime CPU
+            passes of :mod:`lambda_export.rewrites.performance`, which regroup the same products into faster kernels;
+            a pass whose result ``target`` would refuse is not applied). Both give the same numbers up to the order
+            of floating-point additions.
         trust_code: allow ``Lambda`` layers (their loading executes code from the file).
         imports: modules or ``.py`` files registering custom layers, imported before loading.
         overwrite: replace an existing output file.
@@ -469,6 +476,8 @@ def convert(
         raise InputError(f"--opset {opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}")
     if target not in TARGETS:
         raise InputError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+    if optimize not in OPTIMIZE_CHOICES:
+        raise InputError(f"--optimize {optimize!r}: choose one of {', '.join(OPTIMIZE_CHOICES)}")
     if batch_size is not None and batch_size <= 0:
         raise InputError(f"--batch-size {batch_size}: must be a positive integer")
     if output is not None and Path(output).exists() and not overwrite:
@@ -491,6 +500,10 @@ def convert(
         warnings.extend(einsum_warnings)
         passes.append("rewrite_einsum")
         passes.extend(p for p in run_cleanup(model, even_splits_only=even) if p not in passes)
+    if optimize == "speed":
+        from lambda_export.rewrites.performance import optimize_for_ort
+
+        passes.extend(optimize_for_ort(model, target=target))  # last: the clean-up passes would undo some of it
     _canonical_names(model)
     del model.graph.value_info[:]
     used_domains = {node.domain for node in model.graph.node} | {""}
@@ -513,6 +526,7 @@ def convert(
         "source": os.path.basename(loaded.source) if loaded.source else "in-memory",
         "rewrite_passes": ",".join(passes),
         "target": target,
+        "optimize": optimize,
         "opset": str(opset),
         **_versions(),
     }

@@ -213,3 +213,144 @@ def test_transpose_decomposition_realises_the_permutation() -> None:
         for step in moves:
             y = np.transpose(y, step)
         np.testing.assert_array_equal(y, np.transpose(x, perm))
+
+
+def force_performance_passes(model) -> list[str]:
+    """Every performance pass on ``model`` in place with its size thresholds off (small test graphs then take the
+    rewrites that real sizes take); returns the names of the passes that changed the graph."""
+    import inspect
+
+    from lambda_export.rewrites import performance
+
+    forced = {"min_elements": 0, "max_density_loss": 1e9}
+    applied = []
+    for name, fn in performance.PERFORMANCE_PASSES:
+        parameters = inspect.signature(fn).parameters
+        if fn(model, **{key: value for key, value in forced.items() if key in parameters}):
+            applied.append(name)
+    return applied
+
+
+def _direct_conv(x: np.ndarray, w: np.ndarray, pads: list[int]) -> np.ndarray:
+    """Reference: ONNX Conv (cross-correlation, stride 1, zero padding) by explicit loops; x (C, *S), w (K, C, *R)."""
+    rank = x.ndim - 1
+    padded = np.pad(x, [(0, 0)] + [(pads[i], pads[rank + i]) for i in range(rank)])
+    out_spatial = [padded.shape[1 + i] - w.shape[2 + i] + 1 for i in range(rank)]
+    out = np.zeros((w.shape[0], *out_spatial))
+    for index in np.ndindex(*out_spatial):
+        window = padded[(slice(None), *(slice(i, i + k) for i, k in zip(index, w.shape[2:], strict=True)))]
+        out[(slice(None), *index)] = np.tensordot(w, window, axes=rank + 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("spatial", "kernel", "pads", "channels", "outputs"),
+    [
+        ((5, 6), (3, 5), [1, 2, 1, 2], 2, 3),
+        ((4, 4), (7, 7), [3, 3, 3, 3], 1, 4),  # kernel larger than the map: most taps see padding
+        ((3, 5), (3, 3), [0, 2, 2, 0], 2, 2),  # asymmetric pads, still "same" size
+        ((9,), (5,), [2, 2], 3, 2),
+    ],
+)
+def test_dense_conv_matrix_is_the_convolution(spatial, kernel, pads, channels, outputs) -> None:
+    from lambda_export.rewrites.performance import dense_conv_matrix
+
+    rng = np.random.default_rng(len(spatial) * 10 + channels)
+    w = rng.standard_normal((outputs, channels, *kernel))
+    x = rng.standard_normal((channels, *spatial))
+    expected = _direct_conv(x, w, pads).reshape(outputs, -1)  # k, s
+    n = int(np.prod(spatial))
+    by_ks = x.reshape(-1) @ dense_conv_matrix(w, spatial, pads, order="ks")
+    by_sk = x.reshape(-1) @ dense_conv_matrix(w, spatial, pads, order="sk")
+    np.testing.assert_allclose(by_ks.reshape(outputs, n), expected, rtol=0, atol=1e-12)  # fp64: rounding only
+    np.testing.assert_allclose(by_sk.reshape(n, outputs).T, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "extra", "data_format"),
+    [
+        ((8, 8), {"u": 1, "r": 23}, "channels_last"),
+        ((6, 6), {"u": 4, "r": 9}, "channels_last"),
+        ((8, 8), {"u": 1, "r": 23}, "channels_first"),
+        ((12,), {"u": 2, "r": 23}, "channels_last"),
+    ],
+)
+def test_conv_as_dense_matmul_on_local_lambda_layers(spatial, extra, data_format) -> None:
+    """The small-map local lambda layer as one GEMM: same outputs as TensorFlow and as the Conv graph.
+
+    Tolerance 1e-5 max abs on outputs of size O(1–10): the GEMM adds the same float32 products (and exact zeros) in
+    another order; the Conv graph itself is ~3e-6 from TensorFlow.
+    """
+    import keras
+
+    from lambda_export.conversion import convert
+    from lambda_export.rewrites import performance
+    from lambda_export.targets import check_target
+    from lambda_layers.layers import LambdaNetwork1DConv, LambdaNetwork2DConv
+
+    keras.utils.set_random_seed(3)
+    channels = 8
+    shape = (*spatial, channels) if data_format == "channels_last" else (channels, *spatial)
+    cls = LambdaNetwork2DConv if len(spatial) == 2 else LambdaNetwork1DConv
+    inputs = keras.Input(shape)
+    layer = cls(16, key_depth=4, heads=4, intra_depth=extra["u"], receptive_kernel=extra["r"], data_format=data_format)
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
+    reference = np.asarray(model(x))
+    original = convert(model).model
+    optimized = convert(model, optimize="speed").model
+    assert "Conv" in {node.op_type for node in original.graph.node}
+    assert "Conv" not in {node.op_type for node in optimized.graph.node}  # rewritten with the default thresholds
+    props = {p.key: p.value for p in optimized.metadata_props}
+    assert "conv_as_dense_matmul" in props["rewrite_passes"] and props["optimize"] == "speed"
+    assert check_target(optimized, "portable") == []
+    got, before = _run(optimized, x), _run(original, x)
+    assert np.abs(before - reference).max() <= 1e-5
+    assert np.abs(got - reference).max() <= 1e-5
+    assert np.abs(got - before).max() <= 1e-5
+    assert got.shape == reference.shape
+    if len(spatial) == 2 and data_format == "channels_last" and extra["u"] == 1:
+        # the (b, v, k, n) -> (b, n, k, v) transpose went into the matrix layout: no generic transpose is left
+        perms = [list(a.ints) for n in optimized.graph.node if n.op_type == "Transpose" for a in n.attribute]
+        assert all(performance._is_single_move(perm) for perm in perms), perms
+
+
+def test_conv_as_dense_matmul_generic_conv_and_refusals() -> None:
+    """A plain Keras Conv2D without the lambda pattern takes the generic (N, K, H, W) form; bias, stride and large
+    maps are left alone."""
+    import keras
+
+    from lambda_export.conversion import convert
+    from lambda_export.rewrites.performance import conv_as_dense_matmul
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((5, 5, 2))
+    hidden = keras.layers.Conv2D(3, 7, padding="same", use_bias=False)(inputs)
+    outputs = keras.layers.ReLU()(hidden)
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(1).standard_normal((2, 5, 5, 2)).astype(np.float32)
+    original = convert(model).model
+    import copy
+
+    optimized = copy.deepcopy(original)
+    assert conv_as_dense_matmul(optimized)
+    assert "Conv" not in {node.op_type for node in optimized.graph.node}
+    np.testing.assert_allclose(_run(optimized, x), np.asarray(model(x)), rtol=0, atol=1e-5)
+
+    for layer in (
+        keras.layers.Conv2D(3, 7, padding="same", use_bias=True, bias_initializer="ones"),  # bias input
+        keras.layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False),  # stride 2
+        keras.layers.Conv2D(3, 3, padding="same", use_bias=False),  # 25 positions > 2 x 9 taps: Conv is cheaper
+    ):
+        keras.utils.set_random_seed(5)
+        inputs = keras.Input((5, 5, 2))
+        graph = convert(keras.Model(inputs, layer(inputs))).model
+        assert not conv_as_dense_matmul(graph), layer.get_config()
+
+
+def test_convert_rejects_unknown_optimize_mode() -> None:
+    from lambda_export.conversion import convert
+    from lambda_export.errors import InputError
+
+    with pytest.raises(InputError, match="--optimize 'fast'"):
+        convert(None, optimize="fast")  # checked before anything is loaded

@@ -210,3 +210,25 @@ def test_subprocess_exit_code_1_and_2(workdir: Path) -> None:
     assert "FAIL" in proc.stdout
     proc = run_exe(str(workdir / "nope.keras"))
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_choice_lists_match_the_library() -> None:
+    """The CLI keeps literal copies of the choices (it starts without importing onnx); they must not drift."""
+    from lambda_export.conversion import OPTIMIZE_CHOICES
+    from lambda_export.targets import TARGETS
+
+    assert sorted(cli_module.TARGET_CHOICES) == sorted(TARGETS)
+    assert list(cli_module.OPTIMIZE_CHOICES) == list(OPTIMIZE_CHOICES)
+
+
+def test_export_optimize_speed(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--optimize speed`` adds the performance passes, records it in the metadata and still passes parity."""
+    out_file = workdir / "fast.onnx"
+    code, out, err = run_main([str(workdir / "demo.h5"), "-o", str(out_file), "--optimize", "speed", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["parity"]["passed"] is True
+    props = {p.key: p.value for p in onnx.load(str(out_file)).metadata_props}
+    assert props["optimize"] == "speed"
+    code, _, err = run_main([str(workdir / "demo.h5"), "-o", str(workdir / "x.onnx"), "--optimize", "fastest"], capsys)
+    assert code == 2 and "fastest" in err

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import require
 
@@ -226,7 +227,10 @@ LAYER_TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def variant_exports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Each 2D position-lambda variant, u=1 channels last and u=4 channels first, exported with target="portable"."""
+    """Each 2D position-lambda variant, u=1 channels last and u=4 channels first, exported with target="portable",
+    and the same graph after every performance pass (``--optimize speed``, thresholds off so that these small layers
+    take the rewrites that large ones take): the passes must keep the graph loadable and exact on every runtime."""
+    from test_bench import force_performance_passes
     from test_conversion import VARIANTS, _layer_model
 
     from lambda_export.conversion import convert
@@ -238,11 +242,16 @@ def variant_exports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
             model, x, reference = _layer_model("2d", variant, u, data_format)
             name = f"{variant}_u{u}_{data_format}"
             path = folder / f"{name}.onnx"
-            convert(model, path)
+            result = convert(model, path)
             np.save(folder / f"{name}.x.npy", x)
             exports.append(
                 {"name": name, "onnx": str(path), "x": x, "x_npy": folder / f"{name}.x.npy", "reference": reference}
             )
+            if force_performance_passes(result.model):
+                fast = folder / f"{name}_speed.onnx"
+                onnx.save(result.model, fast)
+                exports.append({**exports[-1], "name": f"{name}_speed", "onnx": str(fast)})
+    assert sum(item["name"].endswith("_speed") for item in exports) >= len(VARIANTS)
     return exports
 
 

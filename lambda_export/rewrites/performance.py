@@ -1,12 +1,18 @@
 """Exact ONNX rewrites that make exported lambda layers run faster on ONNX Runtime's CPU provider.
 
-Every pass moves data or regroups the same products; nothing is approximated, and on the lambda layers the results
-are bit-identical to the graph before the passes (tests/test_bench.py). The passes keep the ``portable`` target's
+Every pass moves data or regroups the same products; nothing is approximated. All passes but
+``conv_as_dense_matmul`` give results bit-identical to the graph before them; that one sums the same products (plus
+products with exact zeros) in another order, ~1e-7 relative (tests/test_bench.py). The passes keep the ``portable`` target's
 rules (static shapes apart from the batch, constant MatMul operands 2D and second, equal-rank non-broadcast MatMuls);
 :func:`optimize_for_ort` undoes any pass that would add a node the target refuses.
 
 Found with ONNX Runtime's profiler on the lambda layers (``benchmarks/RESULTS.md`` has the figures):
 
+* ``conv_as_dense_matmul`` – the local lambda convolution has u (1–4) input channels and an r×r kernel; ORT's Conv
+  runs such convolutions at a fraction of GEMM speed (LambdaResNet-26 at 128², batch 1: the 23×23 convolution on the
+  16×16 map took 35 % of the network's time). When the map is small next to the kernel (n ≤ 2·r², every output
+  sees most of the map) the convolution is written as one GEMM with its dense (n·u, n·k) matrix; with the layer's
+  (b, v, k, n) → (b, n, k, v) transpose folded into the matrix layout only a single-axis transpose is left.
 * ``unmerge_split_matmul`` – the clean-up pass ``merge_sibling_matmuls`` turns the query/key/value projections into
   one GEMM + ``Split``; ORT's Split is a single-threaded strided copy that costs more than the GEMM it saves once the
   product is large (56×56, u=4, batch 8: Split 16 ms for a 9.7 ms GEMM). Large products get their three GEMMs back.
@@ -39,6 +45,8 @@ from lambda_export.rewrites.cleanup import _static_shapes  # shape inference on 
 
 __all__ = [
     "PERFORMANCE_PASSES",
+    "conv_as_dense_matmul",
+    "dense_conv_matrix",
     "flatten_transposed_matmul",
     "optimize_for_ort",
     "reshape_before_output_add",
@@ -460,7 +468,190 @@ def reshape_before_output_add(model: onnx.ModelProto) -> bool:
     return changed
 
 
+# -- small-map convolutions as one GEMM --------------------------------------------------------------------------------
+
+
+def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def dense_conv_matrix(weight: np.ndarray, spatial: Sequence[int], pads: Sequence[int], order: str = "ks") -> np.ndarray:
+    """The stride-1 convolution ``weight`` (K, C, *kernel) on an input of size ``spatial`` with ``pads`` (ONNX order:
+    all begins, then all ends) as a dense (C·S, S·K) (``order="sk"``) or (C·S, K·S) (``order="ks"``) matrix, S =
+    prod(spatial): ``conv(x)`` flattened = ``x.reshape(C·S) @ matrix``. Entries are the kernel taps where the window
+    of an output position covers an input position, and 0 where it does not (zero padding contributes nothing)."""
+    out_channels, in_channels = weight.shape[:2]
+    kernel = weight.shape[2:]
+    rank = len(spatial)
+    begins = list(pads[:rank])
+    positions = int(np.prod(spatial))
+    matrix = np.zeros((in_channels, positions, positions, out_channels), dtype=weight.dtype)  # c, s_in, s_out, k
+    grid = np.stack(np.meshgrid(*[np.arange(d) for d in spatial], indexing="ij"), -1).reshape(positions, rank)
+    for out_index, out_pos in enumerate(grid):
+        # input position p = out + tap - begin, for every tap inside the kernel and every p inside the input
+        taps = np.stack(np.meshgrid(*[np.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, rank)
+        inputs = out_pos[None, :] + taps - np.asarray(begins)[None, :]
+        inside = np.all((inputs >= 0) & (inputs < np.asarray(spatial)[None, :]), axis=1)
+        taps, inputs = taps[inside], inputs[inside]
+        in_index = np.ravel_multi_index(tuple(inputs.T), tuple(spatial))
+        values = weight[(slice(None), slice(None), *taps.T)]  # K, C, taps
+        matrix[:, in_index, out_index, :] = np.transpose(values, (1, 2, 0))
+    if order == "ks":
+        matrix = np.transpose(matrix, (0, 1, 3, 2))  # c, s_in, k, s_out
+    elif order != "sk":
+        raise ValueError(f"order must be 'ks' or 'sk', got {order!r}")
+    return np.ascontiguousarray(matrix.reshape(in_channels * positions, positions * out_channels))
+
+
+def conv_as_dense_matmul(
+    model: onnx.ModelProto,
+    max_in_channels: int = 16,
+    max_matrix_elements: int = 1 << 22,
+    max_density_loss: float = 2.0,
+) -> bool:
+    """A stride-1 ``Conv`` with few input channels and a kernel as large as its (small) input → one ``MatMul``.
+
+    The local lambda convolution (u input channels, k outputs, r×r kernel, value axis folded into the batch) on the
+    8×8 and 16×16 maps of a LambdaResNet (r = 23) is mostly padding: every output sees the whole map. ORT's Conv
+    with 1–4 input channels runs far below GEMM speed; the same sums as ``x (N, C·S) @ D (C·S, S·K)``, with D the
+    convolution's dense matrix (:func:`dense_conv_matrix`), are one well-shaped GEMM with at most
+    ``max_density_loss`` times the Conv's multiply-adds. Exact up to the order of the additions (the extra terms are
+    products with 0). Only when the input's channel and spatial dims are static, there is no bias and the group is 1.
+
+    Where the Conv feeds ``Reshape(N→(B, V), K, S) → Transpose(0, 3, 2, 1)`` (the layer's λp, (b, n, k, v)), the
+    matrix is laid out (S, K) and the whole chain becomes ``Reshape → MatMul → Transpose(0, 2, 1) → Reshape``: a
+    single-axis transpose (fast in ORT) instead of a generic one.
+    """
+    changed = False
+    while True:
+        g = _Graph(model)
+        done = False
+        for node in g.graph.node:
+            if node.op_type != "Conv" or (len(node.input) > 2 and node.input[2]):
+                continue
+            weight = g.const(node.input[1])
+            shape = g.shapes.get(node.input[0])
+            if weight is None or shape is None or len(shape) < 3 or any(d is None for d in shape[1:]):
+                continue
+            rank = len(shape) - 2
+            spatial = [int(d) for d in shape[2:]]
+            if _attr(node, "group", 1) != 1 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                continue
+            if any(s != 1 for s in _attr(node, "strides", [1] * rank)):
+                continue
+            if any(s != 1 for s in _attr(node, "dilations", [1] * rank)):
+                continue
+            pads = list(_attr(node, "pads", [0] * (2 * rank)))
+            kernel = list(weight.shape[2:])
+            out_spatial = [spatial[i] + pads[i] + pads[rank + i] - kernel[i] + 1 for i in range(rank)]
+            if out_spatial != spatial:  # "same" convolutions only: the output is laid out like the input
+                continue
+            channels, out_channels = int(shape[1]), int(weight.shape[0])
+            positions = int(np.prod(spatial))
+            # multiply-adds per output position: the taps that can touch the input vs every input position
+            taps = int(np.prod([min(kernel[i], 2 * spatial[i] - 1) for i in range(rank)]))
+            if channels > max_in_channels or positions > max_density_loss * taps:
+                continue
+            if channels * positions * positions * out_channels > max_matrix_elements:
+                continue
+            base = node.name or node.output[0]
+            consumers = g.consumers.get(node.output[0], [])
+            chain = None
+            if len(consumers) == 1 and consumers[0].op_type == "Reshape" and node.output[0] not in g.outputs:
+                reshape = consumers[0]
+                target = g.const(reshape.input[1])
+                next_nodes = g.consumers.get(reshape.output[0], [])
+                if (
+                    target is not None
+                    and len(target) == 4
+                    and int(target[1]) > 0
+                    and int(target[3]) == positions
+                    and int(target[2]) == out_channels
+                    and len(next_nodes) == 1
+                    and next_nodes[0].op_type == "Transpose"
+                    and _perm(next_nodes[0]) == [0, 3, 2, 1]
+                    and reshape.output[0] not in g.outputs
+                ):
+                    chain = (reshape, next_nodes[0], int(target[1]))
+            source = node.input[0]
+            producer = g.producer.get(source)
+            if (
+                producer is not None
+                and producer.op_type == "Reshape"
+                and len(g.consumers.get(source, [])) == 1
+                and source not in g.outputs
+            ):
+                source = producer.input[0]  # Reshape of a Reshape: read the original tensor
+            new_nodes: list[onnx.NodeProto] = []
+            if chain is not None:
+                reshape, transpose, values = chain
+                matrix = dense_conv_matrix(weight, spatial, pads, order="sk")
+                rows = [-1, values, channels * positions]
+                out_name = transpose.output[0]
+            else:
+                matrix = dense_conv_matrix(weight, spatial, pads, order="ks")
+                rows = [-1, channels * positions]
+                out_name = node.output[0]
+            matrix_name = g.fresh(base + "/dense")
+            g.graph.initializer.append(numpy_helper.from_array(matrix.astype(weight.dtype), matrix_name))
+            source_shape = g.shapes.get(source)
+            if source_shape is not None and list(source_shape[1:]) == rows[1:]:
+                flat = source  # already laid out as the GEMM rows
+            else:
+                flat = g.fresh(base + "/rows")
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape",
+                        [source, g.shape_constant(base + "/rows_shape", rows)],
+                        [flat],
+                        name=g.fresh(base + "/to_rows"),
+                    )
+                )
+            product = g.fresh(base + "/dense_out")
+            new_nodes.append(helper.make_node("MatMul", [flat, matrix_name], [product], name=g.fresh(base + "/dense")))
+            if chain is not None:
+                swapped = g.fresh(base + "/dense_t")
+                new_nodes.append(
+                    helper.make_node("Transpose", [product], [swapped], name=g.fresh(base + "/dense_t"), perm=[0, 2, 1])
+                )  # b, (s k), v
+                final = [-1, positions, out_channels, values]  # b, n, k, v
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape",
+                        [swapped, g.shape_constant(base + "/out_shape", final)],
+                        [out_name],
+                        name=g.fresh(base + "/out"),
+                    )
+                )
+                removed = [node, chain[0], chain[1]]
+            else:
+                new_nodes.append(
+                    helper.make_node(
+                        "Reshape",
+                        [product, g.shape_constant(base + "/out_shape", [-1, out_channels, *spatial])],
+                        [out_name],
+                        name=g.fresh(base + "/out"),
+                    )
+                )  # N, K, *spatial
+                removed = [node]
+            _insert_before(g.graph, node, new_nodes)
+            for old in removed:
+                g.graph.node.remove(old)
+            if producer is not None and source != node.input[0]:
+                g.graph.node.remove(producer)
+            changed = done = True
+            break
+        if not done:
+            if changed:
+                _drop_unused_initializers(model)
+            return changed
+
+
 PERFORMANCE_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
+    ("conv_as_dense_matmul", conv_as_dense_matmul),
     ("unmerge_split_matmul", unmerge_split_matmul),
     ("flatten_transposed_matmul", flatten_transposed_matmul),
     ("split_slow_transposes", split_slow_transposes),
