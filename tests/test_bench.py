@@ -354,3 +354,32 @@ def test_convert_rejects_unknown_optimize_mode() -> None:
 
     with pytest.raises(InputError, match="--optimize 'fast'"):
         convert(None, optimize="fast")  # checked before anything is loaded
+
+
+@pytest.mark.parametrize(
+    ("shape", "perm", "rewritten"),
+    [
+        ((5, 16, 40, 8), (0, 2, 3, 1), True),  # v (16) moves to the end: (b, 16, 320) -> (b, 320, 16)
+        ((5, 16, 320), (0, 2, 1), True),
+        ((5, 64, 320), (0, 2, 1), False),  # axis longer than max_axis: the GEMM would cost more than it saves
+        ((5, 320, 16), (0, 2, 1), False),  # the long axis moves inwards: ORT's own kernel is fast there
+    ],
+)
+def test_transpose_as_identity_matmul_is_exact(shape, perm, rewritten) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lambda_export.rewrites.performance import transpose_as_identity_matmul
+
+    out_shape = [shape[a] for a in perm]
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=list(perm)), helper.make_node("Relu", ["t"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *out_shape[1:]])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert transpose_as_identity_matmul(model, min_elements=0) is rewritten
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(_run(model, x), np.maximum(np.transpose(x, perm), 0))  # x * 1 + 0s: bit-exact
