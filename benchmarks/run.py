@@ -128,7 +128,11 @@ def _publish(results: dict, out_json: Path, write_results: bool) -> None:
             shutil.copyfile(chart, HERE / "results.png")
             chart_name = "results.png"
         bench.write_results_md(results, HERE / "RESULTS.md", chart_name)
-        click.echo(f"updated {HERE / 'RESULTS.md'}", err=True)
+        readme = HERE.parent / "README.md"
+        bench.write_readme_summary(
+            results, readme, chart_name and f"benchmarks/{chart_name}", details="benchmarks/RESULTS.md"
+        )
+        click.echo(f"updated {HERE / 'RESULTS.md'} and the summary in {readme}", err=True)
     click.echo(f"wrote {out_json}" + (f" and {chart}" if chart else "") + f" in {results.get('runtime_s')} s", err=True)
 
 
