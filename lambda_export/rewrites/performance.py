@@ -279,6 +279,21 @@ def _is_single_move(perm: Sequence[int]) -> bool:
     return list(perm) in _single_moves_from(rank)
 
 
+def _large_transpose(
+    g: _Graph, node: onnx.NodeProto, min_elements: int
+) -> tuple[list[int], list[int | None], list[int | None], list[int]] | None:
+    """(perm, input shape, merged shape, merged perm) of a rank ≥ 3 Transpose whose dims after the batch are static
+    and hold at least ``min_elements`` elements per batch item; None for any other node."""
+    perm = _perm(node)
+    shape = g.shapes.get(node.input[0])
+    if perm is None or shape is None or len(shape) != len(perm) or len(perm) < 3:
+        return None
+    if any(d is None for d in shape[1:]) or int(np.prod(shape[1:])) < min_elements:
+        return None
+    merged_shape, merged_perm = _merge_axes(list(shape), perm)
+    return perm, list(shape), merged_shape, merged_perm
+
+
 def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -> bool:
     """A Transpose that is not a single-axis move → Reshape / single-axis Transpose chain (same data movement).
 
@@ -294,13 +309,10 @@ def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -
         for node in g.graph.node:
             if node.op_type != "Transpose":
                 continue
-            perm = _perm(node)
-            shape = g.shapes.get(node.input[0])
-            if perm is None or shape is None or len(shape) != len(perm) or len(perm) < 3:
+            view = _large_transpose(g, node, min_elements)
+            if view is None:
                 continue
-            if any(d is None for d in shape[1:]) or int(np.prod(shape[1:])) < min_elements:
-                continue
-            merged_shape, merged_perm = _merge_axes(list(shape), perm)
+            perm, shape, merged_shape, merged_perm = view
             if _is_single_move(merged_perm) or merged_perm[0] != 0:
                 continue
             sized = [1 if d is None else int(d) for d in merged_shape]  # cost per batch item
@@ -681,13 +693,10 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
         for node in g.graph.node:
             if node.op_type != "Transpose" or node.output[0] in g.outputs:
                 continue
-            perm = _perm(node)
-            shape = g.shapes.get(node.input[0])
-            if perm is None or shape is None or len(shape) != len(perm) or len(perm) < 3:
+            view = _large_transpose(g, node, min_elements)
+            if view is None:
                 continue
-            if any(d is None for d in shape[1:]) or int(np.prod(shape[1:])) < min_elements:
-                continue
-            merged_shape, merged_perm = _merge_axes(list(shape), perm)
+            perm, shape, merged_shape, merged_perm = view
             if merged_perm != [0, 2, 1] or merged_shape[1] is None or merged_shape[1] > max_axis:
                 continue
             if any(c.op_type == "MatMul" and c.input[0] == node.output[0] for c in g.consumers.get(node.output[0], [])):
