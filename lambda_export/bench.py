@@ -357,6 +357,16 @@ class BenchSettings:
     verbose: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def timing(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`measure_interleaved` these settings give."""
+        return {
+            "budget_s": self.budget_s,
+            "min_rounds": self.min_rounds,
+            "max_rounds": self.max_rounds,
+            "block_s": self.block_s,
+            "warmup": self.warmup,
+        }
+
     @classmethod
     def for_mode(cls, mode: str, threads: int = 2) -> BenchSettings:
         if mode == "smoke":
@@ -1258,14 +1268,7 @@ def bench_entry(
     record["max_abs_diff_vs_tf_graph"] = agreement
 
     _log(settings, f"{entry.name}: measuring {', '.join(runners)}")
-    measured = measure_interleaved(
-        runners,
-        budget_s=settings.budget_s,
-        min_rounds=settings.min_rounds,
-        max_rounds=settings.max_rounds,
-        block_s=settings.block_s,
-        warmup=settings.warmup,
-    )
+    measured = measure_interleaved(runners, **settings.timing())
     record["latency"] = {name: _stats(samples) for name, samples in measured["samples"].items()}
     record["first_call_s"] = measured["first_call_s"]
     record["rounds"] = len(measured["rounds"])
@@ -1412,14 +1415,7 @@ def bench_gpu(entries: Sequence[Entry], settings: BenchSettings) -> dict[str, An
                 }
                 if xla is not None:
                     runners["tf_gpu_xla"] = lambda g=xla, h=host: _as_numpy(g(*h))
-                measured = measure_interleaved(
-                    runners,
-                    budget_s=settings.budget_s,
-                    min_rounds=settings.min_rounds,
-                    max_rounds=settings.max_rounds,
-                    block_s=settings.block_s,
-                    warmup=settings.warmup,
-                )
+                measured = measure_interleaved(runners, **settings.timing())
                 latency = {name: _stats(samples) for name, samples in measured["samples"].items()}
                 tf_names = [n for n in ("tf_gpu_graph", "tf_gpu_xla") if n in latency]
                 best = min(tf_names, key=lambda n: latency[n]["median_ms"])

@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lambda_export.rewrites.cleanup import _skeleton, _static_shapes  # shape inference on a weight-free skeleton
+from lambda_export.rewrites.cleanup import GraphIndex, _skeleton, _static_shapes, eliminate_dead_nodes
 
 __all__ = [
     "PERFORMANCE_PASSES",
@@ -60,51 +60,19 @@ __all__ = [
 ]
 
 
-# -- small graph helpers (kept local: the clean-up module's helpers are private and may change) ----------------------
+# -- small graph helpers --------------------------------------------------------------------------------------------
 
 
-class _Graph:
-    """Producers, consumers, constants and static shapes of one graph (rebuild after each change)."""
+class _Graph(GraphIndex):
+    """The clean-up passes' :class:`GraphIndex` plus static shapes and int64 shape constants (rebuild after each
+    change)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        self.graph = graph
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.output:
-                self.producer[name] = node
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = {value.name for value in graph.output}
-        self.names = set(self.initializers) | {node.name for node in graph.node}
-        for node in graph.node:
-            self.names.update(node.output)
+        super().__init__(model.graph)
         self.shapes = _static_shapes(model)
 
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-        return None
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
-
     def shape_constant(self, base: str, dims: list[int]) -> str:
-        name = self.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(dims, dtype=np.int64), name))
-        return name
+        return self.add_initializer(base, np.asarray(dims, dtype=np.int64))
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
@@ -388,7 +356,7 @@ def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) ->
             producer = g.producer.get(node.input[0])
             if producer is None or producer.op_type != "MatMul" or len(g.consumers.get(node.input[0], [])) != 1:
                 continue
-            if node.input[0] in g.outputs:
+            if node.input[0] in g.graph_outputs:
                 continue
             weight = g.const(producer.input[1])
             shape = g.shapes.get(node.input[0])
@@ -427,17 +395,8 @@ def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) ->
             break
         if not done:
             if changed:
-                _drop_unused_initializers(model)
+                eliminate_dead_nodes(model)
             return changed
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    used |= {value.name for value in model.graph.output}
-    keep = [init for init in model.graph.initializer if init.name in used]
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
 
 
 def reshape_before_output_add(model: onnx.ModelProto) -> bool:
@@ -449,12 +408,12 @@ def reshape_before_output_add(model: onnx.ModelProto) -> bool:
     changed = False
     g = _Graph(model)
     for node in list(g.graph.node):
-        if node.op_type != "Reshape" or node.output[0] not in g.outputs or g.const(node.input[1]) is None:
+        if node.op_type != "Reshape" or node.output[0] not in g.graph_outputs or g.const(node.input[1]) is None:
             continue
         add = g.producer.get(node.input[0])
         if add is None or add.op_type != "Add" or len(g.consumers.get(add.output[0], [])) != 1:
             continue
-        if add.output[0] in g.outputs:
+        if add.output[0] in g.graph_outputs:
             continue
         shapes = [g.shapes.get(name) for name in add.input]
         out_shape = g.shapes.get(add.output[0])
@@ -577,7 +536,7 @@ def conv_as_dense_matmul(
             base = node.name or node.output[0]
             consumers = g.consumers.get(node.output[0], [])
             chain = None
-            if len(consumers) == 1 and consumers[0].op_type == "Reshape" and node.output[0] not in g.outputs:
+            if len(consumers) == 1 and consumers[0].op_type == "Reshape" and node.output[0] not in g.graph_outputs:
                 reshape = consumers[0]
                 target = g.const(reshape.input[1])
                 next_nodes = g.consumers.get(reshape.output[0], [])
@@ -590,7 +549,7 @@ def conv_as_dense_matmul(
                     and len(next_nodes) == 1
                     and next_nodes[0].op_type == "Transpose"
                     and _perm(next_nodes[0]) == [0, 3, 2, 1]
-                    and reshape.output[0] not in g.outputs
+                    and reshape.output[0] not in g.graph_outputs
                 ):
                     chain = (reshape, next_nodes[0], int(target[1]))
             source = node.input[0]
@@ -599,7 +558,7 @@ def conv_as_dense_matmul(
                 producer is not None
                 and producer.op_type == "Reshape"
                 and len(g.consumers.get(source, [])) == 1
-                and source not in g.outputs
+                and source not in g.graph_outputs
             ):
                 source = producer.input[0]  # Reshape of a Reshape: read the original tensor
             new_nodes: list[onnx.NodeProto] = []
@@ -663,7 +622,7 @@ def conv_as_dense_matmul(
             break
         if not done:
             if changed:
-                _drop_unused_initializers(model)
+                eliminate_dead_nodes(model)
             return changed
 
 
@@ -691,7 +650,7 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
         g = _Graph(model)
         done = False
         for node in g.graph.node:
-            if node.op_type != "Transpose" or node.output[0] in g.outputs:
+            if node.op_type != "Transpose" or node.output[0] in g.graph_outputs:
                 continue
             view = _large_transpose(g, node, min_elements)
             if view is None:
@@ -778,5 +737,5 @@ def optimize_for_ort(model: onnx.ModelProto, target: str | None = "portable") ->
                 model.CopyFrom(trial)
                 applied.append(name)
     if applied:
-        _drop_unused_initializers(model)
+        eliminate_dead_nodes(model)
     return applied
