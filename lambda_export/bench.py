@@ -299,10 +299,10 @@ def default_suite(mode: str = "full", memory_budget_bytes: int = 1 << 30) -> lis
     return entries
 
 
-# Converting a global lambda layer peaks at about 60× its position embedding in resident memory, inside
-# tf2onnx.convert.from_function (measured: +2.25 GB for the 39 MB embedding of a 28×28, u=1 layer; a 56×56, u=1
-# layer, 630 MB, was OOM-killed at 24 GB on a 23.5 GB machine).
-CONVERSION_MEMORY_FACTOR = 60
+# Converting a global lambda layer peaks at about 20× its position embedding in resident memory (measured 19–24× for
+# the 39 MB embedding of a 28×28, u=1 layer and the 630 MB one of a 56×56, u=1 layer: +12 GB, mostly in TensorFlow's
+# grappler). Before conversion._collecting it was ~55× and the 630 MB layer was OOM-killed at 24 GB.
+CONVERSION_MEMORY_FACTOR = 25
 CONVERSION_MEMORY_FRACTION = 0.75  # of the machine's RAM a conversion may be predicted to take
 
 
@@ -328,7 +328,7 @@ def memory_skip_reason(config: LayerConfig, budget_bytes: int) -> str | None:
         return (
             f"{what}: converting it is predicted to peak at {predicted / 1e9:.0f} GB resident (tf2onnx needs "
             f"~{CONVERSION_MEMORY_FACTOR}× the embedding), more than {CONVERSION_MEMORY_FRACTION:.0%} of this "
-            f"machine's {total / 1e9:.1f} GB (the 630 MB case was OOM-killed at 24 GB)"
+            f"machine's {total / 1e9:.1f} GB"
         )
     return None
 
@@ -1077,8 +1077,8 @@ def _portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str
 
     The model is converted once (``optimize="default"``) and the passes run on a copy, exactly as ``convert`` runs
     them (same function, same target, after the same clean-up); only node names differ from a separate
-    ``optimize="speed"`` conversion. Converting twice would double tf2onnx's memory peak (≈ 60× the position
-    embedding: a second conversion of the 268 MB T=1024, u=4 embedding was OOM-killed at 24 GB).
+    ``optimize="speed"`` conversion. Converting twice would cost a second memory peak (≈ 20× the position embedding;
+    before ``conversion._collecting`` a second conversion of the 268 MB T=1024, u=4 embedding was OOM-killed).
     """
     import copy
 
@@ -1476,9 +1476,9 @@ def run_suite(
         "entries": [],
     }
     cache: dict[str, Any] = {}
-    # The largest position embeddings run first, while the process is fresh: tf2onnx peaks at ~60x the embedding,
-    # and what earlier entries leave behind in TensorFlow is not all given back (a full run that reached the T=1024,
-    # u=4 layer as entry 31 was OOM-killed at 24 GB). The records are put back in suite order at the end.
+    # The largest position embeddings run first, while the process is fresh: a conversion peaks at ~20x the
+    # embedding, and what earlier entries leave behind in TensorFlow is not all given back (a full run that reached
+    # the T=1024, u=4 layer as entry 31 was OOM-killed at 24 GB). The records are put back in suite order at the end.
     order = sorted(range(len(entries)), key=lambda i: -(entries[i].config.embedding_bytes if entries[i].config else 0))
     for position, index in enumerate(order, 1):
         entry = entries[index]
