@@ -554,8 +554,11 @@ def export_tf2onnx_plain(model: Any, inputs: Sequence[Any], opset: int) -> tuple
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     signature = [tf.TensorSpec(info.shape, tf.as_dtype(info.dtype), name=info.name) for info in inputs]
+    from lambda_export.conversion import tf2onnx_memory_bounded
+
     sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    # the memory bound only frees garbage between tf2onnx's optimizers: the graph is tf2onnx's own
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), tf2onnx_memory_bounded():
         try:
             proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
             how = "tf2onnx.convert.from_keras"

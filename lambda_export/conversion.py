@@ -151,24 +151,44 @@ def _collecting(factory: Any) -> Any:
 
 
 @contextlib.contextmanager
+def tf2onnx_memory_bounded() -> Any:
+    """Keep a tf2onnx conversion's peak memory near 20× its largest constant instead of ~55× (restored afterwards).
+
+    tf2onnx's ``optimize_graph`` deep-copies the whole graph, constants included, before every optimizer of every
+    round, and the graphs it drops hold reference cycles, so they wait for a full garbage collection: a 39 MB position
+    embedding made the process grow by 2.1 GB, and a 630 MB one was OOM-killed at 24 GB. Inside this context every
+    optimizer is preceded by a collection (:func:`_collecting`), and the objects that existed before are frozen so that
+    a collection only scans the new ones (~5 ms instead of ~140 ms with TensorFlow loaded). The garbage left at the end
+    is collected too. What remains (19–24× at the peak, measured) is mostly TensorFlow's grappler.
+    """
+    from tf2onnx import optimizer
+
+    saved = optimizer._optimizers.copy()
+    for name, factory in saved.items():
+        optimizer._optimizers[name] = _collecting(factory)
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.unfreeze()
+        optimizer._optimizers.clear()
+        optimizer._optimizers.update(saved)
+
+
+@contextlib.contextmanager
 def _tf2onnx_patched() -> Any:
-    """Work around two tf2onnx behaviours for the duration of one conversion (restored afterwards).
+    """Work around three tf2onnx behaviours for the duration of one conversion (restored afterwards).
 
     * Its ``Einsum`` handler lower-cases the equation, silently changing mixed-case equations: relabel them first.
     * Its ``EinsumOptimizer`` decomposes Einsum with Shape/Gather/ReduceProd chains when the batch is dynamic: turn it
       off, so that :mod:`lambda_export.rewrites.einsum` rewrites the Einsum nodes with static reshapes instead.
-    * Its ``optimize_graph`` deep-copies the whole graph, constants included, before every optimizer of every round.
-      The graphs it drops hold reference cycles, so they wait for a full garbage collection: a 39 MB position embedding
-      made the process grow by 2.1 GB (~55×), and a 630 MB one was OOM-killed at 24 GB. Collect before each optimizer
-      (see :func:`_collecting`), with the objects that existed before the conversion frozen so that a collection
-      only scans the new ones (~5 ms instead of ~140 ms with TensorFlow loaded).
+    * Its optimizer loop's garbage makes the memory peak ~55× the largest constant (see :func:`tf2onnx_memory_bounded`).
     """
     from tf2onnx import constants, handler, optimizer
 
     saved_optimizers = optimizer._optimizers.copy()
     optimizer._optimizers.pop("einsum_optimizer", None)
-    for name, factory in list(optimizer._optimizers.items()):
-        optimizer._optimizers[name] = _collecting(factory)
     opsets = handler.tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])
     patched: list[tuple[dict, tuple]] = []
     for op_map in opsets:
@@ -183,11 +203,10 @@ def _tf2onnx_patched() -> Any:
 
             patched.append((op_map, op_map["Einsum"]))
             op_map["Einsum"] = (relabelled, kwargs)
-    gc.freeze()
     try:
-        yield
+        with tf2onnx_memory_bounded():
+            yield
     finally:
-        gc.unfreeze()
         optimizer._optimizers.clear()
         optimizer._optimizers.update(saved_optimizers)
         for op_map, entry in patched:

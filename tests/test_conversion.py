@@ -8,6 +8,7 @@ Models are tiny (8x8x16 images, 32x16 sequences) so the whole file converts ~100
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import os
 import subprocess
@@ -209,6 +210,18 @@ def test_conversion_peak_memory_stays_a_small_multiple_of_the_weights():
         f"\nconversion peak: +{(peak - before) / 1e6:.0f} MB for a {embedding / 1e6:.0f} MB embedding = {growth:.1f}x"
     )
     assert growth < 35, f"converting grew the process by {growth:.1f}x the embedding"
+
+
+def test_memory_bound_wraps_and_restores_tf2onnx_optimizers():
+    from tf2onnx import optimizer
+
+    before = dict(optimizer._optimizers)
+    with conversion.tf2onnx_memory_bounded():
+        assert list(optimizer._optimizers) == list(before)  # same optimizers, same order
+        assert all(optimizer._optimizers[name] is not before[name] for name in before)  # each one collects first
+        assert gc.get_freeze_count() > 0
+    assert optimizer._optimizers == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_metadata_records_provenance(demo_artifacts: dict):
