@@ -315,11 +315,17 @@ def _mem_total_bytes() -> int | None:
 
 
 def memory_skip_reason(config: LayerConfig, budget_bytes: int) -> str | None:
-    """Why a configuration is skipped for memory (None: it runs): the position embedding n·m·k·u exceeds the
-    budget, or the conversion's predicted peak (:data:`CONVERSION_MEMORY_FACTOR` × embedding) exceeds
+    """Why a configuration is skipped for memory (None: it runs): the position embedding n·m·k·u is over 2 GiB (the
+    limit of a TensorFlow tensor proto), exceeds the budget, or the conversion's predicted peak (:data:`CONVERSION_MEMORY_FACTOR` × embedding) exceeds
     :data:`CONVERSION_MEMORY_FRACTION` of this machine's RAM."""
     size = config.embedding_bytes
     what = f"position embedding n·m·k·u = {config.n}²·{config.k}·{config.u} floats = {size / 1e9:.2f} GB"
+    if size > 2**31:
+        return (
+            f"{what}: over protobuf's 2 GB limit, so it cannot be converted (absolute: TensorFlow refuses to freeze it; "
+            f"relative: tf2onnx's folding of the gathered table fails; lambda-export exits 3 with a message saying "
+            f"so); a conversion would also be predicted to peak at ~{CONVERSION_MEMORY_FACTOR * size / 1e9:.0f} GB"
+        )
     if size > budget_bytes:
         return f"{what} exceeds the memory budget of {budget_bytes / 1e9:.2f} GB"
     total = _mem_total_bytes()

@@ -242,8 +242,24 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
         raise
     except Exception as exc:
         text = str(exc).strip().splitlines()
-        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {text[0] if text else ''}") from exc
+        first = text[0] if text else ""
+        # TensorFlow refuses to freeze a tensor over 2 GB; tf2onnx's own constant folding of one (e.g. a relative
+        # embedding gathered to 2.5 GB) fails inside protobuf with a DecodeError of the ONNX attribute instead
+        if "larger than 2GB" in first or (type(exc).__name__ == "DecodeError" and "onnx.AttributeProto" in first):
+            raise ConversionError(_too_large_message(model)) from exc
+        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {first}") from exc
     return proto
+
+
+def _too_large_message(model: Any) -> str:
+    """The error for a tensor TensorFlow cannot freeze (over 2 GB), naming the largest weight."""
+    weights = [(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize, w.path) for w in getattr(model, "weights", [])]
+    size, name = max(weights, default=(0, "?"))
+    return (
+        f"a tensor is over 2 GB, which TensorFlow cannot freeze into the graph that tf2onnx converts (a weight, or a "
+        f"constant computed from weights such as a gathered relative position embedding; largest weight: {name}, "
+        f"{size / 2**30:.2f} GiB); use a smaller global layer (e.g. u=1) or a local one"
+    )
 
 
 def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

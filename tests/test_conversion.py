@@ -224,6 +224,28 @@ def test_memory_bound_wraps_and_restores_tf2onnx_optimizers():
     assert gc.get_freeze_count() == 0
 
 
+def test_tensor_over_2gb_gets_a_clear_error(monkeypatch):
+    """A 56×56, u=4 global layer has a 2.5 GB embedding. Verified on those layers: TensorFlow refuses to freeze the
+    absolute one ("Cannot create a tensor proto whose content is larger than 2GB"); for the relative one tf2onnx folds
+    the gather and protobuf fails with a DecodeError. Simulated here: the message must say so and name the weight."""
+    import tf2onnx
+    from google.protobuf.message import DecodeError
+
+    model = _layer_model("2d", "absolute", 1, "channels_last")[0]
+    # TensorFlow's refusal (absolute layer), and tf2onnx folding the 2.5 GB gather of a relative layer
+    for error in (
+        ValueError("Cannot create a tensor proto whose content is larger than 2GB."),
+        DecodeError("Error parsing message with type 'onnx.AttributeProto'"),
+    ):
+
+        def refuse(*args, _error=error, **kwargs):
+            raise _error
+
+        monkeypatch.setattr(tf2onnx.convert, "from_function", refuse)
+        with pytest.raises(ConversionError, match=r"over 2 GB.*largest weight: .*position_embedding, 0\.00 GiB"):
+            convert(model)
+
+
 def test_metadata_records_provenance(demo_artifacts: dict):
     import tf2onnx
 
