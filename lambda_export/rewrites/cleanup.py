@@ -15,6 +15,7 @@ changed anything. Passes:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -72,6 +73,24 @@ class GraphIndex:
         name = self.fresh(base)
         self.graph.initializer.append(numpy_helper.from_array(value, name))
         return name
+
+
+_Index = TypeVar("_Index", bound=GraphIndex)
+
+
+def rewrite_until_stable(make_index: Callable[[], _Index], rewrite: Callable[[_Index, onnx.NodeProto], bool]) -> bool:
+    """Run ``rewrite(index, node)`` over the nodes in graph order until one call changes the graph (returns True), then
+    rebuild the index and start again; stop when a whole sweep changes nothing. True if anything changed.
+
+    The shared driver of the one-node-at-a-time passes here and in :mod:`lambda_export.rewrites.performance`:
+    ``rewrite`` may edit the graph freely before returning True, because the index is rebuilt after every change.
+    """
+    changed = False
+    while True:
+        index = make_index()
+        if not any(rewrite(index, node) for node in index.graph.node):
+            return changed
+        changed = True
 
 
 def _replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
@@ -198,96 +217,86 @@ def _channel_vector(value: np.ndarray, channels: int, axis_from_end: int) -> np.
 def fold_affine_into_matmul(model: onnx.ModelProto) -> bool:
     """MatMul(A, W const 2D) → Mul(c) ⇒ MatMul(A, W·c) when c scales each output channel (batch-norm folding)."""
     graph = model.graph
-    changed = False
     shapes = _static_shapes(model)
-    while True:
-        index = GraphIndex(graph)
-        done = False
-        for node in graph.node:
-            if node.op_type != "MatMul":
-                continue
-            weight = index.const(node.input[1])
-            if weight is None or weight.ndim != 2:
-                continue
-            user = index.only_consumer(node.output[0])
-            if user is None or user.op_type != "Mul":
-                continue
-            other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
-            scale = index.const(other)
-            if scale is None:
-                continue
-            vector = _channel_vector(scale, weight.shape[1], 1)
-            if vector is None or scale.ndim > len(shapes.get(node.output[0], (None,) * 8)):
-                continue
-            new_weight = (weight * vector[None, :]).astype(weight.dtype)
-            node.input[1] = index.add_initializer(node.input[1].split(":")[0] + "_scaled", new_weight)
-            if _bypass(graph, index, user, node.output[0]):
-                changed = done = True
-                break
-        if not done:
-            return changed
+
+    def rewrite(index: GraphIndex, node: onnx.NodeProto) -> bool:
+        if node.op_type != "MatMul":
+            return False
+        weight = index.const(node.input[1])
+        if weight is None or weight.ndim != 2:
+            return False
+        user = index.only_consumer(node.output[0])
+        if user is None or user.op_type != "Mul":
+            return False
+        other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
+        scale = index.const(other)
+        if scale is None:
+            return False
+        vector = _channel_vector(scale, weight.shape[1], 1)
+        if vector is None or scale.ndim > len(shapes.get(node.output[0], (None,) * 8)):
+            return False
+        new_weight = (weight * vector[None, :]).astype(weight.dtype)
+        node.input[1] = index.add_initializer(node.input[1].split(":")[0] + "_scaled", new_weight)
+        return _bypass(graph, index, user, node.output[0])
+
+    return rewrite_until_stable(lambda: GraphIndex(graph), rewrite)
 
 
 def fold_affine_into_conv(model: onnx.ModelProto) -> bool:
     """Conv(X, W, B) followed by BatchNormalization (inference), or by a per-channel Mul / Add, folds into W and B."""
     graph = model.graph
-    changed = False
-    while True:
-        index = GraphIndex(graph)
-        done = False
-        for node in graph.node:
-            if node.op_type != "Conv":
-                continue
-            weight = index.const(node.input[1])
-            if weight is None:
-                continue
-            out_channels = weight.shape[0]
-            bias = index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-            if len(node.input) > 2 and node.input[2] and bias is None:
-                continue
-            bias = np.zeros(out_channels, weight.dtype) if bias is None else bias
-            user = index.only_consumer(node.output[0])
-            if user is None:
-                continue
-            spatial = weight.ndim - 2
-            scale = shift = None
-            if user.op_type == "BatchNormalization" and len(user.output) == 1:
-                params = [index.const(name) for name in user.input[1:5]]
-                if any(p is None for p in params):
-                    continue
-                gamma, beta, mean, var = params
-                eps = next((a.f for a in user.attribute if a.name == "epsilon"), 1e-5)
-                scale = gamma / np.sqrt(var + eps)
-                shift = beta - mean * scale
-            elif user.op_type in ("Mul", "Add"):
-                other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
-                value = index.const(other)
-                if value is None or value.ndim > spatial + 2:
-                    continue
-                vector = _channel_vector(value, out_channels, spatial + 1)
-                if vector is None:
-                    continue
-                if user.op_type == "Mul":
-                    scale, shift = vector, np.zeros(out_channels, weight.dtype)
-                else:
-                    scale, shift = np.ones(out_channels, weight.dtype), vector
+
+    def rewrite(index: GraphIndex, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Conv":
+            return False
+        weight = index.const(node.input[1])
+        if weight is None:
+            return False
+        out_channels = weight.shape[0]
+        bias = index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            return False
+        bias = np.zeros(out_channels, weight.dtype) if bias is None else bias
+        user = index.only_consumer(node.output[0])
+        if user is None:
+            return False
+        spatial = weight.ndim - 2
+        scale = shift = None
+        if user.op_type == "BatchNormalization" and len(user.output) == 1:
+            params = [index.const(name) for name in user.input[1:5]]
+            if any(p is None for p in params):
+                return False
+            gamma, beta, mean, var = params
+            eps = next((a.f for a in user.attribute if a.name == "epsilon"), 1e-5)
+            scale = gamma / np.sqrt(var + eps)
+            shift = beta - mean * scale
+        elif user.op_type in ("Mul", "Add"):
+            other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
+            value = index.const(other)
+            if value is None or value.ndim > spatial + 2:
+                return False
+            vector = _channel_vector(value, out_channels, spatial + 1)
+            if vector is None:
+                return False
+            if user.op_type == "Mul":
+                scale, shift = vector, np.zeros(out_channels, weight.dtype)
             else:
-                continue
-            scale = scale.astype(np.float64)
-            new_weight = (weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
-            new_bias = (bias * scale + shift).astype(weight.dtype)
-            base = node.input[1].split(":")[0]
-            node.input[1] = index.add_initializer(base + "_folded", new_weight)
-            bias_name = index.add_initializer(base + "_bias_folded", new_bias)
-            if len(node.input) > 2:
-                node.input[2] = bias_name
-            else:
-                node.input.append(bias_name)
-            if _bypass(graph, index, user, node.output[0]):
-                changed = done = True
-                break
-        if not done:
-            return changed
+                scale, shift = np.ones(out_channels, weight.dtype), vector
+        else:
+            return False
+        scale = scale.astype(np.float64)
+        new_weight = (weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype)
+        new_bias = (bias * scale + shift).astype(weight.dtype)
+        base = node.input[1].split(":")[0]
+        node.input[1] = index.add_initializer(base + "_folded", new_weight)
+        bias_name = index.add_initializer(base + "_bias_folded", new_bias)
+        if len(node.input) > 2:
+            node.input[2] = bias_name
+        else:
+            node.input.append(bias_name)
+        return _bypass(graph, index, user, node.output[0])
+
+    return rewrite_until_stable(lambda: GraphIndex(graph), rewrite)
 
 
 def merge_sibling_matmuls(model: onnx.ModelProto, even_splits_only: bool = False) -> bool:

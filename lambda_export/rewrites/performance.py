@@ -45,7 +45,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lambda_export.rewrites.cleanup import GraphIndex, _skeleton, _static_shapes, eliminate_dead_nodes
+from lambda_export.rewrites.cleanup import (
+    GraphIndex,
+    _skeleton,
+    _static_shapes,
+    eliminate_dead_nodes,
+    rewrite_until_stable,
+)
 
 __all__ = [
     "PERFORMANCE_PASSES",
@@ -96,49 +102,43 @@ def flatten_transposed_matmul(model: onnx.ModelProto) -> bool:
 
     The Reshapes only regroup the batch dims into GEMM rows; the products and their K-order are unchanged.
     """
-    changed = False
-    while True:
-        g = _Graph(model)
-        done = False
-        for node in g.graph.node:
-            if node.op_type != "MatMul" or g.const(node.input[0]) is not None:
-                continue
-            weight = g.const(node.input[1])
-            source = g.producer.get(node.input[0])
-            if weight is None or weight.ndim != 2 or source is None or source.op_type != "Transpose":
-                continue
-            perm = _perm(source)
-            shape = g.shapes.get(node.input[0])
-            if perm is None or shape is None or len(shape) < 3 or len(perm) != len(shape):
-                continue
-            if perm[-2:] != [len(perm) - 1, len(perm) - 2]:
-                continue  # ORT only fuses a Transpose that swaps the last two axes
-            inner = shape[1:]
-            if any(dim is None for dim in inner) or shape[-1] != weight.shape[0]:
-                continue
-            base = node.name or node.output[0]
-            flat_in = g.fresh(base + "/rows")
-            flat_out = g.fresh(base + "/rows_out")
-            first = helper.make_node(
-                "Reshape",
-                [node.input[0], g.shape_constant(base + "/rows_shape", [-1, int(shape[-1])])],
-                [flat_in],
-                name=g.fresh(base + "/to_rows"),
-            )
-            back_shape = g.shape_constant(
-                base + "/back_shape", [-1, *[int(d) for d in inner[:-1]], int(weight.shape[1])]
-            )
-            output = node.output[0]
-            node.input[0] = flat_in
-            node.output[0] = flat_out
-            last = helper.make_node("Reshape", [flat_out, back_shape], [output], name=g.fresh(base + "/from_rows"))
-            _insert_before(g.graph, node, [first])
-            position = list(g.graph.node).index(node)
-            g.graph.node.insert(position + 1, last)
-            changed = done = True
-            break
-        if not done:
-            return changed
+
+    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+        if node.op_type != "MatMul" or g.const(node.input[0]) is not None:
+            return False
+        weight = g.const(node.input[1])
+        source = g.producer.get(node.input[0])
+        if weight is None or weight.ndim != 2 or source is None or source.op_type != "Transpose":
+            return False
+        perm = _perm(source)
+        shape = g.shapes.get(node.input[0])
+        if perm is None or shape is None or len(shape) < 3 or len(perm) != len(shape):
+            return False
+        if perm[-2:] != [len(perm) - 1, len(perm) - 2]:
+            return False  # ORT only fuses a Transpose that swaps the last two axes
+        inner = shape[1:]
+        if any(dim is None for dim in inner) or shape[-1] != weight.shape[0]:
+            return False
+        base = node.name or node.output[0]
+        flat_in = g.fresh(base + "/rows")
+        flat_out = g.fresh(base + "/rows_out")
+        first = helper.make_node(
+            "Reshape",
+            [node.input[0], g.shape_constant(base + "/rows_shape", [-1, int(shape[-1])])],
+            [flat_in],
+            name=g.fresh(base + "/to_rows"),
+        )
+        back_shape = g.shape_constant(base + "/back_shape", [-1, *[int(d) for d in inner[:-1]], int(weight.shape[1])])
+        output = node.output[0]
+        node.input[0] = flat_in
+        node.output[0] = flat_out
+        last = helper.make_node("Reshape", [flat_out, back_shape], [output], name=g.fresh(base + "/from_rows"))
+        _insert_before(g.graph, node, [first])
+        position = list(g.graph.node).index(node)
+        g.graph.node.insert(position + 1, last)
+        return True
+
+    return rewrite_until_stable(lambda: _Graph(model), rewrite)
 
 
 def _merge_axes(shape: list[int | None], perm: list[int]) -> tuple[list[int | None], list[int]]:
@@ -270,71 +270,65 @@ def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -
     ORT's transpose optimizer cannot merge the chain back into one slow Transpose. Only tensors with static dims after
     the batch (which must stay the leading axis) and at least ``min_elements`` elements per batch item.
     """
-    changed = False
-    while True:
-        g = _Graph(model)
-        done = False
-        for node in g.graph.node:
-            if node.op_type != "Transpose":
-                continue
-            view = _large_transpose(g, node, min_elements)
-            if view is None:
-                continue
-            perm, shape, merged_shape, merged_perm = view
-            if _is_single_move(merged_perm) or merged_perm[0] != 0:
-                continue
-            sized = [1 if d is None else int(d) for d in merged_shape]  # cost per batch item
-            chain_cost, moves = _cheapest_moves(sized, merged_perm)
-            if not moves or chain_cost >= _transpose_cost(sized, merged_perm):
-                continue
-            if merged_shape[0] is None and any(step[0] != 0 for step in moves):
-                continue  # the dynamic batch axis must stay in front
-            out_shape = [shape[a] for a in perm]
-            final = [-1 if d is None else int(d) for d in out_shape]
-            if sum(1 for d in final if d == -1) > 1:
-                continue
-            base = node.name or node.output[0]
-            new_nodes: list[onnx.NodeProto] = []
-            current_name = node.input[0]
-            current_shape = list(merged_shape)
-            for index, step in enumerate(moves):
-                pre, size_a, size_b, post = _move_view([1 if d is None else d for d in current_shape], step)
-                lo = next(i for i in range(len(step)) if step[i] != i)
-                pre_dims = current_shape[:lo]
-                pre_size = -1 if any(d is None for d in pre_dims) else pre
-                view = [pre_size, size_a, size_b] + ([post] if post != 1 else [])
-                swap = [0, 2, 1, 3] if post != 1 else [0, 2, 1]
-                reshaped = g.fresh(f"{base}/move{index}_in")
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape",
-                        [current_name, g.shape_constant(f"{base}/move{index}_shape", view)],
-                        [reshaped],
-                        name=g.fresh(f"{base}/move{index}_reshape"),
-                    )
-                )
-                moved_name = g.fresh(f"{base}/move{index}")
-                new_nodes.append(
-                    helper.make_node(
-                        "Transpose", [reshaped], [moved_name], name=g.fresh(f"{base}/move{index}"), perm=swap
-                    )
-                )
-                current_shape = [current_shape[i] for i in step]
-                current_name = moved_name
+
+    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Transpose":
+            return False
+        view = _large_transpose(g, node, min_elements)
+        if view is None:
+            return False
+        perm, shape, merged_shape, merged_perm = view
+        if _is_single_move(merged_perm) or merged_perm[0] != 0:
+            return False
+        sized = [1 if d is None else int(d) for d in merged_shape]  # cost per batch item
+        chain_cost, moves = _cheapest_moves(sized, merged_perm)
+        if not moves or chain_cost >= _transpose_cost(sized, merged_perm):
+            return False
+        if merged_shape[0] is None and any(step[0] != 0 for step in moves):
+            return False  # the dynamic batch axis must stay in front
+        out_shape = [shape[a] for a in perm]
+        final = [-1 if d is None else int(d) for d in out_shape]
+        if sum(1 for d in final if d == -1) > 1:
+            return False
+        base = node.name or node.output[0]
+        new_nodes: list[onnx.NodeProto] = []
+        current_name = node.input[0]
+        current_shape = list(merged_shape)
+        for index, step in enumerate(moves):
+            pre, size_a, size_b, post = _move_view([1 if d is None else d for d in current_shape], step)
+            lo = next(i for i in range(len(step)) if step[i] != i)
+            pre_dims = current_shape[:lo]
+            pre_size = -1 if any(d is None for d in pre_dims) else pre
+            view = [pre_size, size_a, size_b] + ([post] if post != 1 else [])
+            swap = [0, 2, 1, 3] if post != 1 else [0, 2, 1]
+            reshaped = g.fresh(f"{base}/move{index}_in")
             new_nodes.append(
                 helper.make_node(
                     "Reshape",
-                    [current_name, g.shape_constant(f"{base}/out_shape", final)],
-                    [node.output[0]],
-                    name=g.fresh(f"{base}/out"),
+                    [current_name, g.shape_constant(f"{base}/move{index}_shape", view)],
+                    [reshaped],
+                    name=g.fresh(f"{base}/move{index}_reshape"),
                 )
             )
-            _insert_before(g.graph, node, new_nodes)
-            g.graph.node.remove(node)
-            changed = done = True
-            break
-        if not done:
-            return changed
+            moved_name = g.fresh(f"{base}/move{index}")
+            new_nodes.append(
+                helper.make_node("Transpose", [reshaped], [moved_name], name=g.fresh(f"{base}/move{index}"), perm=swap)
+            )
+            current_shape = [current_shape[i] for i in step]
+            current_name = moved_name
+        new_nodes.append(
+            helper.make_node(
+                "Reshape",
+                [current_name, g.shape_constant(f"{base}/out_shape", final)],
+                [node.output[0]],
+                name=g.fresh(f"{base}/out"),
+            )
+        )
+        _insert_before(g.graph, node, new_nodes)
+        g.graph.node.remove(node)
+        return True
+
+    return rewrite_until_stable(lambda: _Graph(model), rewrite)
 
 
 def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) -> bool:
@@ -346,57 +340,54 @@ def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) ->
     Applied when the product has at least ``min_elements`` elements per batch item; the products are the same
     column blocks of the same GEMM, so the numbers do not change.
     """
-    changed = False
-    while True:
-        g = _Graph(model)
-        done = False
-        for node in g.graph.node:
-            if node.op_type != "Split" or g.const(node.input[0]) is not None:
-                continue
-            producer = g.producer.get(node.input[0])
-            if producer is None or producer.op_type != "MatMul" or len(g.consumers.get(node.input[0], [])) != 1:
-                continue
-            if node.input[0] in g.graph_outputs:
-                continue
-            weight = g.const(producer.input[1])
-            shape = g.shapes.get(node.input[0])
-            if weight is None or weight.ndim != 2 or not shape or any(d is None for d in shape[1:]):
-                continue
-            axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
-            if axis not in (-1, len(shape) - 1):
-                continue
-            if int(np.prod(shape[1:])) < min_elements:
-                continue
-            sizes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-            outputs = list(node.output)
-            if sizes is None:
-                if weight.shape[1] % len(outputs):
-                    continue
-                sizes = np.full(len(outputs), weight.shape[1] // len(outputs))
-            sizes = [int(x) for x in np.asarray(sizes).ravel()]
-            if sum(sizes) != weight.shape[1] or len(sizes) != len(outputs):
-                continue
-            base = producer.name or producer.output[0]
-            new_nodes = []
-            offset = 0
-            for index, (size, out) in enumerate(zip(sizes, outputs, strict=True)):
-                name = g.fresh(f"{base}/part{index}_weight")
-                g.graph.initializer.append(
-                    numpy_helper.from_array(np.ascontiguousarray(weight[:, offset : offset + size]), name)
-                )
-                new_nodes.append(
-                    helper.make_node("MatMul", [producer.input[0], name], [out], name=g.fresh(f"{base}/part{index}"))
-                )
-                offset += size
-            _insert_before(g.graph, producer, new_nodes)
-            g.graph.node.remove(producer)
-            g.graph.node.remove(node)
-            changed = done = True
-            break
-        if not done:
-            if changed:
-                eliminate_dead_nodes(model)
-            return changed
+
+    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Split" or g.const(node.input[0]) is not None:
+            return False
+        producer = g.producer.get(node.input[0])
+        if producer is None or producer.op_type != "MatMul" or len(g.consumers.get(node.input[0], [])) != 1:
+            return False
+        if node.input[0] in g.graph_outputs:
+            return False
+        weight = g.const(producer.input[1])
+        shape = g.shapes.get(node.input[0])
+        if weight is None or weight.ndim != 2 or not shape or any(d is None for d in shape[1:]):
+            return False
+        axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
+        if axis not in (-1, len(shape) - 1):
+            return False
+        if int(np.prod(shape[1:])) < min_elements:
+            return False
+        sizes = g.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        outputs = list(node.output)
+        if sizes is None:
+            if weight.shape[1] % len(outputs):
+                return False
+            sizes = np.full(len(outputs), weight.shape[1] // len(outputs))
+        sizes = [int(x) for x in np.asarray(sizes).ravel()]
+        if sum(sizes) != weight.shape[1] or len(sizes) != len(outputs):
+            return False
+        base = producer.name or producer.output[0]
+        new_nodes = []
+        offset = 0
+        for index, (size, out) in enumerate(zip(sizes, outputs, strict=True)):
+            name = g.fresh(f"{base}/part{index}_weight")
+            g.graph.initializer.append(
+                numpy_helper.from_array(np.ascontiguousarray(weight[:, offset : offset + size]), name)
+            )
+            new_nodes.append(
+                helper.make_node("MatMul", [producer.input[0], name], [out], name=g.fresh(f"{base}/part{index}"))
+            )
+            offset += size
+        _insert_before(g.graph, producer, new_nodes)
+        g.graph.node.remove(producer)
+        g.graph.node.remove(node)
+        return True
+
+    changed = rewrite_until_stable(lambda: _Graph(model), rewrite)
+    if changed:
+        eliminate_dead_nodes(model)
+    return changed
 
 
 def reshape_before_output_add(model: onnx.ModelProto) -> bool:
@@ -501,129 +492,126 @@ def conv_as_dense_matmul(
     matrix is laid out (S, K) and the whole chain becomes ``Reshape → MatMul → Transpose(0, 2, 1) → Reshape``: a
     single-axis transpose (fast in ORT) instead of a generic one.
     """
-    changed = False
-    while True:
-        g = _Graph(model)
-        done = False
-        for node in g.graph.node:
-            if node.op_type != "Conv" or (len(node.input) > 2 and node.input[2]):
-                continue
-            weight = g.const(node.input[1])
-            shape = g.shapes.get(node.input[0])
-            if weight is None or shape is None or len(shape) < 3 or any(d is None for d in shape[1:]):
-                continue
-            rank = len(shape) - 2
-            spatial = [int(d) for d in shape[2:]]
-            if _attr(node, "group", 1) != 1 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                continue
-            if any(s != 1 for s in _attr(node, "strides", [1] * rank)):
-                continue
-            if any(s != 1 for s in _attr(node, "dilations", [1] * rank)):
-                continue
-            pads = list(_attr(node, "pads", [0] * (2 * rank)))
-            kernel = list(weight.shape[2:])
-            out_spatial = [spatial[i] + pads[i] + pads[rank + i] - kernel[i] + 1 for i in range(rank)]
-            if out_spatial != spatial:  # "same" convolutions only: the output is laid out like the input
-                continue
-            channels, out_channels = int(shape[1]), int(weight.shape[0])
-            positions = int(np.prod(spatial))
-            # multiply-adds per output position: the taps that can touch the input vs every input position
-            taps = int(np.prod([min(kernel[i], 2 * spatial[i] - 1) for i in range(rank)]))
-            if channels > max_in_channels or positions > max_density_loss * taps:
-                continue
-            if channels * positions * positions * out_channels > max_matrix_elements:
-                continue
-            base = node.name or node.output[0]
-            consumers = g.consumers.get(node.output[0], [])
-            chain = None
-            if len(consumers) == 1 and consumers[0].op_type == "Reshape" and node.output[0] not in g.graph_outputs:
-                reshape = consumers[0]
-                target = g.const(reshape.input[1])
-                next_nodes = g.consumers.get(reshape.output[0], [])
-                if (
-                    target is not None
-                    and len(target) == 4
-                    and int(target[1]) > 0
-                    and int(target[3]) == positions
-                    and int(target[2]) == out_channels
-                    and len(next_nodes) == 1
-                    and next_nodes[0].op_type == "Transpose"
-                    and _perm(next_nodes[0]) == [0, 3, 2, 1]
-                    and reshape.output[0] not in g.graph_outputs
-                ):
-                    chain = (reshape, next_nodes[0], int(target[1]))
-            source = node.input[0]
-            producer = g.producer.get(source)
+
+    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Conv" or (len(node.input) > 2 and node.input[2]):
+            return False
+        weight = g.const(node.input[1])
+        shape = g.shapes.get(node.input[0])
+        if weight is None or shape is None or len(shape) < 3 or any(d is None for d in shape[1:]):
+            return False
+        rank = len(shape) - 2
+        spatial = [int(d) for d in shape[2:]]
+        if _attr(node, "group", 1) != 1 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return False
+        if any(s != 1 for s in _attr(node, "strides", [1] * rank)):
+            return False
+        if any(s != 1 for s in _attr(node, "dilations", [1] * rank)):
+            return False
+        pads = list(_attr(node, "pads", [0] * (2 * rank)))
+        kernel = list(weight.shape[2:])
+        out_spatial = [spatial[i] + pads[i] + pads[rank + i] - kernel[i] + 1 for i in range(rank)]
+        if out_spatial != spatial:  # "same" convolutions only: the output is laid out like the input
+            return False
+        channels, out_channels = int(shape[1]), int(weight.shape[0])
+        positions = int(np.prod(spatial))
+        # multiply-adds per output position: the taps that can touch the input vs every input position
+        taps = int(np.prod([min(kernel[i], 2 * spatial[i] - 1) for i in range(rank)]))
+        if channels > max_in_channels or positions > max_density_loss * taps:
+            return False
+        if channels * positions * positions * out_channels > max_matrix_elements:
+            return False
+        base = node.name or node.output[0]
+        consumers = g.consumers.get(node.output[0], [])
+        chain = None
+        if len(consumers) == 1 and consumers[0].op_type == "Reshape" and node.output[0] not in g.graph_outputs:
+            reshape = consumers[0]
+            target = g.const(reshape.input[1])
+            next_nodes = g.consumers.get(reshape.output[0], [])
             if (
-                producer is not None
-                and producer.op_type == "Reshape"
-                and len(g.consumers.get(source, [])) == 1
-                and source not in g.graph_outputs
+                target is not None
+                and len(target) == 4
+                and int(target[1]) > 0
+                and int(target[3]) == positions
+                and int(target[2]) == out_channels
+                and len(next_nodes) == 1
+                and next_nodes[0].op_type == "Transpose"
+                and _perm(next_nodes[0]) == [0, 3, 2, 1]
+                and reshape.output[0] not in g.graph_outputs
             ):
-                source = producer.input[0]  # Reshape of a Reshape: read the original tensor
-            new_nodes: list[onnx.NodeProto] = []
-            if chain is not None:
-                reshape, transpose, values = chain
-                matrix = dense_conv_matrix(weight, spatial, pads, order="sk")
-                rows = [-1, values, channels * positions]
-                out_name = transpose.output[0]
-            else:
-                matrix = dense_conv_matrix(weight, spatial, pads, order="ks")
-                rows = [-1, channels * positions]
-                out_name = node.output[0]
-            matrix_name = g.fresh(base + "/dense")
-            g.graph.initializer.append(numpy_helper.from_array(matrix.astype(weight.dtype), matrix_name))
-            source_shape = g.shapes.get(source)
-            if source_shape is not None and list(source_shape[1:]) == rows[1:]:
-                flat = source  # already laid out as the GEMM rows
-            else:
-                flat = g.fresh(base + "/rows")
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape",
-                        [source, g.shape_constant(base + "/rows_shape", rows)],
-                        [flat],
-                        name=g.fresh(base + "/to_rows"),
-                    )
+                chain = (reshape, next_nodes[0], int(target[1]))
+        source = node.input[0]
+        producer = g.producer.get(source)
+        if (
+            producer is not None
+            and producer.op_type == "Reshape"
+            and len(g.consumers.get(source, [])) == 1
+            and source not in g.graph_outputs
+        ):
+            source = producer.input[0]  # Reshape of a Reshape: read the original tensor
+        new_nodes: list[onnx.NodeProto] = []
+        if chain is not None:
+            reshape, transpose, values = chain
+            matrix = dense_conv_matrix(weight, spatial, pads, order="sk")
+            rows = [-1, values, channels * positions]
+            out_name = transpose.output[0]
+        else:
+            matrix = dense_conv_matrix(weight, spatial, pads, order="ks")
+            rows = [-1, channels * positions]
+            out_name = node.output[0]
+        matrix_name = g.fresh(base + "/dense")
+        g.graph.initializer.append(numpy_helper.from_array(matrix.astype(weight.dtype), matrix_name))
+        source_shape = g.shapes.get(source)
+        if source_shape is not None and list(source_shape[1:]) == rows[1:]:
+            flat = source  # already laid out as the GEMM rows
+        else:
+            flat = g.fresh(base + "/rows")
+            new_nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [source, g.shape_constant(base + "/rows_shape", rows)],
+                    [flat],
+                    name=g.fresh(base + "/to_rows"),
                 )
-            product = g.fresh(base + "/dense_out")
-            new_nodes.append(helper.make_node("MatMul", [flat, matrix_name], [product], name=g.fresh(base + "/dense")))
-            if chain is not None:
-                swapped = g.fresh(base + "/dense_t")
-                new_nodes.append(
-                    helper.make_node("Transpose", [product], [swapped], name=g.fresh(base + "/dense_t"), perm=[0, 2, 1])
-                )  # b, (s k), v
-                final = [-1, positions, out_channels, values]  # b, n, k, v
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape",
-                        [swapped, g.shape_constant(base + "/out_shape", final)],
-                        [out_name],
-                        name=g.fresh(base + "/out"),
-                    )
+            )
+        product = g.fresh(base + "/dense_out")
+        new_nodes.append(helper.make_node("MatMul", [flat, matrix_name], [product], name=g.fresh(base + "/dense")))
+        if chain is not None:
+            swapped = g.fresh(base + "/dense_t")
+            new_nodes.append(
+                helper.make_node("Transpose", [product], [swapped], name=g.fresh(base + "/dense_t"), perm=[0, 2, 1])
+            )  # b, (s k), v
+            final = [-1, positions, out_channels, values]  # b, n, k, v
+            new_nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [swapped, g.shape_constant(base + "/out_shape", final)],
+                    [out_name],
+                    name=g.fresh(base + "/out"),
                 )
-                removed = [node, chain[0], chain[1]]
-            else:
-                new_nodes.append(
-                    helper.make_node(
-                        "Reshape",
-                        [product, g.shape_constant(base + "/out_shape", [-1, out_channels, *spatial])],
-                        [out_name],
-                        name=g.fresh(base + "/out"),
-                    )
-                )  # N, K, *spatial
-                removed = [node]
-            _insert_before(g.graph, node, new_nodes)
-            for old in removed:
-                g.graph.node.remove(old)
-            if producer is not None and source != node.input[0]:
-                g.graph.node.remove(producer)
-            changed = done = True
-            break
-        if not done:
-            if changed:
-                eliminate_dead_nodes(model)
-            return changed
+            )
+            removed = [node, chain[0], chain[1]]
+        else:
+            new_nodes.append(
+                helper.make_node(
+                    "Reshape",
+                    [product, g.shape_constant(base + "/out_shape", [-1, out_channels, *spatial])],
+                    [out_name],
+                    name=g.fresh(base + "/out"),
+                )
+            )  # N, K, *spatial
+            removed = [node]
+        _insert_before(g.graph, node, new_nodes)
+        for old in removed:
+            g.graph.node.remove(old)
+        if producer is not None and source != node.input[0]:
+            g.graph.node.remove(producer)
+        return True
+
+    changed = rewrite_until_stable(lambda: _Graph(model), rewrite)
+    if changed:
+        eliminate_dead_nodes(model)
+    return changed
 
 
 def _elem_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
@@ -645,53 +633,49 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
     (an ``inf`` or ``NaN`` in the tensor would spread to its row, as ``0 · inf = NaN``). Only where the per-item
     size is at least ``min_elements`` (small transposes are cheaper as they are).
     """
-    changed = False
-    while True:
-        g = _Graph(model)
-        done = False
-        for node in g.graph.node:
-            if node.op_type != "Transpose" or node.output[0] in g.graph_outputs:
-                continue
-            view = _large_transpose(g, node, min_elements)
-            if view is None:
-                continue
-            perm, shape, merged_shape, merged_perm = view
-            if merged_perm != [0, 2, 1] or merged_shape[1] is None or merged_shape[1] > max_axis:
-                continue
-            if any(c.op_type == "MatMul" and c.input[0] == node.output[0] for c in g.consumers.get(node.output[0], [])):
-                continue  # already feeding a GEMM that ORT fuses it into
-            short, long_ = int(merged_shape[1]), int(merged_shape[2])
-            dtype = _elem_dtype(model, node.input[0])
-            base = node.name or node.output[0]
-            view = [-1 if merged_shape[0] is None else int(merged_shape[0]), short, long_]
-            out_shape = [-1 if shape[a] is None else int(shape[a]) for a in perm]
-            if out_shape.count(-1) > 1 or view.count(-1) > 1:
-                continue
-            eye = g.fresh(base + "/identity")
-            g.graph.initializer.append(numpy_helper.from_array(np.eye(short, dtype=dtype), eye))
-            names = [g.fresh(base + suffix) for suffix in ("/view", "/swapped", "/product")]
-            new_nodes = [
-                helper.make_node(
-                    "Reshape",
-                    [node.input[0], g.shape_constant(base + "/view_shape", view)],
-                    [names[0]],
-                    name=g.fresh(base + "/view"),
-                ),  # b, A, B
-                helper.make_node("Transpose", [names[0]], [names[1]], name=g.fresh(base + "/swap"), perm=[0, 2, 1]),
-                helper.make_node("MatMul", [names[1], eye], [names[2]], name=g.fresh(base + "/by_identity")),  # b, B, A
-                helper.make_node(
-                    "Reshape",
-                    [names[2], g.shape_constant(base + "/out_shape", out_shape)],
-                    [node.output[0]],
-                    name=g.fresh(base + "/out"),
-                ),
-            ]
-            _insert_before(g.graph, node, new_nodes)
-            g.graph.node.remove(node)
-            changed = done = True
-            break
-        if not done:
-            return changed
+
+    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Transpose" or node.output[0] in g.graph_outputs:
+            return False
+        view = _large_transpose(g, node, min_elements)
+        if view is None:
+            return False
+        perm, shape, merged_shape, merged_perm = view
+        if merged_perm != [0, 2, 1] or merged_shape[1] is None or merged_shape[1] > max_axis:
+            return False
+        if any(c.op_type == "MatMul" and c.input[0] == node.output[0] for c in g.consumers.get(node.output[0], [])):
+            return False  # already feeding a GEMM that ORT fuses it into
+        short, long_ = int(merged_shape[1]), int(merged_shape[2])
+        dtype = _elem_dtype(model, node.input[0])
+        base = node.name or node.output[0]
+        view = [-1 if merged_shape[0] is None else int(merged_shape[0]), short, long_]
+        out_shape = [-1 if shape[a] is None else int(shape[a]) for a in perm]
+        if out_shape.count(-1) > 1 or view.count(-1) > 1:
+            return False
+        eye = g.fresh(base + "/identity")
+        g.graph.initializer.append(numpy_helper.from_array(np.eye(short, dtype=dtype), eye))
+        names = [g.fresh(base + suffix) for suffix in ("/view", "/swapped", "/product")]
+        new_nodes = [
+            helper.make_node(
+                "Reshape",
+                [node.input[0], g.shape_constant(base + "/view_shape", view)],
+                [names[0]],
+                name=g.fresh(base + "/view"),
+            ),  # b, A, B
+            helper.make_node("Transpose", [names[0]], [names[1]], name=g.fresh(base + "/swap"), perm=[0, 2, 1]),
+            helper.make_node("MatMul", [names[1], eye], [names[2]], name=g.fresh(base + "/by_identity")),  # b, B, A
+            helper.make_node(
+                "Reshape",
+                [names[2], g.shape_constant(base + "/out_shape", out_shape)],
+                [node.output[0]],
+                name=g.fresh(base + "/out"),
+            ),
+        ]
+        _insert_before(g.graph, node, new_nodes)
+        g.graph.node.remove(node)
+        return True
+
+    return rewrite_until_stable(lambda: _Graph(model), rewrite)
 
 
 PERFORMANCE_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
