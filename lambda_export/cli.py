@@ -42,7 +42,7 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; "
     "3 conversion failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
 )
-# literal copies (the CLI starts without importing onnx); tests/test_cli.py checks them against the library
+# literal copies (the CLI starts without importing onnx); tests/cli/test_cli.py checks them against the library
 TARGET_CHOICES = ["portable", "ort", "openvino", "opencv4", "opencv5"]
 OPTIMIZE_CHOICES = ["default", "speed"]
 RESULT_SCHEMA = "lambda-export/result/v1"

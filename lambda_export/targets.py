@@ -1,7 +1,7 @@
 """Which ONNX graphs each deployment target accepts, kept as data, and a checker (step "check").
 
 ``check_target(model, "opencv4")`` returns the offending nodes (empty list: the target should load the graph).
-The tables are what we verified (see ``../shared/design/export-facts.md`` and the tests in ``tests/test_targets.py``):
+The tables are what we verified (see ``../shared/design/export-facts.md`` and the tests in ``tests/passes/test_targets.py``):
 
 * ``ort``      – ONNX Runtime (CPU/CUDA): every standard op.
 * ``openvino`` – OpenVINO: every standard op we use; checked in tests with f32 inference precision.

@@ -11,7 +11,7 @@ The repository uses Triton's ``onnxruntime`` backend::
 ``config.pbtxt`` is generated from Triton's own ``ModelConfig`` protobuf message (shipped by ``tritonclient`` as
 ``tritonclient.grpc.model_config_pb2``) and printed with ``google.protobuf.text_format`` when ``tritonclient`` is
 installed. Without it, the same text is written directly by :func:`render_text_fallback`; both paths produce
-byte-identical files (``tests/test_triton.py`` checks this).
+byte-identical files (``tests/cli/test_triton.py`` checks this).
 
 Batching rules (Triton's conventions):
 

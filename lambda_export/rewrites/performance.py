@@ -2,7 +2,7 @@
 
 Every pass moves data or regroups the same products; nothing is approximated. All passes but
 ``conv_as_dense_matmul`` give results bit-identical to the graph before them; that one sums the same products (plus
-products with exact zeros) in another order, ~1e-7 relative (tests/test_bench.py). The passes keep the ``portable`` target's
+products with exact zeros) in another order, ~1e-7 relative (tests/bench/test_bench.py). The passes keep the ``portable`` target's
 rules (static shapes apart from the batch, constant MatMul operands 2D and second, equal-rank non-broadcast MatMuls);
 :func:`optimize_for_ort` undoes any pass that would add a node the target refuses.
 

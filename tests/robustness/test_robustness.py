@@ -1,6 +1,6 @@
 """Bad inputs through the real `lambda-export` command line (a subprocess per case), plus in-process checks.
 
-The corpus lives in :mod:`tests.robustness_cases`. Every case asserts its exit code; for an error, that stderr holds
+The corpus lives in ``tests/robustness/robustness_cases.py``. Every case asserts its exit code; for an error, that stderr holds
 exactly one line, ``lambda-export: error: ...``, which names the problem (no ``Traceback`` unless ``-v``); and
 that no partial output or temporary file is left behind and a previous output keeps its bytes. The cases run in a
 small thread pool (the machine has 2 cores; most cases fail before TensorFlow is imported and take well under a
@@ -26,10 +26,7 @@ from hypothesis import strategies as st
 from lambda_export.errors import InputError
 from lambda_export.loading import TensorInfo
 
-try:  # `python -m pytest` (repository root on sys.path)
-    from tests import robustness_cases as rc
-except ImportError:  # plain `pytest` (only tests/ on sys.path)
-    import robustness_cases as rc  # type: ignore[no-redef]
+import robustness_cases as rc  # tests/robustness/robustness_cases.py (pytest puts each test folder on sys.path)
 
 WORKERS = 3
 

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 from lambda_export import triton
 from lambda_export.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAVE_TRITONCLIENT = importlib.util.find_spec("tritonclient") is not None and triton.model_config_message_class()
 HOW = "pip install -e '.[triton]'  (tritonclient[grpc])"
 

@@ -221,7 +221,7 @@ def test_opencv46_debian_matches_tensorflow(demo: dict, tmp_path: Path, record_p
 # -- every lambda layer variant, alone, on every runtime --------------------------------------------------------------
 
 # The demo's outputs are softmax probabilities, which hide errors; a bare lambda layer (random batch-norm statistics,
-# O(1) outputs, see tests/test_conversion.py) is held to the ONNX Runtime bar of 1e-5 max abs error in every runtime.
+# O(1) outputs, see tests/conversion/test_conversion.py) is held to the ONNX Runtime bar of 1e-5 max abs error in every runtime.
 LAYER_TOLERANCE = 1e-5
 
 

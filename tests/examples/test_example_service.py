@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.examples
 
-APP = Path(__file__).resolve().parents[1] / "examples" / "python_service" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "examples" / "python_service" / "app.py"
 TOLERANCE = 1e-4  # vs TensorFlow
 BATCHING_TOLERANCE = 1e-6  # batched (concurrent) vs single-request outputs; see test_concurrent_load
 MAX_BODY_BYTES = 1_000_000

@@ -18,7 +18,7 @@ from conftest import require
 
 pytestmark = pytest.mark.examples
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 INSTALL = "cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci"
 TOLERANCE = 1e-4
 START_TIMEOUT_S = 30

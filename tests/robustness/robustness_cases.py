@@ -1,4 +1,4 @@
-"""A corpus of bad inputs for the `lambda-export` command line, run as a real subprocess by tests/test_robustness.py.
+"""A corpus of bad inputs for the `lambda-export` command line, run as a real subprocess by tests/robustness/test_robustness.py.
 
 Each case is a function ``(Workspace) -> Case`` registered with :func:`case`; the function prepares what it needs in
 its own output folder and returns the command line, the expected exit code and the patterns the one-line error
@@ -11,7 +11,7 @@ How the hard-to-provoke conditions are made (tests run as root in CI, where ``ch
   ``/proc/sys`` folder, read-only for root too, stands in);
 * full disk: a 64 KiB tmpfs filled up completely when ``mount`` works, so the ONNX file cannot be written although
   the pre-flight check (an empty temporary file: a full tmpfs still has inodes) passes; otherwise ``RLIMIT_FSIZE`` (Python ignores
-  SIGXFSZ, so the write fails with EFBIG: the same clean-up path). ``tests/test_robustness.py`` also has an in-process
+  SIGXFSZ, so the write fails with EFBIG: the same clean-up path). ``tests/robustness/test_robustness.py`` also has an in-process
   test that makes ``fsync`` fail with ENOSPC. ``-o /dev/full`` is no disk-full test: the output is written to a
   temporary file beside it and renamed, which as root would replace the device node; the tool refuses to replace
   anything but a regular file, and a FIFO stands in for the device in that case;

@@ -13,7 +13,7 @@ from conftest import require
 
 pytestmark = pytest.mark.examples
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp_opencv"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpp_opencv"
 OPENCV_CMAKE_CONFIG = Path("/usr/lib/x86_64-linux-gnu/cmake/opencv4/OpenCVConfig.cmake")
 TOLERANCE = 1e-4
 

@@ -17,10 +17,7 @@ import tensorflow as tf
 import lambda_layers
 from lambda_layers import LambdaNetwork1DConv, LambdaNetwork1Dense, LambdaNetwork2DConv
 
-try:  # `python -m pytest` (repository root on sys.path)
-    from tests.reference import reference_forward
-except ImportError:  # plain `pytest` (only tests/ on sys.path)
-    from reference import reference_forward
+from reference import reference_forward  # tests/layers/reference.py (pytest puts each test folder on sys.path)
 
 CLASSES = [LambdaNetwork2DConv, LambdaNetwork1DConv, LambdaNetwork1Dense]
 CLASS_IDS = ["2dconv", "1dconv", "1ddense"]

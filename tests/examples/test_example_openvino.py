@@ -14,7 +14,7 @@ from conftest import require
 
 pytestmark = pytest.mark.examples
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "openvino" / "infer.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "openvino" / "infer.py"
 TOLERANCE = 1e-4
 
 

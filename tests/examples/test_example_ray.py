@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ray_batch"
 HAVE_RAY = all(importlib.util.find_spec(name) is not None for name in ("ray", "pyarrow"))
 HOW = "pip install -e '.[ray]'  (ray[data], pyarrow)"

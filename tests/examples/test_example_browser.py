@@ -20,7 +20,7 @@ from conftest import require
 
 pytestmark = pytest.mark.examples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "cd examples/browser && npm ci"
