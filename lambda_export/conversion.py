@@ -13,9 +13,8 @@ import io
 import logging
 import os
 import re
-import stat
-import tempfile
 import warnings as pywarnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,17 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lambda_export import env, ort
 from lambda_export.errors import ConversionError, InputError
-from lambda_export.loading import LoadedModel, TensorInfo, load_model
-from lambda_export.rewrites.cleanup import run_cleanup
+from lambda_export.graph import TensorInfo, all_nodes, skeleton
+from lambda_export.io import PROTOBUF_LIMIT, save_model_atomic
+from lambda_export.loading import LoadedModel, load_model
+from lambda_export.passes.pipelines import OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
 
-__all__ = ["OPTIMIZE_CHOICES", "ConvertResult", "convert", "save_model_atomic"]
+__all__ = ["MAX_OPSET", "MIN_OPSET", "OPTIMIZE_CHOICES", "ConvertResult", "convert", "run_tf2onnx"]
 
 MIN_OPSET, MAX_OPSET = 13, 18
-# "default": the smallest graph; "speed": plus lambda_export.rewrites.performance (faster on ONNX Runtime's CPU)
-OPTIMIZE_CHOICES = ("default", "speed")
-PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # leave headroom below protobuf's 2 GiB message limit
 
 
 @dataclass
@@ -45,7 +44,7 @@ class ConvertResult:
         inputs / outputs: name, shape (None = dynamic) and dtype of each graph input / output, in order.
         op_histogram: op type → node count.
         warnings: everything the user should know (unrewritten Einsum, target issues, ...).
-        passes: the rewrite passes that changed the graph.
+        passes: the rewrite passes that changed the graph (see :mod:`lambda_export.passes.pipelines`).
         target_issues: nodes the chosen target would refuse (empty when the graph fits the target).
         path: where the model was written, if an output path was given.
         loaded: the loaded Keras model (reused by the parity check).
@@ -83,7 +82,8 @@ def _resolve_shapes(
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise InputError(
-            f"--input-shape names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(sorted(names))}"
+            f"input_shapes names unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(sorted(names))}",
+            argument="input_shapes",
         )
     resolved = []
     for info in loaded.inputs:
@@ -92,12 +92,14 @@ def _resolve_shapes(
             new = tuple(overrides[info.name])
             if len(new) != len(shape):
                 raise InputError(
-                    f"--input-shape {info.name}: {len(new)} dims given, the input has {len(shape)} {tuple(info.shape)}"
+                    f"input_shapes {info.name}: {len(new)} dims given, the input has {len(shape)} {tuple(info.shape)}",
+                    argument="input_shapes",
                 )
             for axis, (old, dim) in enumerate(zip(shape, new, strict=True)):
                 if old is not None and dim is not None and old != dim:
                     raise InputError(
-                        f"--input-shape {info.name}: dim {axis} is fixed to {old} by the model, cannot set {dim}"
+                        f"input_shapes {info.name}: dim {axis} is fixed to {old} by the model, cannot set {dim}",
+                        argument="input_shapes",
                     )
             shape = list(new)
         if batch_size is not None and shape:
@@ -106,10 +108,11 @@ def _resolve_shapes(
             shape[0] = batch_size
         missing = [axis for axis, dim in enumerate(shape) if dim is None and axis != 0]
         if missing:
+            dims = ",".join("?" if d is None else str(d) for d in shape)
             raise InputError(
                 f"input {info.name} has unknown dims {tuple(shape)}: give them with "
-                f"--input-shape {info.name}={','.join('?' if d is None else str(d) for d in shape)} "
-                "(replace each ? after the batch by a size)"
+                f"input_shapes {info.name}={dims} (replace each ? after the batch by a size)",
+                argument="input_shapes",
             )
         resolved.append(TensorInfo(info.name, tuple(shape), info.dtype))
     return resolved
@@ -140,7 +143,7 @@ def _relabel_einsum_equation(equation: str) -> str:
     return "".join(mapping.get(c, c) for c in equation)
 
 
-def _collecting(factory: Any) -> Any:
+def _collecting(factory: Callable[[], Any]) -> Callable[[], Any]:
     """A tf2onnx optimizer factory that first frees the graph copies dropped by the previous optimizers."""
 
     def make() -> Any:
@@ -151,72 +154,85 @@ def _collecting(factory: Any) -> Any:
 
 
 @contextlib.contextmanager
-def tf2onnx_memory_bounded() -> Any:
-    """Keep a tf2onnx conversion's peak memory near 20× its largest constant instead of ~55× (restored afterwards).
-
-    tf2onnx's ``optimize_graph`` deep-copies the whole graph, constants included, before every optimizer of every
-    round, and the graphs it drops hold reference cycles, so they wait for a full garbage collection: a 39 MB position
-    embedding made the process grow by 2.1 GB, and a 630 MB one was OOM-killed at 24 GB. Inside this context every
-    optimizer is preceded by a collection (:func:`_collecting`), and the objects that existed before are frozen so that
-    a collection only scans the new ones (~5 ms instead of ~140 ms with TensorFlow loaded). The garbage left at the end
-    is collected too. What remains (19–24× at the peak, measured) is mostly TensorFlow's grappler.
-    """
-    from tf2onnx import optimizer
-
-    saved = optimizer._optimizers.copy()
-    for name, factory in saved.items():
-        optimizer._optimizers[name] = _collecting(factory)
+def _frozen_heap() -> Iterator[None]:
+    """Freeze the objects that exist now so that collections inside only scan new ones; collect the rest at the end."""
     gc.freeze()
     try:
         yield
     finally:
         gc.collect()
         gc.unfreeze()
-        optimizer._optimizers.clear()
-        optimizer._optimizers.update(saved)
 
 
-@contextlib.contextmanager
-def _tf2onnx_patched() -> Any:
-    """Work around three tf2onnx behaviours for the duration of one conversion (restored afterwards).
+def tf2onnx_optimizers(*, einsum: bool) -> dict[str, Callable[[], Any]]:
+    """tf2onnx's optimizer list for one conversion, each optimizer preceded by a garbage collection.
 
-    * Its ``Einsum`` handler lower-cases the equation, silently changing mixed-case equations: relabel them first.
-    * Its ``EinsumOptimizer`` decomposes Einsum with Shape/Gather/ReduceProd chains when the batch is dynamic: turn it
-      off, so that :mod:`lambda_export.rewrites.einsum` rewrites the Einsum nodes with static reshapes instead.
-    * Its optimizer loop's garbage makes the memory peak ~55× the largest constant (see :func:`tf2onnx_memory_bounded`).
+    tf2onnx's ``optimize_graph`` deep-copies the whole graph, constants included, before every optimizer of every
+    round, and the graphs it drops hold reference cycles, so they wait for a full garbage collection: a 39 MB position
+    embedding made the process grow by 2.1 GB, and a 630 MB one was OOM-killed at 24 GB. Collecting before each
+    optimizer keeps the peak near 20× the largest constant (what remains is mostly TensorFlow's grappler).
+
+    ``einsum=False`` leaves out tf2onnx's ``EinsumOptimizer``, which decomposes Einsum with Shape/Gather/ReduceProd
+    chains when the batch is dynamic; :mod:`lambda_export.passes.einsum` rewrites those nodes with static reshapes.
+    The list is read from tf2onnx (1.17; not modified): the conversion passes it per call, nothing global changes.
     """
-    from tf2onnx import constants, handler, optimizer
+    from tf2onnx import optimizer
 
-    saved_optimizers = optimizer._optimizers.copy()
-    optimizer._optimizers.pop("einsum_optimizer", None)
-    opsets = handler.tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])
-    patched: list[tuple[dict, tuple]] = []
-    for op_map in opsets:
-        if "Einsum" in op_map:
-            original, kwargs = op_map["Einsum"]
+    return {
+        name: _collecting(factory)
+        for name, factory in optimizer._get_optimizers().items()
+        if einsum or name != "einsum_optimizer"
+    }
 
-            def relabelled(ctx: Any, node: Any, _original: Any = original, **kw: Any) -> Any:
-                equation = node.get_attr_value("equation")
-                text = equation.decode() if isinstance(equation, bytes) else str(equation)
-                node.attr["equation"].s = _relabel_einsum_equation(text).encode()
-                return _original(ctx, node, **kw)
 
-            patched.append((op_map, op_map["Einsum"]))
-            op_map["Einsum"] = (relabelled, kwargs)
-    try:
-        with tf2onnx_memory_bounded():
-            yield
-    finally:
-        optimizer._optimizers.clear()
-        optimizer._optimizers.update(saved_optimizers)
-        for op_map, entry in patched:
-            op_map["Einsum"] = entry
+def _relabel_einsums(graph: Any, ops: list[Any]) -> list[Any]:
+    """A tf2onnx ``custom_rewriter``: relabel mixed-case Einsum equations before tf2onnx's handler lower-cases them."""
+    for node in ops:
+        if node.type == "Einsum":
+            equation = node.get_attr_value("equation")
+            text = equation.decode() if isinstance(equation, bytes) else str(equation)
+            node.attr["equation"].s = _relabel_einsum_equation(text).encode()
+    return ops
+
+
+def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool = False) -> onnx.ModelProto:
+    """Convert a ``tf.function`` with tf2onnx (what ``tf2onnx.convert.from_function`` does), per call configured.
+
+    With ``plain`` the conversion is tf2onnx's own (its full optimizer list, equations as tf2onnx reads them), for
+    side-by-side comparisons. Otherwise mixed-case einsum equations are relabelled first (tf2onnx's ``Einsum``
+    handler lower-cases them, turning ``bIi,iK->bIK`` into a diagonal) and the ``EinsumOptimizer`` is left out. Both
+    keep the conversion's memory bounded (:func:`tf2onnx_optimizers`). Nothing global in tf2onnx is modified, so
+    conversions in other threads are not affected.
+    """
+    import tensorflow as tf
+    from tf2onnx import convert as tf2onnx_convert
+    from tf2onnx import tf_loader
+
+    concrete = function.get_concrete_function(*signature)
+    input_names = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+    output_names = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    renames = tf2onnx_convert.tensor_names_from_structed(concrete, input_names, output_names)
+    with tf.device("/cpu:0"), _frozen_heap():
+        frozen = tf_loader.from_function(concrete, input_names, output_names, large_model=False)
+        # _convert_common is from_function's own second half; it is the one entry point that takes `optimizers`
+        proto, _ = tf2onnx_convert._convert_common(
+            frozen,
+            name=concrete.name,
+            continue_on_error=True,
+            opset=opset,
+            custom_rewriter=None if plain else [_relabel_einsums],
+            input_names=input_names,
+            output_names=output_names,
+            tensors_to_rename=renames,
+            optimizers=tf2onnx_optimizers(einsum=plain),
+        )
+    return proto
 
 
 def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.ModelProto:
+    """The Keras model's forward pass as a ``tf.function`` with the resolved input signature, through tf2onnx."""
     import keras
     import tensorflow as tf
-    import tf2onnx
 
     model = loaded.model
     signature = [tf.TensorSpec(info.shape, tf.as_dtype(info.dtype), name=info.name) for info in inputs]
@@ -235,9 +251,9 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     sink = io.StringIO()
     try:
-        with contextlib.redirect_stdout(sink), pywarnings.catch_warnings(), _tf2onnx_patched():
+        with contextlib.redirect_stdout(sink), pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+            proto = run_tf2onnx(function, signature, opset)
     except ConversionError:
         raise
     except Exception as exc:
@@ -262,26 +278,12 @@ def _too_large_message(model: Any) -> str:
     )
 
 
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies), depth first."""
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                nodes.extend(_all_nodes(attr.g))
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    nodes.extend(_all_nodes(sub))
-    return nodes
-
-
 def _check_converted(model: onnx.ModelProto) -> None:
     """Fail loudly on what tf2onnx returns as if fine: unconverted TF ops, invalid graphs, graphs ORT refuses."""
     from onnx import defs
 
     bad = []
-    for node in _all_nodes(model.graph):  # tf2onnx leaves unconverted ops in If/Loop bodies too (tf.cond)
+    for node in all_nodes(model.graph):  # tf2onnx leaves unconverted ops in If/Loop bodies too (tf.cond)
         if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type):
             bad.append(f"{node.op_type} ({node.name})")
     if bad:
@@ -293,10 +295,8 @@ def _check_converted(model: onnx.ModelProto) -> None:
     except Exception as exc:
         raise ConversionError(f"the exported graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
     if not large:
-        import onnxruntime as ort
-
         try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            ort.session(model.SerializeToString())
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime refuses the exported graph: {str(exc).strip()[:300]}") from exc
 
@@ -306,12 +306,10 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Initializers become typed graph inputs (small integer ones, shapes and axes, keep their values).
     """
-    from lambda_export.rewrites.cleanup import _skeleton
-
-    skeleton = _skeleton(model)
-    del skeleton.metadata_props[:]
-    skeleton.ir_version = model.ir_version
-    return skeleton
+    copy = skeleton(model)
+    del copy.metadata_props[:]
+    copy.ir_version = model.ir_version
+    return copy
 
 
 def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
@@ -394,101 +392,17 @@ def _canonical_names(model: onnx.ModelProto) -> None:
     graph.initializer.extend(inits)
 
 
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-    import tf2onnx
-
-    from lambda_export import __version__
+def _versions() -> dict[str, str | None]:
+    """The library versions written into every exported model's metadata."""
+    from lambda_export.version import __version__
 
     return {
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "tf2onnx_version": tf2onnx.__version__,
+        "tensorflow_version": env.distribution_version("tensorflow", "tensorflow-cpu"),
+        "keras_version": env.distribution_version("keras"),
+        "tf2onnx_version": env.distribution_version("tf2onnx"),
         "onnx_version": onnx.__version__,
         "lambda_export_version": __version__,
     }
-
-
-def save_model_atomic(
-    model: onnx.ModelProto, path: str | os.PathLike[str], *, overwrite: bool = False, external_data: bool | None = None
-) -> str:
-    """Write ``model`` to ``path`` via a temporary file in the same folder and a rename.
-
-    Models too large for one protobuf (> 2 GiB), or any model with ``external_data=True``, are saved with ONNX external
-    data next to the file (``<name>.data``, tensors of 1 KiB and more), also written to a temporary name first. The
-    data file is renamed into place before the model file; if that last rename fails, a data file this call created is
-    removed again. Nothing is left behind under temporary names. Returns the final path.
-
-    Raises:
-        InputError: the file exists and ``overwrite`` is False, or the folder is not writable / the disk is full.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} exists; pass --force (Python API: overwrite=True) to replace it")
-    if path.exists() and not path.is_file():  # a rename would replace a device node, FIFO, ... (/dev/full as root)
-        raise InputError(f"{path} exists and is not a regular file; refusing to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(
-            f"{folder}: output folder does not exist" if not folder.exists() else f"{folder}: not a folder"
-        )
-    # mkstemp creates 0600 files: give the result the mode of the file it replaces, or the umask's default
-    mask = os.umask(0o077)
-    os.umask(mask)
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~mask
-    if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT
-    data_path = folder / (path.name + ".data")
-    tmp_model = tmp_data = created_data = None
-    try:
-        fd, tmp_model = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        if external_data:
-            from onnx import external_data_helper
-
-            fd, tmp_data = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            os.unlink(tmp_data)  # onnx appends to the data file: it must start empty
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            external_data_helper.convert_model_to_external_data(
-                copy, all_tensors_to_one_file=True, location=os.path.basename(tmp_data), size_threshold=1024
-            )
-            # writes the tensors to tmp_data (relative to the model file's folder) and clears their raw data
-            external_data_helper.write_external_data_tensors(copy, str(folder))
-            if not os.path.exists(tmp_data):  # no tensor reached the threshold: onnx wrote no data file
-                open(tmp_data, "wb").close()
-            with open(tmp_data, "rb+") as handle:
-                os.fsync(handle.fileno())
-            # point the model at the final data file name
-            for tensor in external_data_helper._get_all_tensors(copy):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_path.name
-            serialized = copy.SerializeToString()
-        else:
-            serialized = model.SerializeToString()
-        with open(tmp_model, "wb") as handle:
-            handle.write(serialized)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_model, mode)
-        if tmp_data is not None:
-            created_data = None if data_path.exists() else data_path
-            os.replace(tmp_data, data_path)
-            tmp_data = None
-        os.replace(tmp_model, path)
-        tmp_model = created_data = None
-    except PermissionError as exc:
-        raise InputError(f"{folder}: cannot write the output here (permission denied)") from exc
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        for leftover in (tmp_model, tmp_data, created_data):
-            if leftover and os.path.exists(leftover):
-                os.unlink(leftover)
-    return str(path)
 
 
 def convert(
@@ -515,7 +429,7 @@ def convert(
         input_shapes: full shapes for inputs with unknown dims, by input name, e.g. ``{"x": (None, 64, 64, 3)}``.
         target: a key of :data:`lambda_export.targets.TARGETS`; the result is checked against it.
         optimize: ``"default"`` (the smallest graph: fewest nodes) or ``"speed"`` (also the exact ONNX Runtime CPU
-            passes of :mod:`lambda_export.rewrites.performance`, which regroup the same products into faster kernels;
+            passes of :mod:`lambda_export.passes.performance`, which regroup the same products into faster kernels;
             a pass whose result ``target`` would refuse is not applied). Both give the same numbers up to the order
             of floating-point additions.
         trust_code: allow ``Lambda`` layers (their loading executes code from the file).
@@ -528,15 +442,15 @@ def convert(
         ConversionError: tf2onnx failed or produced an invalid graph (exit code 3).
     """
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise InputError(f"--opset {opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}")
+        raise InputError(f"opset {opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}", argument="opset")
     if target not in TARGETS:
-        raise InputError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+        raise InputError(f"target {target!r}: choose one of {', '.join(TARGETS)}", argument="target")
     if optimize not in OPTIMIZE_CHOICES:
-        raise InputError(f"--optimize {optimize!r}: choose one of {', '.join(OPTIMIZE_CHOICES)}")
+        raise InputError(f"optimize {optimize!r}: choose one of {', '.join(OPTIMIZE_CHOICES)}", argument="optimize")
     if batch_size is not None and batch_size <= 0:
-        raise InputError(f"--batch-size {batch_size}: must be a positive integer")
+        raise InputError(f"batch_size {batch_size}: must be a positive integer", argument="batch_size")
     if output is not None and Path(output).exists() and not overwrite:
-        raise InputError(f"{output} exists; pass --force (Python API: overwrite=True) to replace it")
+        raise InputError(f"{output} exists; pass overwrite=True to replace it", argument="overwrite=True")
     if loaded is None:
         loaded = load_model(source, trust_code=trust_code, imports=imports)
     inputs = _resolve_shapes(loaded, batch_size, input_shapes)
@@ -545,20 +459,8 @@ def convert(
     _rename_io(model, inputs, loaded.outputs)
     _check_converted(model)
 
-    warnings: list[str] = []
-    even = TARGETS[target].no_broadcast
-    passes = run_cleanup(model, even_splits_only=even)
-    if any(node.op_type == "Einsum" for node in model.graph.node):
-        from lambda_export.rewrites.einsum import rewrite_einsum
-
-        model, einsum_warnings = rewrite_einsum(model)
-        warnings.extend(einsum_warnings)
-        passes.append("rewrite_einsum")
-        passes.extend(p for p in run_cleanup(model, even_splits_only=even) if p not in passes)
-    if optimize == "speed":
-        from lambda_export.rewrites.performance import optimize_for_ort
-
-        passes.extend(optimize_for_ort(model, target=target))  # last: the clean-up passes would undo some of it
+    rewritten = rewrite_for_target(model, target, optimize)
+    model, passes, warnings = rewritten.model, rewritten.passes, list(rewritten.warnings)
     _canonical_names(model)
     del model.graph.value_info[:]
     used_domains = {node.domain for node in model.graph.node} | {""}
@@ -572,9 +474,9 @@ def convert(
         warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
 
     outputs = _output_infos(model, loaded.outputs)
-    model.producer_name = "lambda-export"
-    from lambda_export import __version__
+    from lambda_export.version import __version__
 
+    model.producer_name = "lambda-export"
     model.producer_version = __version__
     metadata = {
         "source_sha256": loaded.sha256 or "in-memory",

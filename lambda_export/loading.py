@@ -23,20 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from lambda_export.errors import InputError, UnsafeModelError
+from lambda_export.graph import TensorInfo
 
 MAX_ARCHIVE_BYTES = 16 * 1024**3  # a .keras entry declaring more than this uncompressed is refused
 MAX_COMPRESSION_RATIO = 2000  # ... and so is one that would expand more than this (zip bomb)
 
-__all__ = ["LoadedModel", "TensorInfo", "import_user_code", "load_model", "sha256_of"]
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Name, shape (None for a dynamic dim) and NumPy dtype name of a model input or output."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str
+__all__ = ["LoadedModel", "TensorInfo", "import_user_code", "load_model", "sha256_of", "walk_layers"]
 
 
 @dataclass
@@ -271,7 +263,7 @@ def load_model(
 
     if isinstance(source, keras.Model):
         if not trust_code:
-            lambdas = [layer.name for layer in _walk_layers(source) if type(layer).__name__ == "Lambda"]
+            lambdas = [layer.name for layer in walk_layers(source) if type(layer).__name__ == "Lambda"]
             if lambdas:
                 raise UnsafeModelError(_lambda_message("the model", lambdas))
         inputs, outputs = describe(source)
@@ -379,11 +371,12 @@ def _lambda_message(what: str, names: list[str]) -> str:
     )
 
 
-def _walk_layers(model: Any) -> list[Any]:
+def walk_layers(model: Any) -> list[Any]:
+    """Every layer of a Keras model, nested sub-models' layers included (depth first, in layer order)."""
     out = []
     for layer in getattr(model, "layers", []):
         out.append(layer)
-        out.extend(_walk_layers(layer))
+        out.extend(walk_layers(layer))
     return out
 
 

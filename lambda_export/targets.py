@@ -1,7 +1,8 @@
 """Which ONNX graphs each deployment target accepts, kept as data, and a checker (step "check").
 
 ``check_target(model, "opencv4")`` returns the offending nodes (empty list: the target should load the graph).
-The tables are what we verified (see ``../shared/design/export-facts.md`` and the tests in ``tests/passes/test_targets.py``):
+The tables are what we verified on each runtime (the tests in ``tests/passes/test_targets.py`` and
+``tests/conversion/test_runtimes.py`` load graphs in them):
 
 * ``ort``      – ONNX Runtime (CPU/CUDA): every standard op.
 * ``openvino`` – OpenVINO: every standard op we use; checked in tests with f32 inference precision.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from lambda_export.rewrites.cleanup import GraphIndex, _static_shapes
+from lambda_export.graph import GraphIndex, static_shapes
 
 __all__ = ["TARGETS", "Offense", "Target", "check_target"]
 
@@ -140,7 +141,7 @@ def check_target(model: onnx.ModelProto, target: str) -> list[Offense]:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     spec = TARGETS[target]
     index = GraphIndex(model.graph)
-    shapes = _static_shapes(model)
+    shapes = static_shapes(model)
     offenses: list[Offense] = []
     for node in model.graph.node:
         name = node.name or node.output[0]

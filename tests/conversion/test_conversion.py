@@ -25,9 +25,10 @@ import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
 from lambda_export import conversion
-from lambda_export.conversion import convert, save_model_atomic
+from lambda_export.conversion import convert
 from lambda_export.errors import ConversionError, InputError, UnsafeModelError
-from lambda_export.rewrites.cleanup import CLEANUP_PASSES
+from lambda_export.io import save_model_atomic
+from lambda_export.passes.pipelines import CLEANUP
 from lambda_export.targets import check_target
 from lambda_layers import LambdaNetwork1DConv, LambdaNetwork1Dense, LambdaNetwork2DConv
 
@@ -212,14 +213,17 @@ def test_conversion_peak_memory_stays_a_small_multiple_of_the_weights():
     assert growth < 35, f"converting grew the process by {growth:.1f}x the embedding"
 
 
-def test_memory_bound_wraps_and_restores_tf2onnx_optimizers():
+def test_memory_bound_optimizers_are_per_call_and_leave_tf2onnx_unchanged():
+    """Each conversion passes its own optimizer list (tf2onnx's, each preceded by a collection, without the
+    EinsumOptimizer unless plain): nothing global in tf2onnx changes, so conversions in other threads are unaffected."""
     from tf2onnx import optimizer
 
     before = dict(optimizer._optimizers)
-    with conversion.tf2onnx_memory_bounded():
-        assert list(optimizer._optimizers) == list(before)  # same optimizers, same order
-        assert all(optimizer._optimizers[name] is not before[name] for name in before)  # each one collects first
-        assert gc.get_freeze_count() > 0
+    plain = conversion.tf2onnx_optimizers(einsum=True)
+    assert list(plain) == list(before)  # same optimizers, same order
+    assert all(plain[name] is not before[name] for name in before)  # each one collects first
+    assert list(conversion.tf2onnx_optimizers(einsum=False)) == [n for n in before if n != "einsum_optimizer"]
+    convert(_layer_model("2d", "local", 1, "channels_last")[0])
     assert optimizer._optimizers == before
     assert gc.get_freeze_count() == 0
 
@@ -241,7 +245,7 @@ def test_tensor_over_2gb_gets_a_clear_error(monkeypatch):
         def refuse(*args, _error=error, **kwargs):
             raise _error
 
-        monkeypatch.setattr(tf2onnx.convert, "from_function", refuse)
+        monkeypatch.setattr(tf2onnx.convert, "_convert_common", refuse)
         with pytest.raises(ConversionError, match=r"over 2 GB.*largest weight: .*position_embedding, 0\.00 GiB"):
             convert(model)
 
@@ -256,7 +260,7 @@ def test_metadata_records_provenance(demo_artifacts: dict):
     assert props["tf2onnx_version"] == tf2onnx.__version__
     assert props["onnx_version"] == onnx.__version__
     passes = props["rewrite_passes"].split(",")
-    known = {name for name, _ in CLEANUP_PASSES} | {"rewrite_einsum"}
+    known = {p.name for p in CLEANUP} | {"rewrite_einsum"}
     assert passes and set(passes) <= known, passes
     assert props["target"] == "portable"
     assert model.producer_name == "lambda-export"

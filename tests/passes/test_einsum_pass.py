@@ -1,4 +1,4 @@
-"""Tests of the Einsum rewrite pass (`lambda_export.rewrites.einsum`).
+"""Tests of the Einsum rewrite pass (`lambda_export.passes.einsum`).
 
 Each case builds a model with one Einsum node, rewrites it, checks that no Einsum is left and that the model passes
 ``onnx.checker.check_model(full_check=True)``, runs it in ONNX Runtime (CPU) and compares with ``numpy.einsum`` computed
@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lambda_export.rewrites import parse_einsum_equation, rewrite_einsum
-from lambda_export.rewrites.einsum import EinsumSpec
+from lambda_export.passes import parse_einsum_equation, rewrite_einsum
+from lambda_export.passes.einsum_spec import EinsumSpec
 
 ATOL = 1e-5
 Shape = tuple[int | str, ...]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from lambda_export.rewrites import parse_einsum_equation, rewrite_einsum
+from lambda_export.passes import parse_einsum_equation, rewrite_einsum
 
 ATOL = 1e-5
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])

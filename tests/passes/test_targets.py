@@ -1,6 +1,6 @@
 """Target checks and clean-up passes on small hand-built ONNX graphs (no TensorFlow involved).
 
-``check_target`` must flag what each runtime refuses (see ``shared/design/export-facts.md``) and pass clean graphs; every
+``check_target`` must flag what each runtime refuses (verified on each runtime) and pass clean graphs; every
 clean-up pass must keep the numbers the graph computes: ONNX Runtime runs the graph before and after the pass. Passes
 that only move data (reshape/transpose/squeeze rewrites) must give bit-identical outputs; passes that fold constants
 into weights or merge GEMMs may change float rounding, so they are held to 1e-6 absolute on O(1) outputs (~10 ulps).
@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from lambda_export.rewrites import cleanup
+from lambda_export.passes import cleanup
+from lambda_export.passes.pipelines import run_cleanup
 from lambda_export.targets import TARGETS, Offense, check_target
 
 FLOAT = TensorProto.FLOAT
@@ -514,7 +515,7 @@ def test_run_cleanup_on_a_projection_with_batch_norm() -> None:
     )
     feeds = _mm_feeds()
     before = _run(model, feeds)[0]
-    passes = cleanup.run_cleanup(model, even_splits_only=True)
+    passes = run_cleanup(model, even_splits_only=True)
     assert {"remove_identities", "squeeze_matmul_constants", "fold_affine_into_matmul", "merge_sibling_matmuls"} <= set(
         passes
     )

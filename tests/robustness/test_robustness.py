@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import robustness_cases as rc  # tests/robustness/robustness_cases.py (pytest puts each test folder on sys.path)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lambda_export.errors import InputError
 from lambda_export.loading import TensorInfo
-
-import robustness_cases as rc  # tests/robustness/robustness_cases.py (pytest puts each test folder on sys.path)
 
 WORKERS = 3
 
@@ -138,7 +137,7 @@ def _tiny_onnx() -> onnx.ModelProto:
 
 def test_disk_full_during_write_leaves_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC simulated at the Python level (fsync fails), for machines where no tmpfs can be mounted."""
-    from lambda_export import conversion
+    from lambda_export import io as lambda_io
 
     out = tmp_path / "model.onnx"
     out.write_bytes(b"previous")
@@ -146,28 +145,28 @@ def test_disk_full_during_write_leaves_previous_output(tmp_path: Path, monkeypat
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(conversion.os, "fsync", full)
+    monkeypatch.setattr(lambda_io.os, "fsync", full)
     with pytest.raises(InputError, match=r"cannot write .*model\.onnx.*No space left"):
-        conversion.save_model_atomic(_tiny_onnx(), out, overwrite=True)
+        lambda_io.save_model_atomic(_tiny_onnx(), out, overwrite=True)
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_interrupt_during_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lambda_export import conversion
+    from lambda_export import io as lambda_io
 
     def interrupted(fd: int) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conversion.os, "fsync", interrupted)
+    monkeypatch.setattr(lambda_io.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        conversion.save_model_atomic(_tiny_onnx(), tmp_path / "model.onnx")
+        lambda_io.save_model_atomic(_tiny_onnx(), tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_output_mode_follows_umask_or_replaced_file(tmp_path: Path) -> None:
     """mkstemp creates 0600 files; the renamed output must not keep that mode (a server may run as another user)."""
-    from lambda_export.conversion import save_model_atomic
+    from lambda_export.io import save_model_atomic
 
     old = os.umask(0o022)
     try:
@@ -182,7 +181,7 @@ def test_output_mode_follows_umask_or_replaced_file(tmp_path: Path) -> None:
 
 
 def test_save_refuses_to_replace_special_files(tmp_path: Path) -> None:
-    from lambda_export.conversion import save_model_atomic
+    from lambda_export.io import save_model_atomic
 
     fifo = tmp_path / "out.onnx"
     os.mkfifo(fifo)
@@ -245,8 +244,8 @@ def _mutate(blob: bytes, data: st.DataObject) -> bytes:
 def test_mutated_files_give_input_error_or_load(
     data: st.DataObject, kind: str, sample_files: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    from lambda_export.io import load_onnx
     from lambda_export.loading import load_model
-    from lambda_export.onnx_io import load_onnx
 
     path = tmp_path_factory.mktemp("fuzz") / f"model.{kind}"
     path.write_bytes(_mutate(sample_files[kind], data))

@@ -1,167 +1,47 @@
 """Exact ONNX graph clean-up passes run after tf2onnx (step "rewrite" of load → convert → rewrite → check).
 
-Every pass preserves the numbers the graph computes (up to float rounding of folded constants) and returns whether it
-changed anything. Passes:
+Every pass follows :mod:`lambda_export.passes.base`'s contract (``impl(ctx) -> bool``, edits ``ctx.model`` in place),
+preserves the numbers the graph computes (up to float rounding of folded constants) and reports whether it changed
+anything. Their order is in :mod:`lambda_export.passes.pipelines`. Passes:
 
 * ``squeeze_matmul_constants`` – a constant (1, ..., 1, K, N) MatMul operand becomes (K, N) (same broadcasting result
   when the other operand has at least that rank; old runtimes such as OpenCV 4.6 only take 2D constant weights).
 * ``fold_affine_into_matmul`` / ``fold_affine_into_conv`` – a per-channel constant ``Mul`` (and ``Add``, and
   ``BatchNormalization`` after ``Conv``) that follows a MatMul/Conv with constant weights is folded into those weights
   (batch-norm folding).
+* ``squeeze_to_reshape`` / ``squeeze_elementwise_constants`` – forms OpenCV 4.6 reads (a Reshape to a constant shape,
+  per-channel constants without leading 1s).
+* ``merge_sibling_matmuls`` – the query/key/value projections of a lambda layer become one GEMM and a Split.
 * ``merge_reshapes`` / ``merge_transposes`` – chains collapse to one node; identity transposes disappear.
 * ``remove_identities`` and ``eliminate_dead_nodes`` – tidy up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-__all__ = ["CLEANUP_PASSES", "GraphIndex", "run_cleanup"]
+from lambda_export.graph import GraphIndex, bypass, subgraph_reads, toposort, transpose_perm
+from lambda_export.passes.base import PassContext, graph_pass
 
-
-class GraphIndex:
-    """Producer/consumer maps and constant lookup for one ``GraphProto`` (rebuilt after every change)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.output:
-                self.producer[name] = node
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.graph_outputs = {out.name for out in graph.output}
-        self._names = {node.name for node in graph.node} | set(self.initializers)
-        for node in graph.node:
-            self._names.update(node.output)
-
-    def const(self, name: str) -> np.ndarray | None:
-        """The value of a tensor if it is an initializer or the output of a ``Constant`` node."""
-        if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-        return None
-
-    def only_consumer(self, name: str) -> onnx.NodeProto | None:
-        """The single node reading ``name``, if exactly one reads it and it is not a graph output."""
-        users = self.consumers.get(name, [])
-        if len(users) == 1 and name not in self.graph_outputs:
-            return users[0]
-        return None
-
-    def fresh(self, base: str) -> str:
-        """A tensor/node name not used yet in the graph."""
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
-
-    def add_initializer(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(value, name))
-        return name
+__all__ = [
+    "eliminate_dead_nodes",
+    "fold_affine_into_conv",
+    "fold_affine_into_matmul",
+    "merge_reshapes",
+    "merge_sibling_matmuls",
+    "merge_transposes",
+    "remove_identities",
+    "squeeze_elementwise_constants",
+    "squeeze_matmul_constants",
+    "squeeze_to_reshape",
+]
 
 
-_Index = TypeVar("_Index", bound=GraphIndex)
-
-
-def rewrite_until_stable(make_index: Callable[[], _Index], rewrite: Callable[[_Index, onnx.NodeProto], bool]) -> bool:
-    """Run ``rewrite(index, node)`` over the nodes in graph order until one call changes the graph (returns True), then
-    rebuild the index and start again; stop when a whole sweep changes nothing. True if anything changed.
-
-    The shared driver of the one-node-at-a-time passes here and in :mod:`lambda_export.rewrites.performance`:
-    ``rewrite`` may edit the graph freely before returning True, because the index is rebuilt after every change.
-    """
-    changed = False
-    while True:
-        index = make_index()
-        if not any(rewrite(index, node) for node in index.graph.node):
-            return changed
-        changed = True
-
-
-def _replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-    for out in graph.output:
-        if out.name == old:
-            # keep the graph output's name: rename the producer's output instead (handled by caller)
-            raise ValueError("cannot rewire a graph output")
-
-
-def _bypass(graph: onnx.GraphProto, index: GraphIndex, node: onnx.NodeProto, source: str) -> bool:
-    """Remove single-output ``node`` and make its readers read ``source`` instead."""
-    out = node.output[0]
-    if out in index.graph_outputs:
-        producer = index.producer.get(source)
-        if producer is None or source in index.graph_outputs or len(index.consumers.get(source, [])) != 1:
-            return False
-        # rename the producer's output to the graph output name
-        for i, name in enumerate(producer.output):
-            if name == source:
-                producer.output[i] = out
-        graph.node.remove(node)
-        return True
-    _replace_uses(graph, out, source)
-    graph.node.remove(node)
-    return True
-
-
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` without initializer data (initializers become typed graph inputs): cheap to infer."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    graph = skeleton.graph
-    graph.name = model.graph.name
-    graph.node.extend(model.graph.node)
-    graph.input.extend(model.graph.input)
-    graph.output.extend(model.graph.output)
-    known = {value.name for value in model.graph.input}
-    for init in model.graph.initializer:
-        if init.name not in known:
-            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    # small integer initializers (shapes, axes) keep their values: shape inference needs them
-    for init in model.graph.initializer:
-        if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(init.dims) <= 64:
-            graph.initializer.append(init)
-    return skeleton
-
-
-def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Shapes of every tensor that shape inference can determine (None for an unknown dim)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-    except Exception:
-        return {init.name: tuple(init.dims) for init in model.graph.initializer}
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes
-
-
-def squeeze_matmul_constants(model: onnx.ModelProto) -> bool:
+@graph_pass
+def squeeze_matmul_constants(ctx: PassContext) -> bool:
     """MatMul(A, W) with constant W of shape (1, ..., 1, K, N) and rank(A) >= rank(W) → MatMul(A, W.reshape(K, N))."""
-    graph, index, shapes = model.graph, GraphIndex(model.graph), _static_shapes(model)
+    graph, index, shapes = ctx.model.graph, ctx.index(), ctx.shapes()
     changed = False
     for node in graph.node:
         if node.op_type != "MatMul":
@@ -175,14 +55,15 @@ def squeeze_matmul_constants(model: onnx.ModelProto) -> bool:
     return changed
 
 
-def squeeze_elementwise_constants(model: onnx.ModelProto) -> bool:
+@graph_pass
+def squeeze_elementwise_constants(ctx: PassContext) -> bool:
     """Add/Sub/Mul/Div with a constant of shape (1, ..., 1, *rest) → constant of shape rest.
 
     Same broadcasting result when the other operand has at least the constant's rank; OpenCV 4.6 reads a (C, 1, 1)
     constant as a per-channel scale/bias but fails on (1, C, 1, 1).
     """
-    graph, changed = model.graph, False
-    index, shapes = GraphIndex(graph), _static_shapes(model)
+    graph, changed = ctx.model.graph, False
+    index, shapes = ctx.index(), ctx.shapes()
     for node in graph.node:
         if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
             continue
@@ -214,10 +95,11 @@ def _channel_vector(value: np.ndarray, channels: int, axis_from_end: int) -> np.
     return value.reshape(channels)
 
 
-def fold_affine_into_matmul(model: onnx.ModelProto) -> bool:
+@graph_pass
+def fold_affine_into_matmul(ctx: PassContext) -> bool:
     """MatMul(A, W const 2D) → Mul(c) ⇒ MatMul(A, W·c) when c scales each output channel (batch-norm folding)."""
-    graph = model.graph
-    shapes = _static_shapes(model)
+    graph = ctx.model.graph
+    shapes = ctx.shapes()  # of the graph before the pass: the folds keep every shape they read
 
     def rewrite(index: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "MatMul":
@@ -237,14 +119,15 @@ def fold_affine_into_matmul(model: onnx.ModelProto) -> bool:
             return False
         new_weight = (weight * vector[None, :]).astype(weight.dtype)
         node.input[1] = index.add_initializer(node.input[1].split(":")[0] + "_scaled", new_weight)
-        return _bypass(graph, index, user, node.output[0])
+        return bypass(graph, index, user, node.output[0])
 
-    return rewrite_until_stable(lambda: GraphIndex(graph), rewrite)
+    return ctx.rewrite_nodes(rewrite)
 
 
-def fold_affine_into_conv(model: onnx.ModelProto) -> bool:
+@graph_pass
+def fold_affine_into_conv(ctx: PassContext) -> bool:
     """Conv(X, W, B) followed by BatchNormalization (inference), or by a per-channel Mul / Add, folds into W and B."""
-    graph = model.graph
+    graph = ctx.model.graph
 
     def rewrite(index: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "Conv":
@@ -294,21 +177,22 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> bool:
             node.input[2] = bias_name
         else:
             node.input.append(bias_name)
-        return _bypass(graph, index, user, node.output[0])
+        return bypass(graph, index, user, node.output[0])
 
-    return rewrite_until_stable(lambda: GraphIndex(graph), rewrite)
+    return ctx.rewrite_nodes(rewrite)
 
 
-def merge_sibling_matmuls(model: onnx.ModelProto, even_splits_only: bool = False) -> bool:
+@graph_pass
+def merge_sibling_matmuls(ctx: PassContext, even_splits_only: bool = False) -> bool:
     """Several MatMul(A, W_i) with constant 2D W_i on the same A → one MatMul(A, [W_1 ... W_n]) and a Split.
 
-    With ``even_splits_only`` only siblings of equal width are merged (OpenCV 4.6 ignores Split's sizes input and
-    cuts into equal parts). A constant bias ``Add`` that follows a MatMul is merged too (zeros for the siblings without one). One larger GEMM
+    With ``even_splits_only`` (the pipelines set it for targets with the ``no_broadcast`` rules) only siblings of equal width are merged (OpenCV 4.6 ignores Split's sizes input and cuts into equal parts). A constant bias ``Add`` that follows a MatMul is merged too (zeros for the siblings without one). One larger GEMM
     is faster than several small ones and the graph is smaller (lambda layers: the query, key and value projections).
     """
+    model = ctx.model
     graph = model.graph
-    index = GraphIndex(graph)
-    shapes = _static_shapes(model)
+    index = ctx.index()
+    shapes = ctx.shapes()  # of the graph before the pass: merging keeps every shape it reads
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     groups: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -369,40 +253,19 @@ def merge_sibling_matmuls(model: onnx.ModelProto, even_splits_only: bool = False
         changed = True
         index = GraphIndex(graph)
     if changed:
-        _toposort(graph)
+        toposort(graph)
     return changed
 
 
-def _toposort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes topologically (stable: keeps the original order where possible)."""
-    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        progress = False
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progress = True
-            else:
-                rest.append(node)
-        if not progress:
-            raise ValueError("graph has a cycle or reads an undefined tensor")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def squeeze_to_reshape(model: onnx.ModelProto) -> bool:
+@graph_pass
+def squeeze_to_reshape(ctx: PassContext) -> bool:
     """Squeeze/Unsqueeze/Flatten with a statically known output shape (batch aside) → Reshape to a constant shape.
 
     OpenCV 4.6 cannot read opset-13 Squeeze/Unsqueeze (axes as an input); a Reshape is understood everywhere.
     """
-    graph, changed = model.graph, False
-    shapes = _static_shapes(model)
-    index = GraphIndex(graph)
+    graph, changed = ctx.model.graph, False
+    shapes = ctx.shapes()
+    index = ctx.index()
     for node in graph.node:
         if node.op_type not in ("Squeeze", "Unsqueeze", "Flatten"):
             continue
@@ -419,10 +282,11 @@ def squeeze_to_reshape(model: onnx.ModelProto) -> bool:
     return changed
 
 
-def merge_reshapes(model: onnx.ModelProto) -> bool:
+@graph_pass
+def merge_reshapes(ctx: PassContext) -> bool:
     """Reshape(Reshape(x, s1), s2) → Reshape(x, s2) when s2 is constant and has no 0 ("copy") entries."""
-    graph, changed = model.graph, False
-    index = GraphIndex(graph)
+    graph, changed = ctx.model.graph, False
+    index = ctx.index()
     for node in graph.node:
         if node.op_type != "Reshape":
             continue
@@ -435,18 +299,19 @@ def merge_reshapes(model: onnx.ModelProto) -> bool:
     return changed
 
 
-def merge_transposes(model: onnx.ModelProto) -> bool:
+@graph_pass
+def merge_transposes(ctx: PassContext) -> bool:
     """Transpose(Transpose(x, p1), p2) → Transpose(x, p1[p2]); identity Transposes are removed."""
-    graph, changed = model.graph, False
-    index = GraphIndex(graph)
+    graph, changed = ctx.model.graph, False
+    index = ctx.index()
     for node in graph.node:
         if node.op_type != "Transpose":
             continue
         inner = index.producer.get(node.input[0])
         if inner is None or inner.op_type != "Transpose":
             continue
-        p1 = _perm(inner)
-        p2 = _perm(node)
+        p1 = transpose_perm(inner)
+        p2 = transpose_perm(node)
         if p1 is None or p2 is None:
             continue
         composed = [p1[i] for i in p2]
@@ -458,43 +323,36 @@ def merge_transposes(model: onnx.ModelProto) -> bool:
         changed = True
     index = GraphIndex(graph)
     for node in list(graph.node):
-        perm = _perm(node) if node.op_type == "Transpose" else None
-        if perm is not None and perm == sorted(perm) and _bypass(graph, index, node, node.input[0]):
+        order = transpose_perm(node) if node.op_type == "Transpose" else None
+        if order is not None and order == sorted(order) and bypass(graph, index, node, node.input[0]):
             index = GraphIndex(graph)
             changed = True
     return changed
 
 
-def _perm(node: onnx.NodeProto) -> list[int] | None:
-    for attr in node.attribute:
-        if attr.name == "perm":
-            return list(attr.ints)
-    return None
-
-
-def remove_identities(model: onnx.ModelProto) -> bool:
+@graph_pass
+def remove_identities(ctx: PassContext) -> bool:
     """Drop ``Identity`` nodes (readers read the identity's input)."""
-    graph, changed = model.graph, False
-    index = GraphIndex(graph)
+    graph, changed = ctx.model.graph, False
+    index = ctx.index()
     for node in list(graph.node):
-        if node.op_type == "Identity" and _bypass(graph, index, node, node.input[0]):
+        if node.op_type == "Identity" and bypass(graph, index, node, node.input[0]):
             index = GraphIndex(graph)
             changed = True
     return changed
 
 
-def eliminate_dead_nodes(model: onnx.ModelProto) -> bool:
-    """Remove nodes whose outputs nobody reads and initializers no node reads."""
-    graph = model.graph
+@graph_pass
+def eliminate_dead_nodes(ctx: PassContext) -> bool:
+    """Remove nodes whose outputs nobody reads and initializers no node reads (subgraph bodies' reads count)."""
+    graph = ctx.model.graph
     needed = {out.name for out in graph.output}
     keep: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
         if any(name in needed for name in node.output):
             keep.append(node)
             needed.update(name for name in node.input if name)
-            for attr in node.attribute:  # subgraphs (If/Loop) read outer names implicitly
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    needed.update(_subgraph_reads(attr.g))
+            needed.update(subgraph_reads(node))  # subgraphs (If/Loop) read outer names implicitly
     removed = len(graph.node) - len(keep)
     if removed:
         del graph.node[:]
@@ -503,43 +361,3 @@ def eliminate_dead_nodes(model: onnx.ModelProto) -> bool:
     for init in unused:
         graph.initializer.remove(init)
     return bool(removed or unused)
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    names = set()
-    for node in graph.node:
-        names.update(node.input)
-    return names
-
-
-CLEANUP_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
-    ("remove_identities", remove_identities),
-    ("squeeze_matmul_constants", squeeze_matmul_constants),
-    ("fold_affine_into_matmul", fold_affine_into_matmul),
-    ("fold_affine_into_conv", fold_affine_into_conv),
-    ("squeeze_to_reshape", squeeze_to_reshape),
-    ("squeeze_elementwise_constants", squeeze_elementwise_constants),
-    ("merge_sibling_matmuls", merge_sibling_matmuls),
-    ("merge_reshapes", merge_reshapes),
-    ("merge_transposes", merge_transposes),
-    ("eliminate_dead_nodes", eliminate_dead_nodes),
-]
-
-
-def run_cleanup(model: onnx.ModelProto, max_rounds: int = 5, even_splits_only: bool = False) -> list[str]:
-    """Run the clean-up passes in place until nothing changes; return the names of the passes that changed the graph.
-
-    ``even_splits_only`` restricts ``merge_sibling_matmuls`` to equal widths (for OpenCV 4.6 targets).
-    """
-    applied: list[str] = []
-    for _ in range(max_rounds):
-        round_changed = False
-        for name, fn in CLEANUP_PASSES:
-            changed = fn(model, even_splits_only) if fn is merge_sibling_matmuls else fn(model)
-            if changed:
-                round_changed = True
-                if name not in applied:
-                    applied.append(name)
-        if not round_changed:
-            break
-    return applied

@@ -1,15 +1,12 @@
 """Rewrite ONNX ``Einsum`` nodes into Transpose / Reshape / MatMul / Mul / ReduceSum (and Squeeze / Unsqueeze).
 
 Why: several runtimes have no Einsum (onnxruntime-web's WebGL backend, TFLite, TensorRT before 8.2 and then only a-z),
-and tf2onnx lower-cases equations, silently turning ``bIi,iK->bIK`` into ``bii,ik->bik`` (see
-``shared/design/export-facts.md``). This pass computes exactly what ``numpy.einsum`` computes, with standard ops.
+and tf2onnx (1.17) lower-cases equations, silently turning ``bIi,iK->bIK`` into ``bii,ik->bik``. This pass computes exactly what ``numpy.einsum`` computes, with standard ops.
 
 Approach, per Einsum node:
 
-1. Parse and validate the equation (:func:`parse_einsum_equation`). Every subscript and every dimension covered by
-   ``...`` becomes an integer label; ``...`` dims are right-aligned across operands, as numpy broadcasts them. Letters
-   are never case-folded, so ``I`` and ``i`` stay distinct. The implicit output (no ``->``) follows numpy: the ``...``
-   dims first, then the letters that occur exactly once, sorted by character code (upper case before lower case).
+1. Parse and validate the equation (:func:`~lambda_export.passes.einsum_spec.parse_einsum_equation`): every
+   subscript and every dimension covered by ``...`` becomes an integer label, as numpy reads them.
 2. Shapes come from ``onnx.shape_inference``. A label's size is the static size any operand gives it. An operand axis
    that is statically 1 while another operand has the same label with another or an unknown size is a numpy broadcast:
    the axis is removed from that operand. This is exact for summed labels too, since ``x * sum(y) == sum(x * y)``.
@@ -42,17 +39,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["EinsumSpec", "parse_einsum_equation", "rewrite_einsum"]
+from lambda_export.graph import UniqueNames, all_names, iter_graphs
+from lambda_export.passes.base import GraphPass, PassContext, PassResult
+from lambda_export.passes.einsum_spec import ELLIPSIS, LETTERS, EinsumSpec, parse_einsum_equation
 
-_LETTERS = frozenset(string.ascii_letters)
-_ELLIPSIS = "..."
+__all__ = ["EinsumSpec", "parse_einsum_equation", "rewrite_einsum", "rewrite_einsum_nodes"]
+
 _MIN_OPSET = 12  # Einsum exists from opset 12; axes of ReduceSum/Squeeze/Unsqueeze become inputs at 13.
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Element types that Einsum takes and MatMul / Mul / ReduceSum take as well.
@@ -71,188 +69,6 @@ _REWRITABLE_TYPES = frozenset(
 _UNKNOWN_SIZE_ESTIMATE = 1 << 10  # stands in for an unknown dim when the greedy order compares result sizes
 
 Dim = int | str | None  # static size, symbolic name (dim_param), or unknown
-
-
-@dataclasses.dataclass(frozen=True)
-class EinsumSpec:
-    """A parsed, validated einsum equation.
-
-    Attributes:
-        equation: the equation as given.
-        operands: for each operand, the label id of each of its axes (``...`` expanded to its dims).
-        output: the label id of each output axis (an implicit output already resolved the numpy way).
-        label_names: the name of each label id: its letter, or ``...0``, ``...1``... for the dims covered by ``...``
-            (right-aligned across operands, so ``...0`` is the left-most broadcast dim).
-        explicit_output: whether the equation has ``->``.
-    """
-
-    equation: str
-    operands: tuple[tuple[int, ...], ...]
-    output: tuple[int, ...]
-    label_names: tuple[str, ...]
-    explicit_output: bool
-
-    @property
-    def has_repeated_subscripts(self) -> bool:
-        """True when a subscript repeats within one operand (a diagonal or trace, such as ``ii->i``)."""
-        return any(len(set(labels)) != len(labels) for labels in self.operands)
-
-    def lowercase_equation(self) -> str:
-        """An equivalent explicit equation over distinct lower-case letters, with ``...`` spelled out.
-
-        Each label (a letter of either case, or a dim covered by ``...``) gets a letter of its own, so ``bIi,iK->bIK``
-        becomes ``abc,cd->abd`` — never the wrong ``bii,ik->bik`` that lower-casing gives.
-
-        Raises:
-            ValueError: the equation has more than 26 labels.
-        """
-        if len(self.label_names) > len(string.ascii_lowercase):
-            raise ValueError(
-                f"einsum equation {self.equation!r} has {len(self.label_names)} distinct labels; "
-                "only 26 lower-case letters exist"
-            )
-        order: dict[int, str] = {}
-        for label in [*(lbl for op in self.operands for lbl in op), *self.output]:
-            order.setdefault(label, string.ascii_lowercase[len(order)])
-        terms = ["".join(order[lbl] for lbl in labels) for labels in self.operands]
-        return ",".join(terms) + "->" + "".join(order[lbl] for lbl in self.output)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Term:
-    letters: tuple[str, ...]
-    ellipsis_at: int | None  # index in `letters` where '...' sits, None without '...'
-
-
-def _parse_term(term: str, where: str) -> _Term:
-    letters: list[str] = []
-    ellipsis_at: int | None = None
-    i = 0
-    while i < len(term):
-        char = term[i]
-        if char == ".":
-            if term[i : i + 3] != _ELLIPSIS:
-                raise ValueError(f"{where} has a '.' that is not part of an ellipsis '...'")
-            if ellipsis_at is not None:
-                raise ValueError(f"{where} has more than one ellipsis '...'")
-            ellipsis_at = len(letters)
-            i += 3
-            continue
-        if char in _LETTERS:
-            letters.append(char)
-        elif not char.isspace():
-            raise ValueError(
-                f"{where} has an invalid character {char!r}: subscripts must be letters a-z or A-Z, or '...'"
-            )
-        i += 1
-    return _Term(tuple(letters), ellipsis_at)
-
-
-def parse_einsum_equation(equation: str, ranks: Sequence[int]) -> EinsumSpec:
-    """Parse and validate an einsum equation the way ``numpy.einsum`` reads it.
-
-    Args:
-        equation: e.g. ``"bIi,iK->bIK"``, ``"...ij,...jk"`` (implicit output), ``"ij->"``. Whitespace is ignored.
-        ranks: the rank of each operand.
-
-    Returns:
-        The labels of each operand axis and of each output axis (see :class:`EinsumSpec`). Repeated subscripts within
-        an operand (``ii->i``) are valid einsum and are returned as such; check ``has_repeated_subscripts``.
-
-    Raises:
-        ValueError: with a message naming the problem: no operand, wrong operand count, a character that is not a
-            letter, a stray '.', more than one '...' in a term, more than one '->', a rank that does not match the
-            subscripts, an output subscript that is repeated or not in any input, or broadcast ('...') dims that the
-            output drops.
-    """
-    if not isinstance(equation, str):
-        raise ValueError(f"einsum equation must be a string, got {type(equation).__name__}")
-    ranks = list(ranks)
-    prefix = f"einsum equation {equation!r}"
-    if not ranks:
-        raise ValueError(f"{prefix}: einsum needs at least one operand")
-    if equation.count("->") > 1:
-        raise ValueError(f"{prefix} has more than one '->'")
-    lhs, arrow, rhs = equation.partition("->")
-    raw_terms = lhs.split(",")
-    if len(raw_terms) != len(ranks):
-        raise ValueError(
-            f"{prefix} has {len(raw_terms)} input term(s) but {len(ranks)} operand(s) were given "
-            "(one comma-separated term per operand)"
-        )
-    terms = [_parse_term(t, f"{prefix}: operand {k} ({t.strip()!r})") for k, t in enumerate(raw_terms)]
-    out_term = _parse_term(rhs, f"{prefix}: the output") if arrow else None
-
-    ellipsis_ranks: list[int] = []
-    for k, (term, rank) in enumerate(zip(terms, ranks, strict=True)):
-        if not isinstance(rank, int | np.integer) or rank < 0:
-            raise ValueError(f"{prefix}: operand {k} has an invalid rank {rank!r}")
-        n_letters = len(term.letters)
-        if term.ellipsis_at is None:
-            if n_letters != rank:
-                raise ValueError(
-                    f"{prefix}: operand {k} has rank {rank} but its subscripts {raw_terms[k].strip()!r} "
-                    f"name {n_letters} dim(s)"
-                )
-            ellipsis_ranks.append(0)
-        else:
-            if n_letters > rank:
-                raise ValueError(
-                    f"{prefix}: operand {k} has rank {rank} but its subscripts {raw_terms[k].strip()!r} "
-                    f"name {n_letters} dim(s) besides '...'"
-                )
-            ellipsis_ranks.append(int(rank) - n_letters)
-    n_broadcast = max(ellipsis_ranks)
-
-    label_names: list[str] = [f"...{i}" for i in range(n_broadcast)]
-    letter_ids: dict[str, int] = {}
-
-    def letter_id(letter: str) -> int:
-        if letter not in letter_ids:
-            letter_ids[letter] = len(label_names)
-            label_names.append(letter)
-        return letter_ids[letter]
-
-    operands: list[tuple[int, ...]] = []
-    for term, n_ell in zip(terms, ellipsis_ranks, strict=True):
-        ids = [letter_id(c) for c in term.letters]
-        if term.ellipsis_at is not None:
-            ids[term.ellipsis_at : term.ellipsis_at] = range(n_broadcast - n_ell, n_broadcast)
-        operands.append(tuple(ids))
-
-    if out_term is not None:
-        seen: set[str] = set()
-        for c in out_term.letters:
-            if c in seen:
-                raise ValueError(f"{prefix}: output subscript {c!r} appears more than once")
-            if c not in letter_ids:
-                raise ValueError(f"{prefix}: output subscript {c!r} does not appear in any input")
-            seen.add(c)
-        out_ids = [letter_ids[c] for c in out_term.letters]
-        if out_term.ellipsis_at is not None:
-            out_ids[out_term.ellipsis_at : out_term.ellipsis_at] = range(n_broadcast)
-        elif n_broadcast:
-            raise ValueError(
-                f"{prefix}: the operands have {n_broadcast} dim(s) covered by '...' but the output has no '...' "
-                "to keep them (numpy rejects this too)"
-            )
-        output = tuple(out_ids)
-    else:
-        counts: dict[str, int] = {}
-        for term in terms:
-            for c in term.letters:
-                counts[c] = counts.get(c, 0) + 1
-        # numpy: broadcast dims first, then letters seen exactly once, sorted by character code ('Z' < 'a').
-        singles = sorted(c for c, n in counts.items() if n == 1)
-        output = tuple(range(n_broadcast)) + tuple(letter_ids[c] for c in singles)
-
-    return EinsumSpec(
-        equation=equation,
-        operands=tuple(operands),
-        output=output,
-        label_names=tuple(label_names),
-        explicit_output=bool(arrow),
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -277,25 +93,6 @@ def _singles(labels: Sequence[int]) -> list[tuple[int, ...]]:
     return [(label,) for label in labels]
 
 
-class _Names:
-    """Unique names: never one already in the model (``reserved``) nor one handed out before."""
-
-    def __init__(self, reserved: set[str], taken: set[str] | None = None) -> None:
-        self.reserved = reserved
-        self.taken = set(taken or ())
-
-    def fork(self) -> _Names:
-        return _Names(self.reserved, self.taken)
-
-    def new(self, stem: str) -> str:
-        name, k = stem, 0
-        while name in self.reserved or name in self.taken:
-            k += 1
-            name = f"{stem}_{k}"
-        self.taken.add(name)
-        return name
-
-
 class _Builder:
     """Emits the nodes and initializers that replace one Einsum node."""
 
@@ -306,7 +103,7 @@ class _Builder:
         spec: EinsumSpec,
         sizes: dict[int, int | None],
         sources: dict[int, tuple[str, int]],
-        names: _Names,
+        names: UniqueNames,
     ) -> None:
         self.base = base
         self.opset = opset
@@ -584,7 +381,7 @@ def _rewrite_node(
     spec: EinsumSpec,
     dims: Sequence[Sequence[Dim]],
     opset: int,
-    names: _Names,
+    names: UniqueNames,
     where: str,
 ) -> _Builder:
     """Build the replacement of one Einsum node (its last node writes the Einsum's output)."""
@@ -627,35 +424,10 @@ def _rewrite_node(
 # Model plumbing
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names: set[str] = set()
-    for graph in _graphs(model.graph):
-        names.update(v.name for v in [*graph.input, *graph.output, *graph.value_info])
-        names.update(t.name for t in graph.initializer)
-        names.update(t.values.name for t in graph.sparse_initializer)
-        for node in graph.node:
-            names.add(node.name)
-            names.update(node.input)
-            names.update(node.output)
-    names.discard("")
-    return names
-
-
 def _type_info(model: onnx.ModelProto) -> dict[str, tuple[int, list[Dim] | None]]:
     """Element type and dims (None: unknown rank) of every tensor whose type the model declares or implies."""
     info: dict[str, tuple[int, list[Dim] | None]] = {}
-    for graph in _graphs(model.graph):
+    for graph in iter_graphs(model.graph):
         for init in graph.initializer:
             info[init.name] = (init.data_type, [int(d) for d in init.dims])
         for vi in [*graph.input, *graph.output, *graph.value_info]:
@@ -688,10 +460,10 @@ def _operand_ranks(equation: str, dims: Sequence[list[Dim] | None], where: str) 
     for k, operand_dims in enumerate(dims):
         if operand_dims is not None:
             ranks.append(len(operand_dims))
-        elif k < len(terms) and _ELLIPSIS in terms[k]:
+        elif k < len(terms) and ELLIPSIS in terms[k]:
             raise _LeftAsEinsumError(f"operand {k} has an unknown rank and its subscripts use '...'")
         elif k < len(terms):
-            ranks.append(sum(c in _LETTERS for c in terms[k]))
+            ranks.append(sum(c in LETTERS for c in terms[k]))
         else:
             ranks.append(0)  # the parser reports the operand-count mismatch
     return ranks
@@ -708,7 +480,7 @@ def _rewrite_graph(
     graph: onnx.GraphProto,
     opset: int,
     info: dict[str, tuple[int, list[Dim] | None]],
-    names: _Names,
+    names: UniqueNames,
     warnings: list[str],
 ) -> None:
     new_nodes: list[onnx.NodeProto] = []
@@ -743,7 +515,7 @@ def _rewrite_einsum_node(
     node: onnx.NodeProto,
     opset: int,
     info: dict[str, tuple[int, list[Dim] | None]],
-    names: _Names,
+    names: UniqueNames,
     where: str,
 ) -> _Builder:
     if opset < _MIN_OPSET:
@@ -798,7 +570,7 @@ def rewrite_einsum(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     result = onnx.ModelProto()
     result.CopyFrom(model)
     warnings: list[str] = []
-    einsum_count = sum(1 for g in _graphs(result.graph) for n in g.node if n.op_type == "Einsum")
+    einsum_count = sum(1 for g in iter_graphs(result.graph) for n in g.node if n.op_type == "Einsum")
     for function in result.functions:
         if any(n.op_type == "Einsum" and n.domain in _DEFAULT_DOMAINS for n in function.node):
             warnings.append(f"Einsum nodes in model-local function '{function.name}' are left as Einsum")
@@ -812,6 +584,24 @@ def rewrite_einsum(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         inferred = result
     info = _type_info(inferred)
     opset = _default_opset(result)
-    names = _Names(_all_names(result))
+    names = UniqueNames(all_names(result))
     _rewrite_graph(result.graph, opset if opset is not None else 0, info, names, warnings)
     return result, warnings
+
+
+def _rewrite_einsum_nodes(ctx: PassContext) -> PassResult:
+    """The pipeline's form of :func:`rewrite_einsum`: replaces ``ctx.model``; changed when an Einsum node went away.
+
+    The notes are :func:`rewrite_einsum`'s warnings (each Einsum left, and why), also when none could be rewritten.
+    """
+    before = sum(1 for g in iter_graphs(ctx.model.graph) for n in g.node if n.op_type == "Einsum")
+    if not before:
+        return PassResult(False)
+    model, warnings = rewrite_einsum(ctx.model)
+    after = sum(1 for g in iter_graphs(model.graph) for n in g.node if n.op_type == "Einsum")
+    if after < before:
+        ctx.replace_model(model)
+    return PassResult(after < before, tuple(warnings))
+
+
+rewrite_einsum_nodes = GraphPass(_rewrite_einsum_nodes, name="rewrite_einsum")

@@ -39,26 +39,20 @@ last, after the clean-up passes (``merge_sibling_matmuls`` / ``merge_transposes`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lambda_export.rewrites.cleanup import (
-    GraphIndex,
-    _skeleton,
-    _static_shapes,
-    eliminate_dead_nodes,
-    rewrite_until_stable,
-)
+from lambda_export.graph import GraphIndex, attribute, insert_before, skeleton, transpose_perm
+from lambda_export.passes.base import PassContext, graph_pass
+from lambda_export.passes.cleanup import eliminate_dead_nodes
 
 __all__ = [
-    "PERFORMANCE_PASSES",
     "conv_as_dense_matmul",
     "dense_conv_matrix",
     "flatten_transposed_matmul",
-    "optimize_for_ort",
     "reshape_before_output_add",
     "split_slow_transposes",
     "transpose_as_identity_matmul",
@@ -66,51 +60,24 @@ __all__ = [
 ]
 
 
-# -- small graph helpers --------------------------------------------------------------------------------------------
-
-
-class _Graph(GraphIndex):
-    """The clean-up passes' :class:`GraphIndex` plus static shapes and int64 shape constants (rebuild after each
-    change)."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        super().__init__(model.graph)
-        self.shapes = _static_shapes(model)
-
-    def shape_constant(self, base: str, dims: list[int]) -> str:
-        return self.add_initializer(base, np.asarray(dims, dtype=np.int64))
-
-
-def _perm(node: onnx.NodeProto) -> list[int] | None:
-    for attr in node.attribute:
-        if attr.name == "perm":
-            return list(attr.ints)
-    return None
-
-
-def _insert_before(graph: onnx.GraphProto, anchor: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
-    position = list(graph.node).index(anchor)
-    for offset, new in enumerate(new_nodes):
-        graph.node.insert(position + offset, new)
-
-
 # -- passes --------------------------------------------------------------------------------------------------------
 
 
-def flatten_transposed_matmul(model: onnx.ModelProto) -> bool:
+@graph_pass
+def flatten_transposed_matmul(ctx: PassContext) -> bool:
     """``MatMul(Transpose(X, swap last two), W)``, W constant 2D → ``Reshape(MatMul(Reshape(Transpose(X), 2D), W))``.
 
     The Reshapes only regroup the batch dims into GEMM rows; the products and their K-order are unchanged.
     """
 
-    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "MatMul" or g.const(node.input[0]) is not None:
             return False
         weight = g.const(node.input[1])
         source = g.producer.get(node.input[0])
         if weight is None or weight.ndim != 2 or source is None or source.op_type != "Transpose":
             return False
-        perm = _perm(source)
+        perm = transpose_perm(source)
         shape = g.shapes.get(node.input[0])
         if perm is None or shape is None or len(shape) < 3 or len(perm) != len(shape):
             return False
@@ -133,12 +100,12 @@ def flatten_transposed_matmul(model: onnx.ModelProto) -> bool:
         node.input[0] = flat_in
         node.output[0] = flat_out
         last = helper.make_node("Reshape", [flat_out, back_shape], [output], name=g.fresh(base + "/from_rows"))
-        _insert_before(g.graph, node, [first])
+        insert_before(g.graph, node, [first])
         position = list(g.graph.node).index(node)
         g.graph.node.insert(position + 1, last)
         return True
 
-    return rewrite_until_stable(lambda: _Graph(model), rewrite)
+    return ctx.rewrite_nodes(rewrite, shapes=True)
 
 
 def _merge_axes(shape: list[int | None], perm: list[int]) -> tuple[list[int | None], list[int]]:
@@ -248,11 +215,11 @@ def _is_single_move(perm: Sequence[int]) -> bool:
 
 
 def _large_transpose(
-    g: _Graph, node: onnx.NodeProto, min_elements: int
+    g: GraphIndex, node: onnx.NodeProto, min_elements: int
 ) -> tuple[list[int], list[int | None], list[int | None], list[int]] | None:
     """(perm, input shape, merged shape, merged perm) of a rank ≥ 3 Transpose whose dims after the batch are static
     and hold at least ``min_elements`` elements per batch item; None for any other node."""
-    perm = _perm(node)
+    perm = transpose_perm(node)
     shape = g.shapes.get(node.input[0])
     if perm is None or shape is None or len(shape) != len(perm) or len(perm) < 3:
         return None
@@ -262,7 +229,8 @@ def _large_transpose(
     return perm, list(shape), merged_shape, merged_perm
 
 
-def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -> bool:
+@graph_pass
+def split_slow_transposes(ctx: PassContext, min_elements: int = 1 << 15) -> bool:
     """A Transpose that is not a single-axis move → Reshape / single-axis Transpose chain (same data movement).
 
     The chain is the cheapest by the cost model above, used only when cheaper than the generic kernel; each move is
@@ -271,7 +239,7 @@ def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -
     the batch (which must stay the leading axis) and at least ``min_elements`` elements per batch item.
     """
 
-    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "Transpose":
             return False
         view = _large_transpose(g, node, min_elements)
@@ -324,14 +292,15 @@ def split_slow_transposes(model: onnx.ModelProto, min_elements: int = 1 << 15) -
                 name=g.fresh(f"{base}/out"),
             )
         )
-        _insert_before(g.graph, node, new_nodes)
+        insert_before(g.graph, node, new_nodes)
         g.graph.node.remove(node)
         return True
 
-    return rewrite_until_stable(lambda: _Graph(model), rewrite)
+    return ctx.rewrite_nodes(rewrite, shapes=True)
 
 
-def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) -> bool:
+@graph_pass
+def unmerge_split_matmul(ctx: PassContext, min_elements: int = 1 << 16) -> bool:
     """``Split(MatMul(A, [W_1 … W_n]), axis=-1)`` with constant W → n ``MatMul(A, W_i)`` (undoes the sibling merge).
 
     The clean-up pass ``merge_sibling_matmuls`` merges the query/key/value projections into one GEMM and a Split.
@@ -341,7 +310,7 @@ def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) ->
     column blocks of the same GEMM, so the numbers do not change.
     """
 
-    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "Split" or g.const(node.input[0]) is not None:
             return False
         producer = g.producer.get(node.input[0])
@@ -379,25 +348,26 @@ def unmerge_split_matmul(model: onnx.ModelProto, min_elements: int = 1 << 16) ->
                 helper.make_node("MatMul", [producer.input[0], name], [out], name=g.fresh(f"{base}/part{index}"))
             )
             offset += size
-        _insert_before(g.graph, producer, new_nodes)
+        insert_before(g.graph, producer, new_nodes)
         g.graph.node.remove(producer)
         g.graph.node.remove(node)
         return True
 
-    changed = rewrite_until_stable(lambda: _Graph(model), rewrite)
+    changed = ctx.rewrite_nodes(rewrite, shapes=True)
     if changed:
-        eliminate_dead_nodes(model)
+        eliminate_dead_nodes(ctx)
     return changed
 
 
-def reshape_before_output_add(model: onnx.ModelProto) -> bool:
+@graph_pass
+def reshape_before_output_add(ctx: PassContext) -> bool:
     """``Reshape(Add(A, B))`` that is a graph output → ``Add(Reshape(A), Reshape(B))`` (same shapes, no broadcast).
 
     ORT cannot make a graph output alias its Reshape's input, so the final Reshape of a lambda layer copies the whole
     output; Reshapes of inner tensors are free. The Add then writes the output directly. Exact (same additions).
     """
     changed = False
-    g = _Graph(model)
+    g = ctx.index(shapes=True)
     for node in list(g.graph.node):
         if node.op_type != "Reshape" or node.output[0] not in g.graph_outputs or g.const(node.input[1]) is None:
             continue
@@ -428,7 +398,7 @@ def reshape_before_output_add(model: onnx.ModelProto) -> bool:
             )
             new_inputs.append(reshaped)
         new_add = helper.make_node("Add", new_inputs, [node.output[0]], name=g.fresh(base + "/output"))
-        _insert_before(g.graph, add, [*new_nodes, new_add])
+        insert_before(g.graph, add, [*new_nodes, new_add])
         g.graph.node.remove(add)
         g.graph.node.remove(node)
         changed = True
@@ -436,13 +406,6 @@ def reshape_before_output_add(model: onnx.ModelProto) -> bool:
 
 
 # -- small-map convolutions as one GEMM --------------------------------------------------------------------------------
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def dense_conv_matrix(weight: np.ndarray, spatial: Sequence[int], pads: Sequence[int], order: str = "ks") -> np.ndarray:
@@ -473,8 +436,9 @@ def dense_conv_matrix(weight: np.ndarray, spatial: Sequence[int], pads: Sequence
     return np.ascontiguousarray(matrix.reshape(in_channels * positions, positions * out_channels))
 
 
+@graph_pass
 def conv_as_dense_matmul(
-    model: onnx.ModelProto,
+    ctx: PassContext,
     max_in_channels: int = 16,
     max_matrix_elements: int = 1 << 22,
     max_density_loss: float = 2.0,
@@ -493,7 +457,7 @@ def conv_as_dense_matmul(
     single-axis transpose (fast in ORT) instead of a generic one.
     """
 
-    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "Conv" or (len(node.input) > 2 and node.input[2]):
             return False
         weight = g.const(node.input[1])
@@ -502,13 +466,13 @@ def conv_as_dense_matmul(
             return False
         rank = len(shape) - 2
         spatial = [int(d) for d in shape[2:]]
-        if _attr(node, "group", 1) != 1 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        if attribute(node, "group", 1) != 1 or attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             return False
-        if any(s != 1 for s in _attr(node, "strides", [1] * rank)):
+        if any(s != 1 for s in attribute(node, "strides", [1] * rank)):
             return False
-        if any(s != 1 for s in _attr(node, "dilations", [1] * rank)):
+        if any(s != 1 for s in attribute(node, "dilations", [1] * rank)):
             return False
-        pads = list(_attr(node, "pads", [0] * (2 * rank)))
+        pads = list(attribute(node, "pads", [0] * (2 * rank)))
         kernel = list(weight.shape[2:])
         out_spatial = [spatial[i] + pads[i] + pads[rank + i] - kernel[i] + 1 for i in range(rank)]
         if out_spatial != spatial:  # "same" convolutions only: the output is laid out like the input
@@ -536,7 +500,7 @@ def conv_as_dense_matmul(
                 and int(target[2]) == out_channels
                 and len(next_nodes) == 1
                 and next_nodes[0].op_type == "Transpose"
-                and _perm(next_nodes[0]) == [0, 3, 2, 1]
+                and transpose_perm(next_nodes[0]) == [0, 3, 2, 1]
                 and reshape.output[0] not in g.graph_outputs
             ):
                 chain = (reshape, next_nodes[0], int(target[1]))
@@ -601,29 +565,30 @@ def conv_as_dense_matmul(
                 )
             )  # N, K, *spatial
             removed = [node]
-        _insert_before(g.graph, node, new_nodes)
+        insert_before(g.graph, node, new_nodes)
         for old in removed:
             g.graph.node.remove(old)
         if producer is not None and source != node.input[0]:
             g.graph.node.remove(producer)
         return True
 
-    changed = rewrite_until_stable(lambda: _Graph(model), rewrite)
+    changed = ctx.rewrite_nodes(rewrite, shapes=True)
     if changed:
-        eliminate_dead_nodes(model)
+        eliminate_dead_nodes(ctx)
     return changed
 
 
 def _elem_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
     """The element type of tensor ``name`` (shape inference on the weight-free skeleton; float32 if unknown)."""
-    inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model))
     for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         if value.name == name and value.type.tensor_type.elem_type:
             return helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
     return np.dtype(np.float32)
 
 
-def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min_elements: int = 1 << 15) -> bool:
+@graph_pass
+def transpose_as_identity_matmul(ctx: PassContext, max_axis: int = 32, min_elements: int = 1 << 15) -> bool:
     """A Transpose that moves a short axis (≤ ``max_axis``) to the end, ``(b, A, B) → (b, B, A)`` in its merged
     view, → ``MatMul(Transpose(x), I_A)``, which ORT fuses into one GEMM with a transposed operand.
 
@@ -634,7 +599,7 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
     size is at least ``min_elements`` (small transposes are cheaper as they are).
     """
 
-    def rewrite(g: _Graph, node: onnx.NodeProto) -> bool:
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
         if node.op_type != "Transpose" or node.output[0] in g.graph_outputs:
             return False
         view = _large_transpose(g, node, min_elements)
@@ -646,7 +611,7 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
         if any(c.op_type == "MatMul" and c.input[0] == node.output[0] for c in g.consumers.get(node.output[0], [])):
             return False  # already feeding a GEMM that ORT fuses it into
         short, long_ = int(merged_shape[1]), int(merged_shape[2])
-        dtype = _elem_dtype(model, node.input[0])
+        dtype = _elem_dtype(ctx.model, node.input[0])
         base = node.name or node.output[0]
         view = [-1 if merged_shape[0] is None else int(merged_shape[0]), short, long_]
         out_shape = [-1 if shape[a] is None else int(shape[a]) for a in perm]
@@ -671,55 +636,8 @@ def transpose_as_identity_matmul(model: onnx.ModelProto, max_axis: int = 32, min
                 name=g.fresh(base + "/out"),
             ),
         ]
-        _insert_before(g.graph, node, new_nodes)
+        insert_before(g.graph, node, new_nodes)
         g.graph.node.remove(node)
         return True
 
-    return rewrite_until_stable(lambda: _Graph(model), rewrite)
-
-
-PERFORMANCE_PASSES: list[tuple[str, Callable[[onnx.ModelProto], bool]]] = [
-    ("conv_as_dense_matmul", conv_as_dense_matmul),
-    ("unmerge_split_matmul", unmerge_split_matmul),
-    ("flatten_transposed_matmul", flatten_transposed_matmul),
-    ("split_slow_transposes", split_slow_transposes),
-    ("transpose_as_identity_matmul", transpose_as_identity_matmul),
-    ("reshape_before_output_add", reshape_before_output_add),
-]
-
-
-def optimize_for_ort(model: onnx.ModelProto, target: str | None = "portable") -> list[str]:
-    """Run every performance pass on ``model`` in place; return the names of the passes that changed it.
-
-    With ``target`` (a key of ``lambda_export.targets.TARGETS``), a pass whose result the target would refuse (more
-    offending nodes than before) is undone, so the graph stays as portable as it was.
-    """
-    try:
-        from lambda_export.targets import check_target
-    except ImportError:  # pragma: no cover - the checker is part of the package
-        target = None
-
-    def offenses(candidate: onnx.ModelProto) -> int:
-        return len(check_target(candidate, target)) if target else 0
-
-    before = offenses(model) if target else 0
-    original = onnx.ModelProto()
-    if target:
-        original.CopyFrom(model)
-    applied = []
-    for name, fn in PERFORMANCE_PASSES:
-        if fn(model):
-            applied.append(name)
-    if target and applied and offenses(model) > before:
-        # find the pass(es) responsible: replay one at a time from the original, keeping only the harmless ones
-        model.CopyFrom(original)
-        applied = []
-        for name, fn in PERFORMANCE_PASSES:
-            trial = onnx.ModelProto()
-            trial.CopyFrom(model)
-            if fn(trial) and offenses(trial) <= before:
-                model.CopyFrom(trial)
-                applied.append(name)
-    if applied:
-        eliminate_dead_nodes(model)
-    return applied
+    return ctx.rewrite_nodes(rewrite, shapes=True)

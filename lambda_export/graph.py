@@ -1,0 +1,326 @@
+"""The one ONNX graph helper every pass, check and loader shares.
+
+* Walking: :func:`iter_graphs` (a graph and its If/Loop/Scan bodies), :func:`all_nodes`, :func:`all_names`,
+  :func:`subgraph_reads` (what a body reads from the graphs around it: tf2onnx's Loop bodies read outer tensors by
+  name, so renaming and dead-node passes must follow names into them).
+* Names: :class:`UniqueNames` hands out ``stem``, ``stem_1``, ``stem_2`` … never colliding with a reserved set.
+* Lookup and editing: :class:`GraphIndex` (producers, consumers, constants, fresh names, new initializers, and the
+  static shapes when asked for), :func:`bypass`, :func:`toposort`, :func:`insert_before`, :func:`attribute`.
+* Shapes: :func:`static_shapes` runs ONNX shape inference on :func:`skeleton` (the graph without weight data, so it
+  stays cheap for models with large weights).
+
+Every helper edits the ``GraphProto`` in place; an index describes the graph as it was when built, so rebuild it
+after a change (the pass driver in :mod:`lambda_export.passes.base` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = [
+    "GraphIndex",
+    "Shapes",
+    "TensorInfo",
+    "UniqueNames",
+    "all_names",
+    "all_nodes",
+    "attribute",
+    "bypass",
+    "graph_io",
+    "insert_before",
+    "iter_graphs",
+    "skeleton",
+    "static_shapes",
+    "subgraph_reads",
+    "toposort",
+    "transpose_perm",
+]
+
+Shapes = dict[str, tuple[int | None, ...]]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a dynamic dim) and NumPy dtype name of a model input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[str]]:
+    """The graph's real inputs (initializers listed as inputs left out) as :class:`TensorInfo`, and its output names.
+
+    A symbolic dim is None; an input without an element type reads as float32.
+    """
+    initializers = {init.name for init in model.graph.initializer}
+    infos = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name if tensor.elem_type else "float32"
+        infos.append(TensorInfo(value.name, dims, dtype))
+    return infos, [value.name for value in model.graph.output]
+
+
+# -- walking ---------------------------------------------------------------------------------------------------------
+
+
+def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph inside it (If/Loop/Scan bodies, nested), outer graphs first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_graphs(sub)
+
+
+def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` and of all its subgraphs."""
+    return [node for sub in iter_graphs(graph) for node in sub.node]
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor, value and node name used anywhere in ``model`` (subgraphs included; "" left out)."""
+    names: set[str] = set()
+    for graph in iter_graphs(model.graph):
+        names.update(v.name for v in [*graph.input, *graph.output, *graph.value_info])
+        names.update(t.name for t in graph.initializer)
+        names.update(t.values.name for t in graph.sparse_initializer)
+        for node in graph.node:
+            names.add(node.name)
+            names.update(node.input)
+            names.update(node.output)
+    names.discard("")
+    return names
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """The names the subgraphs of ``node`` (If branches, Loop/Scan bodies, nested) read: possibly outer tensors."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for body in bodies:
+            for sub in iter_graphs(body):
+                for inner in sub.node:
+                    names.update(inner.input)
+    return names
+
+
+# -- names -----------------------------------------------------------------------------------------------------------
+
+
+class UniqueNames:
+    """Unique names: ``stem`` if free, else ``stem_1``, ``stem_2`` …; never one in ``reserved`` or handed out before.
+
+    ``reserved`` is shared (not copied) with :meth:`fork`, so several builders can plan against the same model.
+    """
+
+    def __init__(self, reserved: Iterable[str] = (), taken: Iterable[str] = ()) -> None:
+        self.reserved = reserved if isinstance(reserved, set) else set(reserved)
+        self.taken = set(taken)
+
+    def fork(self) -> UniqueNames:
+        """A copy that shares ``reserved`` and starts from the names handed out so far."""
+        return UniqueNames(self.reserved, self.taken)
+
+    def new(self, stem: str) -> str:
+        name, k = stem, 0
+        while name in self.reserved or name in self.taken:
+            k += 1
+            name = f"{stem}_{k}"
+        self.taken.add(name)
+        return name
+
+
+# -- lookup and editing ----------------------------------------------------------------------------------------------
+
+
+class GraphIndex:
+    """Producer/consumer maps and constant lookup for one ``GraphProto`` (rebuild it after every change).
+
+    ``shapes`` (from :func:`static_shapes`) is attached by the passes that need it; ``{}`` otherwise.
+    """
+
+    def __init__(self, graph: onnx.GraphProto, shapes: Shapes | None = None) -> None:
+        self.graph = graph
+        self.shapes: Shapes = shapes if shapes is not None else {}
+        self.initializers = {init.name: init for init in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = {out.name for out in graph.output}
+        used = {node.name for node in graph.node} | set(self.initializers)
+        for node in graph.node:
+            used.update(node.output)
+        self.names = UniqueNames(used)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a tensor if it is an initializer or the output of a ``Constant`` node."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The single node reading ``name``, if exactly one reads it and it is not a graph output."""
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and name not in self.graph_outputs:
+            return users[0]
+        return None
+
+    def fresh(self, base: str) -> str:
+        """A tensor/node name not used yet in the graph."""
+        return self.names.new(base)
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        """Add ``value`` as a new initializer named after ``base``; return its (fresh) name."""
+        name = self.fresh(base)
+        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    def shape_constant(self, base: str, dims: Sequence[int]) -> str:
+        """An int64 initializer holding ``dims`` (a Reshape target); return its name."""
+        return self.add_initializer(base, np.asarray(list(dims), dtype=np.int64))
+
+
+def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    """The value of attribute ``name`` of ``node`` (``default`` when absent)."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
+    """The ``perm`` of a Transpose node (None when the attribute is absent: reverse all axes)."""
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None
+
+
+def _replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+    for out in graph.output:
+        if out.name == old:
+            # keep the graph output's name: rename the producer's output instead (handled by bypass)
+            raise ValueError("cannot rewire a graph output")
+
+
+def bypass(graph: onnx.GraphProto, index: GraphIndex, node: onnx.NodeProto, source: str) -> bool:
+    """Remove single-output ``node`` and make its readers read ``source`` instead (False when it cannot)."""
+    out = node.output[0]
+    if out in index.graph_outputs:
+        producer = index.producer.get(source)
+        if producer is None or source in index.graph_outputs or len(index.consumers.get(source, [])) != 1:
+            return False
+        # rename the producer's output to the graph output name
+        for i, name in enumerate(producer.output):
+            if name == source:
+                producer.output[i] = out
+        graph.node.remove(node)
+        return True
+    _replace_uses(graph, out, source)
+    graph.node.remove(node)
+    return True
+
+
+def insert_before(graph: onnx.GraphProto, anchor: onnx.NodeProto, new_nodes: list[onnx.NodeProto]) -> None:
+    """Insert ``new_nodes`` (in order) just before ``anchor``."""
+    position = list(graph.node).index(anchor)
+    for offset, new in enumerate(new_nodes):
+        graph.node.insert(position + offset, new)
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes topologically (stable: keeps the original order where possible).
+
+    Raises:
+        ValueError: the graph has a cycle or reads a tensor nothing defines.
+    """
+    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        progress = False
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:
+            raise ValueError("graph has a cycle or reads an undefined tensor")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+# -- shapes ----------------------------------------------------------------------------------------------------------
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without initializer data (initializers become typed graph inputs): cheap to infer/check.
+
+    Small integer initializers (shapes, axes: at most 64 int32/int64 values) keep their values, since shape inference
+    needs them.
+    """
+    copy = onnx.ModelProto()
+    copy.ir_version = model.ir_version
+    copy.opset_import.extend(model.opset_import)
+    graph = copy.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    known = {value.name for value in model.graph.input}
+    for init in model.graph.initializer:
+        if init.name not in known:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(init.dims) <= 64:
+            graph.initializer.append(init)
+    return copy
+
+
+def static_shapes(model: onnx.ModelProto) -> Shapes:
+    """Shapes of every tensor that shape inference can determine (None for an unknown dim).
+
+    When inference fails, only the initializers' shapes are known.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
+    except Exception:
+        return {init.name: tuple(init.dims) for init in model.graph.initializer}
+    shapes: Shapes = {}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes

@@ -1,0 +1,154 @@
+"""The ordered pass lists and the pipeline that runs them after tf2onnx (step "rewrite").
+
+Order matters; each list says why its order is what it is. :func:`rewrite_for_target` is what
+:func:`lambda_export.conversion.convert` runs:
+
+1. ``CLEANUP`` to a fixed point (at most 5 rounds): the smallest exact graph that every target can read.
+2. ``rewrite_einsum`` when Einsum nodes are left (tf2onnx's own Einsum decomposition is switched off during the
+   conversion: it emits Shape/Gather chains), then ``CLEANUP`` again: the rewrite leaves Reshape/Transpose chains
+   that the clean-up folds.
+3. With ``optimize="speed"``, ``PERFORMANCE`` once, under the target guard: a pass whose result the target would
+   refuse is undone. Last, because ``merge_sibling_matmuls`` and ``merge_transposes`` would undo some of its work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from lambda_export.passes.base import Pass, PassContext, PassManager, PassRecord
+from lambda_export.passes.cleanup import (
+    eliminate_dead_nodes,
+    fold_affine_into_conv,
+    fold_affine_into_matmul,
+    merge_reshapes,
+    merge_sibling_matmuls,
+    merge_transposes,
+    remove_identities,
+    squeeze_elementwise_constants,
+    squeeze_matmul_constants,
+    squeeze_to_reshape,
+)
+from lambda_export.passes.einsum import rewrite_einsum_nodes
+from lambda_export.passes.performance import (
+    conv_as_dense_matmul,
+    flatten_transposed_matmul,
+    reshape_before_output_add,
+    split_slow_transposes,
+    transpose_as_identity_matmul,
+    unmerge_split_matmul,
+)
+from lambda_export.targets import TARGETS
+
+__all__ = [
+    "CLEANUP",
+    "CLEANUP_ROUNDS",
+    "OPTIMIZE_CHOICES",
+    "PERFORMANCE",
+    "RewriteResult",
+    "optimize_for_ort",
+    "rewrite_for_target",
+    "run_cleanup",
+]
+
+OPTIMIZE_CHOICES = ("default", "speed")  # "default": the smallest graph; "speed": plus PERFORMANCE
+CLEANUP_ROUNDS = 5
+
+CLEANUP: tuple[Pass, ...] = (
+    # first: tf2onnx's Identity nodes sit between producers and consumers and hide every pattern below
+    remove_identities,
+    # before the folds: they take 2D constant weights only
+    squeeze_matmul_constants,
+    # batch-norm and other per-channel affine ops into the weights, before the weights are merged
+    fold_affine_into_matmul,
+    fold_affine_into_conv,
+    # forms OpenCV 4.6 reads; before merge_reshapes, which then collapses the new Reshape with its neighbours
+    squeeze_to_reshape,
+    squeeze_elementwise_constants,
+    # after the folds, so that the folded weights are the ones merged (q/k/v projections → one GEMM + Split)
+    merge_sibling_matmuls,
+    # collapse the chains the passes above and tf2onnx leave
+    merge_reshapes,
+    merge_transposes,
+    # last: removes what the others bypassed
+    eliminate_dead_nodes,
+)
+
+PERFORMANCE: tuple[Pass, ...] = (
+    # first: it matches the Conv → Reshape → Transpose chain of the local lambda layer before the transpose passes
+    # below rewrite that Transpose
+    conv_as_dense_matmul,
+    # undoes merge_sibling_matmuls where ORT's single-threaded Split costs more than the merged GEMM saves
+    unmerge_split_matmul,
+    # before the transpose passes: the Transpose it keeps must stay recognisable as "swap the last two axes"
+    flatten_transposed_matmul,
+    # generic permutations → chains of single-axis moves; then the short-axis moves that are left → GEMM with I
+    split_slow_transposes,
+    transpose_as_identity_matmul,
+    # last: it only looks at the graph's output Reshape
+    reshape_before_output_add,
+)
+
+
+@dataclass
+class RewriteResult:
+    """What :func:`rewrite_for_target` did: the rewritten model, the passes that changed it (first-change order),
+    warnings for the user (Einsum nodes left and why), and every pass run with its timing."""
+
+    model: onnx.ModelProto
+    passes: list[str]
+    warnings: list[str] = field(default_factory=list)
+    log: list[PassRecord] = field(default_factory=list)
+
+
+def _target_options(target: str | None) -> dict[str, bool]:
+    """Pass options a target's rules imply: OpenCV 4.6 cuts a Split into equal parts only."""
+    return {"even_splits_only": bool(target and TARGETS[target].no_broadcast)}
+
+
+def rewrite_for_target(model: onnx.ModelProto, target: str = "portable", optimize: str = "default") -> RewriteResult:
+    """Run the pipeline of the module docstring on ``model`` (in place, unless the Einsum rewrite builds a new model:
+    use ``RewriteResult.model``).
+
+    Args:
+        model: a converted model (tf2onnx's output with the Keras input/output names).
+        target: a key of :data:`lambda_export.targets.TARGETS`; its rules decide pass options and the guard.
+        optimize: ``"default"`` or ``"speed"`` (see :data:`OPTIMIZE_CHOICES`).
+    """
+    ctx = PassContext(model, target, _target_options(target))
+    log: list[PassRecord] = []
+
+    def run(manager: PassManager) -> list[str]:
+        applied = manager.run(ctx)
+        log.extend(manager.log)
+        return applied
+
+    passes = run(PassManager(CLEANUP, max_rounds=CLEANUP_ROUNDS))
+    einsum = PassManager([rewrite_einsum_nodes])
+    if run(einsum):
+        passes.append(rewrite_einsum_nodes.name)
+        passes.extend(p for p in run(PassManager(CLEANUP, max_rounds=CLEANUP_ROUNDS)) if p not in passes)
+    warnings = einsum.notes()
+    if optimize == "speed":
+        passes.extend(run(PassManager(PERFORMANCE, guard=True, tidy=eliminate_dead_nodes)))
+    return RewriteResult(ctx.model, passes, warnings, log)
+
+
+def run_cleanup(model: onnx.ModelProto, max_rounds: int = CLEANUP_ROUNDS, even_splits_only: bool = False) -> list[str]:
+    """Run ``CLEANUP`` in place until nothing changes; return the names of the passes that changed the graph.
+
+    ``even_splits_only`` restricts ``merge_sibling_matmuls`` to equal widths (for OpenCV 4.6 targets).
+    """
+    ctx = PassContext(model, options={"even_splits_only": even_splits_only})
+    return PassManager(CLEANUP, max_rounds=max_rounds).run(ctx)
+
+
+def optimize_for_ort(model: onnx.ModelProto, target: str | None = "portable") -> list[str]:
+    """Run every ``PERFORMANCE`` pass on ``model`` in place; return the names of the passes that changed it.
+
+    With ``target`` (a key of ``lambda_export.targets.TARGETS``), a pass whose result the target would refuse (more
+    offending nodes than before) is undone, so the graph stays as portable as it was.
+    """
+    ctx = PassContext(model, target)
+    return PassManager(PERFORMANCE, guard=True, tidy=eliminate_dead_nodes).run(ctx)
