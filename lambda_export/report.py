@@ -14,11 +14,11 @@ import html
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lambda_export.errors import InputError
+from lambda_export.io import write_text_atomic
 from lambda_export.parity import ParityReport, ResultRow
 
 __all__ = ["render_html", "render_text", "write_report"]
@@ -361,6 +361,9 @@ def _kv_table(data: dict[str, Any]) -> str:
 def write_report(report: ParityReport, path: str | os.PathLike[str], *, title: str | None = None) -> str:
     """Write ``report`` as JSON (``.json``) or HTML (``.html``/``.htm``), atomically (temporary file + rename).
 
+    The file gets the mode of the report it replaces, or the umask's default
+    (:func:`lambda_export.io.write_text_atomic`).
+
     Raises:
         InputError: another suffix, a missing or unwritable folder.
     """
@@ -372,21 +375,4 @@ def write_report(report: ParityReport, path: str | os.PathLike[str], *, title: s
         text = render_html(report, title=title or "lambda-export parity report")
     else:
         raise InputError(f"{path}: a report must end in .json or .html, not {suffix or 'no suffix'!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{path}: the folder {folder} does not exist")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise InputError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-    return str(path)
+    return write_text_atomic(path, text, what="the report")

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from lambda_export import ort as lambda_ort
 from lambda_export import parity
 from lambda_export.errors import ConversionError, InputError, ProviderUnavailableError
 from lambda_export.fp16 import emulate_fp16_rounding, to_float16
@@ -233,7 +234,7 @@ def test_cuda_path_disables_tf32_on_both_sides(monkeypatch, loaded, demo_onnx):
     import tensorflow as tf
 
     calls = []
-    real_session = parity._session
+    real_session = lambda_ort.session
 
     def fake_session(model_bytes, provider, tf32):
         calls.append(
@@ -243,10 +244,10 @@ def test_cuda_path_disables_tf32_on_both_sides(monkeypatch, loaded, demo_onnx):
                 tf.config.experimental.tensor_float_32_execution_enabled(),
             )
         )
-        return real_session(model_bytes, CPU, tf32)
+        return real_session(model_bytes, CPU, tf32=tf32)
 
-    monkeypatch.setattr(parity, "_probe", lambda provider: None)
-    monkeypatch.setattr(parity, "_session", fake_session)
+    monkeypatch.setattr(lambda_ort, "provider_problem", lambda provider: None)
+    monkeypatch.setattr(lambda_ort, "session", fake_session)
     before = tf.config.experimental.tensor_float_32_execution_enabled()
     report = _fast(loaded, demo_onnx, providers=["cuda"])
     assert report.passed and report.providers_run == [CUDA] and report.tf32 is False

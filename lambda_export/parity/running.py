@@ -1,0 +1,76 @@
+"""Running the two sides of a parity check: the Keras reference and the ONNX model handed to ONNX Runtime.
+
+* :func:`load_onnx_model`: an ``onnx.ModelProto`` as given, or read from a file with :func:`lambda_export.io.load_onnx`.
+* :func:`model_bytes`: the serialized model for an ONNX Runtime session (refused above protobuf's 2 GiB limit).
+* :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
+  traced function calls it.
+* :func:`first_line`: the first line of an exception's message, for one-line problems in reports.
+
+Sessions themselves come from :func:`lambda_export.ort.session`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lambda_export.errors import InputError
+from lambda_export.io import PROTOBUF_LIMIT, load_onnx
+from lambda_export.loading import LoadedModel
+
+__all__ = ["first_line", "keras_feed", "load_onnx_model", "model_bytes", "run_keras"]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), or its type name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def load_onnx_model(onnx_model: Any) -> tuple[onnx.ModelProto, str | None]:
+    """``(model, its path)``: an ``onnx.ModelProto`` as it is (path None), else a path read with ``load_onnx``.
+
+    Raises:
+        InputError: a missing or unreadable file (the message of :func:`lambda_export.io.load_onnx`).
+    """
+    if isinstance(onnx_model, onnx.ModelProto):
+        return onnx_model, None
+    path = Path(os.fspath(onnx_model))
+    return load_onnx(path), str(path)
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    """The serialized ``model`` for ``InferenceSession``.
+
+    Raises:
+        InputError: the model is larger than one protobuf message can be (2 GiB).
+    """
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        raise InputError("the ONNX model is larger than 2 GiB: verify the saved file (with its external data) instead")
+    return model.SerializeToString()
+
+
+def keras_feed(loaded: LoadedModel, feed: dict[str, np.ndarray]) -> Any:
+    """The argument the Keras model is called with, as the converter's traced function calls it."""
+    try:
+        dict_inputs = isinstance(loaded.model.input, dict)
+    except (AttributeError, ValueError):
+        dict_inputs = False
+    if dict_inputs:
+        return {info.name: feed[info.name] for info in loaded.inputs}
+    arrays = [feed[info.name] for info in loaded.inputs]
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def run_keras(model: Any, argument: Any) -> list[np.ndarray]:
+    """``model(argument, training=False)`` on TensorFlow's CPU, its outputs flattened to NumPy arrays."""
+    import keras
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        result = model(argument, training=False)
+    return [np.asarray(t) for t in keras.tree.flatten(result)]

@@ -1,0 +1,500 @@
+"""The verify step: :class:`ParityConfig` (the options of a check) and :func:`verify`, which runs it.
+
+:func:`verify` loads both models, checks their inputs and outputs match, draws the input sets, runs the Keras
+reference on TensorFlow's CPU and each ONNX Runtime provider on every set (:func:`_run_candidates`), then optionally
+locates the first diverging layer (:func:`_locate`) and checks a float16 export (:func:`_check_fp16`). TF32 is turned
+off in TensorFlow while a GPU provider runs (:func:`_tf32_setting`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from lambda_export import ort
+from lambda_export.errors import InputError, ProviderUnavailableError
+from lambda_export.graph import TensorInfo, graph_io
+from lambda_export.io import save_model_atomic
+from lambda_export.loading import LoadedModel, load_model
+from lambda_export.ort import CPU, GPU_PROVIDERS, TENSORRT
+from lambda_export.parity.inputs import (
+    DISTRIBUTIONS,
+    INT_HIGH,
+    check_arrays,
+    check_distribution,
+    derived_seed,
+    load_inputs,
+    make_inputs,
+    merge_inputs,
+)
+from lambda_export.parity.locate import LOCATE_MAX_BATCH, LOCATE_MODES, locate_divergence
+from lambda_export.parity.metrics import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    FP16_ATOL,
+    FP16_RTOL,
+    ErrorHistogram,
+    Metrics,
+    check_tolerance,
+    compare,
+)
+from lambda_export.parity.results import ParityReport, ResultRow, environment
+from lambda_export.parity.running import first_line, keras_feed, load_onnx_model, model_bytes, run_keras
+
+__all__ = ["ParityConfig", "verify"]
+
+
+@dataclass
+class ParityConfig:
+    """The options of a parity check (:func:`verify`); :meth:`validate` refuses bad ones before any slow work.
+
+    Attributes:
+        providers: ORT providers (short names cpu/cuda/tensorrt or full names, a list or a comma-separated string);
+            None = all available, the others listed in ``providers_skipped``.
+        atol, rtol: float32 tolerances of ``|onnx − tf| ≤ atol + rtol·|tf|``. The defaults (1e-4, 1e-3) come from
+            float32 itself: one op rounds at 2⁻²⁴ ≈ 6e-8 relative, but TensorFlow and ONNX Runtime sum convolutions
+            and matmuls in different orders, fold batch norms into weights and use different exp/rsqrt kernels, so
+            errors grow with depth and with the size of the reductions. Measured on the CPU: a single lambda layer
+            ≈ 3e-6 max abs; the tiny demo LambdaResNet 2.4e-7 on its softmax output and up to 1.7e-5 inside the
+            lambda layer (activations of order 10). atol = 1e-4 leaves ≥ 6× headroom there and ~30× on typical
+            layers, for deeper models and other CPUs, while a wrong weight, layout or epsilon shows up at 1e-3 and
+            more (a convolution weight scaled by 1.5 moves the demo's probabilities by 4.5e-3). Near-zero outputs
+            have per-op relative errors up to 5e-3, so rtol alone cannot work; rtol = 1e-3 (≈ 2¹³ float32 ulps)
+            keeps large activations and logits from failing on their absolute error.
+        inputs: the user's inputs instead of random ones: a dict name → array or a ``.npz``/``.npy`` path (the batch
+            is taken from the data; reported with distribution "user").
+        batch_sizes: batch sizes for random inputs; None (or a fixed batch in the ONNX graph) uses the graph's batch.
+        distributions: random input distributions, see :func:`lambda_export.parity.make_inputs`.
+        samples: seeded random draws per batch size × distribution.
+        seed: base seed; each draw's seed is derived from (seed, batch, distribution, sample) and reported.
+        tf32: leave TF32 on when a CUDA provider runs (default off on both sides, noted in the report).
+        locate: "on_failure", "always" or "never": run :func:`lambda_export.parity.locate_divergence`.
+        fp16: also convert the ONNX model to float16 (:func:`lambda_export.fp16.to_float16`) and check it against the
+            float32 TensorFlow reference with ``fp16_atol``/``fp16_rtol`` (reported separately, part of ``passed``).
+        fp16_atol, fp16_rtol: float16 tolerances (default 1e-2, 1e-2). float16 keeps a 10-bit mantissa: every
+            rounding is up to 2⁻¹¹ ≈ 4.9e-4 relative, 8192× float32's, and each op's output is rounded again, so a
+            network of depth L accumulates ≈ √L to L such errors, amplified by batch norms and attention logits: a few
+            1e-3 for the 20–40 ops of small models. Measured on the tiny demo LambdaResNet (softmax output, batch 1
+            and 16, N(0, 1) and U[0, 1) inputs, 3 samples each): max abs 2.7e-4 on ONNX Runtime's CPU (float16
+            weights, float32 compute) and 6.1e-4 (max rel 3.1e-3) with every op output rounded to float16, the GPU
+            case; 1e-2 leaves ~15× headroom for deeper models. So this check tells whether float16 is accurate enough;
+            it is not a bug detector (a convolution near the demo's output scaled by 1.5 moves its probabilities by
+            only 4.5e-3): the float32 check is. Inputs of ~1e3 ("large") overflow float16 (max 65504) inside the
+            network and fail with Inf/NaN.
+        trust_code, imports: as for :func:`lambda_export.loading.load_model`.
+        int_high: integer inputs are drawn from [0, int_high).
+        fp16_output: also save the float16 model there (atomically; an existing file is replaced).
+    """
+
+    providers: list[str] | str | None = None
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    inputs: dict[str, np.ndarray] | str | os.PathLike[str] | None = None
+    batch_sizes: Sequence[int | None] = (1, 4)
+    distributions: Sequence[str] = ("normal", "uniform")
+    samples: int = 1
+    seed: int = 0
+    tf32: bool = False
+    locate: str = "on_failure"
+    fp16: bool = False
+    fp16_atol: float = FP16_ATOL
+    fp16_rtol: float = FP16_RTOL
+    trust_code: bool = False
+    imports: list[str] | tuple[str, ...] = ()
+    int_high: int = INT_HIGH
+    fp16_output: str | os.PathLike[str] | None = None
+
+    def validate(self) -> None:
+        """Refuse bad options: what :func:`verify` checks before loading anything.
+
+        Messages about one option start with its API name (``samples 0: must be >= 1``), which the error's
+        ``argument`` holds.
+
+        Raises:
+            InputError: a negative or non-finite tolerance, an unknown ``locate`` mode or distribution, ``samples``
+                under 1, no batch size or distribution for random inputs, a batch size that is not a positive
+                integer, an unknown provider name.
+            ProviderUnavailableError: a requested provider cannot run here, or none can.
+        """
+        check_tolerance(self.atol, self.rtol)
+        if self.fp16:
+            check_tolerance(self.fp16_atol, self.fp16_rtol, names=("fp16_atol", "fp16_rtol"))
+        if self.locate not in LOCATE_MODES:
+            raise InputError(f"locate={self.locate!r}: choose among {', '.join(LOCATE_MODES)}", argument="locate")
+        if int(self.samples) < 1:
+            raise InputError(f"samples {self.samples}: must be >= 1", argument="samples")
+        for distribution in self.distributions:
+            check_distribution(distribution)
+        if self.inputs is None and (not self.batch_sizes or not self.distributions):
+            raise InputError("give at least one batch size and one distribution (or your own inputs)")
+        for size in self.batch_sizes:
+            if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0):
+                raise InputError(f"batch size {size!r}: must be a positive integer")
+        run, _ = ort.resolve_providers(self.providers)
+        if not run:
+            raise ProviderUnavailableError("no ONNX Runtime provider can run here")
+
+
+def verify(
+    source: Any,
+    onnx_model: Any,
+    config: ParityConfig | None = None,
+    *,
+    loaded: LoadedModel | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> ParityReport:
+    """Check that the ONNX model computes what the Keras model computes, on every requested ORT provider.
+
+    Args:
+        source: the Keras model: a path (``.h5``, ``.keras``, SavedModel folder), a ``keras.Model``, or ignored when
+            ``loaded`` is given.
+        onnx_model: path to an ``.onnx`` file or an ``onnx.ModelProto``; its inputs/outputs carry the Keras names.
+        config: the options (:class:`ParityConfig`); None = the defaults.
+        loaded: an already loaded model (skips loading ``source``).
+        progress: called with a short message before each long step.
+        options: :class:`ParityConfig` fields by name (``providers=["cpu"]``, ``atol=1e-5``, ...), replacing those
+            of ``config``.
+
+    Raises:
+        InputError: unreadable model/inputs, mismatched input/output names, bad arguments.
+        ProviderUnavailableError: a requested provider cannot run here.
+    """
+    config = _with_options(config, options)
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    config.validate()
+    run, skipped = ort.resolve_providers(config.providers)
+
+    step = time.perf_counter()
+    loaded = _load_keras(source, loaded, config, say)
+    proto, onnx_path = load_onnx_model(onnx_model)
+    timings["load"] = time.perf_counter() - step
+
+    infos, keras_out = _matching_io(loaded, proto)
+    sets, inputs_label = _input_sets(config, infos, notes)
+    report = ParityReport(
+        passed=False,
+        atol=float(config.atol),
+        rtol=float(config.rtol),
+        providers_run=list(run),
+        providers_skipped=dict(skipped),
+        results=[],
+        fp16=bool(config.fp16),
+        fp16_atol=float(config.fp16_atol),
+        fp16_rtol=float(config.fp16_rtol),
+        tf32=bool(config.tf32),
+        notes=notes,
+        timings=timings,
+        settings=_settings(config, sets, inputs_label),
+        model={
+            "source": loaded.source or "in-memory",
+            "onnx": onnx_path or "in-memory",
+            "inputs": infos,
+            "outputs": loaded.outputs,
+        },
+    )
+    try:
+        with _tf32_setting(run, config.tf32, notes):
+            _run_checks(report, loaded, proto, sets, keras_out, config, say)
+    finally:
+        report.environment = environment()
+        timings["total"] = time.perf_counter() - started
+    return report
+
+
+def _with_options(config: ParityConfig | None, options: dict[str, Any]) -> ParityConfig:
+    """``config`` with ``options`` (field name → value) replacing its fields; the defaults when it is None.
+
+    Raises:
+        TypeError: an option that is not a :class:`ParityConfig` field.
+    """
+    if config is None:
+        return ParityConfig(**options)
+    return dataclasses.replace(config, **options) if options else config
+
+
+def _load_keras(
+    source: Any, loaded: LoadedModel | None, config: ParityConfig, say: Callable[[str], None]
+) -> LoadedModel:
+    """``loaded``, ``source`` when it is already loaded, or ``source`` loaded with the config's code settings."""
+    if loaded is not None:
+        return loaded
+    if isinstance(source, LoadedModel):
+        return source
+    say(f"loading {source if isinstance(source, (str, os.PathLike)) else 'the Keras model'}")
+    return load_model(source, trust_code=config.trust_code, imports=config.imports)
+
+
+def _matching_io(loaded: LoadedModel, proto: onnx.ModelProto) -> tuple[list[TensorInfo], list[str]]:
+    """The input descriptions to draw from (Keras's, with the dims the ONNX graph fixes) and the output names.
+
+    Raises:
+        InputError: the two models' input or output names differ.
+    """
+    onnx_inputs, onnx_outputs = graph_io(proto)
+    keras_in = [info.name for info in loaded.inputs]
+    keras_out = [info.name for info in loaded.outputs]
+    if sorted(i.name for i in onnx_inputs) != sorted(keras_in):
+        raise InputError(
+            f"the ONNX model's inputs {[i.name for i in onnx_inputs]} do not match the Keras model's inputs {keras_in}"
+        )
+    if sorted(onnx_outputs) != sorted(keras_out):
+        raise InputError(f"the ONNX model's outputs {onnx_outputs} do not match the Keras model's outputs {keras_out}")
+    return merge_inputs(loaded.inputs, onnx_inputs), keras_out
+
+
+# -- input sets ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _InputSet:
+    batch_size: int
+    distribution: str
+    sample: int
+    seed: int | None
+    feed: dict[str, np.ndarray]
+    reference: list[np.ndarray] = field(default_factory=list)
+
+
+def _input_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str]) -> tuple[list[_InputSet], str]:
+    """The input sets to compare on, and how the report names them ("random", "user (in memory)" or the file)."""
+    if config.inputs is None:
+        return _random_sets(config, infos, notes), "random"
+    if isinstance(config.inputs, dict):
+        feed = check_arrays(config.inputs, infos, "inputs")
+        inputs_label = "user (in memory)"
+    else:
+        feed = load_inputs(config.inputs, infos)
+        inputs_label = str(config.inputs)
+    first = next(iter(feed.values()))
+    return [_InputSet(int(first.shape[0]) if first.ndim else 1, "user", 0, None, feed)], inputs_label
+
+
+def _random_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str]) -> list[_InputSet]:
+    """One seeded draw per batch size × distribution × sample (the graph's batch, when it fixes one)."""
+    fixed = sorted({info.shape[0] for info in infos if info.shape and info.shape[0] is not None})
+    if fixed:
+        sizes = [fixed[0]]
+        if any(size is not None and size != fixed[0] for size in config.batch_sizes):
+            notes.append(
+                f"the ONNX graph fixes the batch size to {fixed[0]}: batch sizes {list(config.batch_sizes)} not used"
+            )
+    else:
+        sizes = list(dict.fromkeys(1 if size is None else int(size) for size in config.batch_sizes))
+    sets = []
+    for size in sizes:
+        for distribution in config.distributions:
+            for sample in range(int(config.samples)):
+                derived = derived_seed(config.seed, size, DISTRIBUTIONS.index(distribution), sample)
+                feed = make_inputs(infos, size, distribution, derived, int_high=config.int_high)
+                sets.append(_InputSet(size, distribution, sample, derived, feed))
+    return sets
+
+
+def _settings(config: ParityConfig, sets: list[_InputSet], inputs_label: str) -> dict[str, Any]:
+    """The report's ``settings``: what was compared on."""
+    return {
+        "batch_sizes": sorted({s.batch_size for s in sets}),
+        "distributions": list(dict.fromkeys(s.distribution for s in sets)),
+        "samples": int(config.samples),
+        "seed": int(config.seed),
+        "inputs": inputs_label,
+        "locate": config.locate,
+        "int_high": int(config.int_high),
+    }
+
+
+# -- running -------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tf32_setting(run: list[str], tf32: bool, notes: list[str]) -> Iterator[None]:
+    """TF32 off in TensorFlow while a GPU provider runs (unless ``tf32``), restored afterwards; ``notes`` say so."""
+    uses_gpu = any(p in GPU_PROVIDERS for p in run)
+    restore_tf32 = None
+    import tensorflow as tf
+
+    if uses_gpu and not tf32:
+        restore_tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        notes.append(
+            "TF32 turned off for float32 parity: ONNX Runtime CUDA use_tf32=0 and "
+            "tf.config.experimental.enable_tensor_float_32_execution(False)"
+        )
+        if TENSORRT in run:
+            notes.append(
+                "TensorRT has no ONNX Runtime option for TF32; start the process with NVIDIA_TF32_OVERRIDE=0 to rule it out"
+            )
+    elif uses_gpu:
+        notes.append("TF32 left on (tf32=True): GPU matmuls/convolutions round their inputs to a 10-bit mantissa")
+    try:
+        yield
+    finally:
+        if restore_tf32 is not None:
+            tf.config.experimental.enable_tensor_float_32_execution(restore_tf32)
+
+
+def _run_checks(
+    report: ParityReport,
+    loaded: LoadedModel,
+    proto: onnx.ModelProto,
+    sets: list[_InputSet],
+    keras_out: list[str],
+    config: ParityConfig,
+    say: Callable[[str], None],
+) -> None:
+    """The reference, the float32 comparisons, the divergence search and the float16 check; sets ``report.passed``."""
+    run, timings = report.providers_run, report.timings
+    say(f"TensorFlow reference on the CPU ({len(sets)} input set(s))")
+    step = time.perf_counter()
+    for item in sets:
+        item.reference = run_keras(loaded.model, keras_feed(loaded, item.feed))
+        if len(item.reference) != len(keras_out):
+            raise InputError(
+                f"the Keras model returned {len(item.reference)} outputs, its description lists {len(keras_out)}"
+            )
+    timings["reference"] = time.perf_counter() - step
+
+    report.results, fp32_hist = _run_candidates(
+        model_bytes(proto), run, sets, keras_out, config.atol, config.rtol, config.tf32, "fp32", timings, say
+    )
+    report.histograms.extend(fp32_hist)
+
+    fp32_passed = bool(report.results) and all(row.metrics.passed for row in report.results)
+    if config.locate == "always" or (config.locate == "on_failure" and not fp32_passed):
+        _locate(report, loaded, proto, sets, config, say)
+    fp16_passed = _check_fp16(report, proto, sets, keras_out, config, say) if config.fp16 else True
+    report.passed = fp32_passed and fp16_passed
+
+
+def _run_candidates(
+    serialized: bytes,
+    providers: list[str],
+    sets: list[_InputSet],
+    output_names: list[str],
+    atol: float,
+    rtol: float,
+    tf32: bool,
+    precision: str,
+    timings: dict[str, float],
+    say: Callable[[str], None],
+) -> tuple[list[ResultRow], list[ErrorHistogram]]:
+    """Run the model on each provider over every input set: one row per output and set, one histogram per output.
+
+    A session that cannot be created or a run that fails gives rows that fail with the reason (no exception).
+    """
+    rows: list[ResultRow] = []
+    histograms: list[ErrorHistogram] = []
+    suffix = "" if precision == "fp32" else f" {precision}"
+    candidate_name = "ONNX output" if precision == "fp32" else f"ONNX {precision} output"
+    for provider in providers:
+        say(f"ONNX Runtime {provider}{suffix}: {len(sets)} input set(s)")
+        hist = {name: ErrorHistogram(provider, name, precision) for name in output_names}
+        histograms.extend(hist.values())
+        step = time.perf_counter()
+        try:
+            session = ort.session(serialized, provider, tf32=tf32)
+            error = None
+        except Exception as exc:
+            session, error = None, f"ONNX Runtime could not create a {provider} session: {first_line(exc)}"
+        timings[f"session[{provider}]{suffix}"] = time.perf_counter() - step
+        step = time.perf_counter()
+        for item in sets:
+            outputs = None
+            run_error = error
+            if session is not None:
+                try:
+                    outputs = dict(zip(output_names, session.run(output_names, item.feed), strict=True))
+                except Exception as exc:
+                    run_error = f"ONNX Runtime failed on {provider}: {first_line(exc)}"
+            for index, name in enumerate(output_names):
+                if outputs is None:
+                    metrics = Metrics.failure(run_error or "no output")
+                else:
+                    metrics = compare(item.reference[index], outputs[name], atol, rtol, candidate_name=candidate_name)
+                    hist[name].add(item.reference[index], outputs[name])
+                rows.append(
+                    ResultRow(
+                        provider, name, item.batch_size, item.distribution, item.sample, metrics, item.seed, precision
+                    )
+                )
+        timings[f"run[{provider}]{suffix}"] = time.perf_counter() - step
+    return rows, histograms
+
+
+def _locate(
+    report: ParityReport,
+    loaded: LoadedModel,
+    proto: onnx.ModelProto,
+    sets: list[_InputSet],
+    config: ParityConfig,
+    say: Callable[[str], None],
+) -> None:
+    """Locate the first diverging layer on the first failing row's inputs (the first row's when all pass)."""
+    say("locating the first diverging layer")
+    step = time.perf_counter()
+    failing = next((row for row in report.results if not row.metrics.passed), None)
+    chosen = report.results[0] if failing is None else failing
+    item = next(
+        s
+        for s in sets
+        if (s.batch_size, s.distribution, s.sample) == (chosen.batch_size, chosen.distribution, chosen.sample)
+    )
+    feed = {name: array[:LOCATE_MAX_BATCH] for name, array in item.feed.items()}
+    divergence, first, unmatched, locate_notes = locate_divergence(
+        loaded, proto, feed, atol=config.atol, rtol=config.rtol, provider=chosen.provider, tf32=config.tf32
+    )
+    report.divergence, report.first_divergent_layer, report.unmatched_layers = divergence, first, unmatched
+    report.notes.extend(locate_notes)
+    if first is not None:
+        report.notes.append(f"first diverging layer: {first} (on {chosen.provider}, {item.distribution} inputs)")
+    report.timings["locate"] = time.perf_counter() - step
+
+
+def _check_fp16(
+    report: ParityReport,
+    proto: onnx.ModelProto,
+    sets: list[_InputSet],
+    keras_out: list[str],
+    config: ParityConfig,
+    say: Callable[[str], None],
+) -> bool:
+    """Convert to float16 and compare it on every provider (and emulated on the CPU); True when every row passed."""
+    from lambda_export.fp16 import emulate_fp16_rounding, to_float16
+
+    run, timings, notes = report.providers_run, report.timings, report.notes
+    say("converting to float16")
+    step = time.perf_counter()
+    half = to_float16(proto)
+    report.fp16_model = half
+    if config.fp16_output is not None:
+        save_model_atomic(half, config.fp16_output, overwrite=True)
+        notes.append(f"float16 model written to {config.fp16_output}")
+    timings["fp16_convert"] = time.perf_counter() - step
+    atol, rtol = config.fp16_atol, config.fp16_rtol
+    rows, hist = _run_candidates(model_bytes(half), run, sets, keras_out, atol, rtol, config.tf32, "fp16", timings, say)
+    report.fp16_results.extend(rows)
+    report.histograms.extend(hist)
+    if CPU in run:
+        emulated = model_bytes(emulate_fp16_rounding(half))
+        rows, hist = _run_candidates(
+            emulated, [CPU], sets, keras_out, atol, rtol, config.tf32, "fp16-emulated", timings, say
+        )
+        report.fp16_results.extend(rows)
+        report.histograms.extend(hist)
+        notes.append(
+            "float16 on the CPU provider: ONNX Runtime has no float16 CPU kernels for most ops and computes them "
+            "in float32 (rows 'fp16'); rows 'fp16-emulated' round every op output to float16, as GPUs store it"
+        )
+    return all(row.metrics.passed for row in report.fp16_results)
