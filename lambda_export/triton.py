@@ -1,4 +1,5 @@
-"""Write a Triton Inference Server model repository for an ONNX model (the ``lambda-export triton`` command).
+"""Write a Triton Inference Server model repository for an ONNX model (library; ``lambda-export triton`` is
+:mod:`lambda_export.cli.triton`).
 
 The repository uses Triton's ``onnxruntime`` backend::
 
@@ -35,11 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
+from lambda_export.errors import InputError
 
-from lambda_export.errors import EXIT_OK, InputError
-
-if TYPE_CHECKING:  # onnx is imported lazily: the CLI imports this module on every start
+if TYPE_CHECKING:  # onnx is imported lazily: `lambda-export triton --help` needs none of it
     import onnx
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "render_text_fallback",
     "render_text_protobuf",
     "tensor_specs",
-    "triton_cmd",
     "write_triton_repository",
 ]
 
@@ -442,7 +440,7 @@ def write_triton_repository(
     """Write ``repo/<name>/<version>/model.onnx`` and ``repo/<name>/config.pbtxt`` for Triton's onnxruntime backend.
 
     Args:
-        onnx_path: the model (loaded with :func:`lambda_export.onnx_io.load_onnx`: external data must stay in its
+        onnx_path: the model (loaded with :func:`lambda_export.io.load_onnx`: external data must stay in its
             folder).
         repo: the model repository folder (created if missing).
         name: the Triton model name (default: the file name without ``.onnx``).
@@ -453,7 +451,7 @@ def write_triton_repository(
     Raises:
         InputError: unreadable model, options that contradict it, or an existing version without ``force``.
     """
-    from lambda_export.onnx_io import load_onnx
+    from lambda_export.io import load_onnx
 
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
@@ -531,113 +529,3 @@ def write_triton_repository(
         max_batch_size=config["max_batch_size"],
         replaced=replaced,
     )
-
-
-def _parse_sizes(values: Iterable[str]) -> list[int]:
-    sizes: list[int] = []
-    for value in values:
-        for token in value.replace(" ", ",").split(","):
-            if not token:
-                continue
-            if not token.isdigit() or int(token) < 1:
-                raise click.BadParameter(f"{token!r} is not a positive integer", param_hint="--preferred-batch-size")
-            sizes.append(int(token))
-    return sizes
-
-
-@click.command(
-    "triton",
-    epilog="Exit codes: 0 written; 2 bad usage, unreadable model, options that contradict it, or an existing "
-    "version without --force; 130 interrupted.",
-)
-@click.argument("onnx_file", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--repo", required=True, type=click.Path(file_okay=False), help="Model repository folder (created).")
-@click.option("--name", help="Triton model name (default: MODEL without .onnx).")
-@click.option(
-    "--max-batch-size",
-    type=click.IntRange(min=0),
-    help=f"Largest batch Triton forms (default {DEFAULT_MAX_BATCH_SIZE} for a dynamic-batch model; 0 = no batching, "
-    "the only choice for a fixed-batch model).",
-)
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
-@click.option("--gpu", is_flag=True, help="Run the instances on GPU (KIND_GPU; default KIND_CPU).")
-@click.option(
-    "--dynamic-batching/--no-dynamic-batching",
-    default=None,
-    help="Let Triton merge requests into batches (default: on when the model batches).",
-)
-@click.option(
-    "--preferred-batch-size",
-    "preferred_batch_sizes",
-    multiple=True,
-    metavar="N",
-    help="Preferred batch size of the dynamic batcher (repeatable, or a comma list: 4,8).",
-)
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), help="How long the batcher may hold a request (µs).")
-@click.option("--tensorrt", is_flag=True, help="Accelerate with ONNX Runtime's TensorRT provider (needs --gpu).")
-@click.option(
-    "--tensorrt-precision",
-    type=click.Choice(["FP32", "FP16"], case_sensitive=False),
-    metavar="FP32|FP16",
-    help="TensorRT precision_mode (default FP32).",
-)
-@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True, help="Model version.")
-@click.option("--force", is_flag=True, help="Replace an existing model version (and a differing config.pbtxt).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-@click.option("-v", "--verbose", count=True, help="Print config.pbtxt; tracebacks on errors.")
-def triton_cmd(
-    onnx_file: str,
-    repo: str,
-    name: str | None,
-    max_batch_size: int | None,
-    instances: int,
-    gpu: bool,
-    dynamic_batching: bool | None,
-    preferred_batch_sizes: tuple[str, ...],
-    max_queue_delay_us: int | None,
-    tensorrt: bool,
-    tensorrt_precision: str | None,
-    version: int,
-    force: bool,
-    quiet: bool,
-    verbose: int,
-) -> int:
-    """Write a Triton Inference Server model repository (onnxruntime backend) for MODEL.onnx.
-
-    \b
-    REPO/NAME/config.pbtxt      inputs/outputs, max_batch_size, dynamic batching, instance groups, TensorRT
-    REPO/NAME/VERSION/model.onnx
-    """
-    from lambda_export import cli
-
-    cli._set_state(quiet, verbose, False)
-    result = write_triton_repository(
-        onnx_file,
-        repo,
-        name=name,
-        max_batch_size=max_batch_size,
-        instances=instances,
-        gpu=gpu,
-        dynamic_batching=dynamic_batching,
-        preferred_batch_sizes=_parse_sizes(preferred_batch_sizes),
-        max_queue_delay_us=max_queue_delay_us,
-        tensorrt=tensorrt,
-        tensorrt_precision=tensorrt_precision.upper() if tensorrt_precision else None,
-        version=version,
-        force=force,
-    )
-    if quiet:
-        return EXIT_OK
-    if verbose:
-        click.echo(result.text, nl=False)
-    click.echo(f"wrote {result.config_path}")
-    click.echo(f"wrote {result.model_path}")
-    for path in result.replaced:
-        click.echo(f"replaced {path}", err=True)
-    repo_abs = result.repo.resolve()
-    gpus = "--gpus=all " if gpu else ""
-    click.echo(
-        f"serve: docker run --rm {gpus}-p8000:8000 -p8001:8001 -p8002:8002 -v {repo_abs}:/models "
-        f"{TRITON_IMAGE} tritonserver --model-repository=/models"
-    )
-    return EXIT_OK

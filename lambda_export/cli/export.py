@@ -1,0 +1,160 @@
+"""``lambda-export export MODEL`` (also plain ``lambda-export MODEL``): convert → check → save → verify → report.
+
+:func:`export` is the whole job on typed options; ``demo`` runs it on its sample model. Every option is checked, and
+the output folder probed, before the slow work: an exit 2 never comes with a freshly written file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state
+from lambda_export.cli.options import (
+    EXIT_CODES_HELP,
+    RESULT_SCHEMA,
+    ConvertOptions,
+    LoadOptions,
+    OutputOptions,
+    ParityOptions,
+    convert_options,
+    load_options,
+    output_options,
+    parity_options,
+)
+from lambda_export.cli.verify import finish, run_parity
+from lambda_export.errors import InputError
+
+__all__ = ["command", "default_output", "export"]
+
+
+@click.command("export", epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path())
+@convert_options
+@parity_options
+@load_options
+@output_options()
+def command(
+    model: str, convert: ConvertOptions, parity: ParityOptions, load: LoadOptions, output: OutputOptions
+) -> int:
+    """Convert MODEL (.h5, .keras, SavedModel folder) to ONNX, verify parity, report."""
+    set_state(output)
+    return export(model, convert, parity, load, output)
+
+
+def export(
+    model: str | None,
+    convert: ConvertOptions,
+    parity: ParityOptions,
+    load: LoadOptions,
+    output: OutputOptions,
+    *,
+    loaded: Any = None,
+) -> int:
+    """convert → check → save → verify → report; returns the exit code.
+
+    Args:
+        model: the Keras model's path (.h5, .keras, SavedModel folder).
+        loaded: the model, already loaded (``demo``); ``model`` then only names it.
+    """
+    from lambda_export.conversion import convert as convert_model
+    from lambda_export.io import save_model_atomic
+    from lambda_export.loading import load_model
+
+    input_shapes, output_path = _check(model, convert, parity, output)
+    if loaded is None:
+        progress(f"loading {model}")
+        started = time.perf_counter()
+        loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+        progress(f"loaded in {time.perf_counter() - started:.1f}s")
+    if parity.inputs and not convert.skip_verify:
+        from lambda_export.parity import load_inputs
+
+        load_inputs(parity.inputs, loaded.inputs)  # bad inputs fail before the conversion writes anything
+    progress(f"converting (opset {convert.opset}, target {convert.target})")
+    checkpoint()
+    result = convert_model(
+        model,
+        None,
+        opset=convert.opset,
+        batch_size=convert.batch_size,
+        input_shapes=input_shapes or None,
+        target=convert.target,
+        optimize=convert.optimize,
+        overwrite=convert.force,
+        loaded=loaded,
+    )
+    checkpoint()  # an interruption swallowed inside TensorFlow/tf2onnx must not end in a written file
+    result.path = save_model_atomic(result.model, output_path, overwrite=convert.force)
+    for warning in result.warnings:
+        if not STATE.json:
+            click.echo(f"warning: {warning}", err=True)
+    STATE.written = result.path
+    progress(f"wrote {result.path} ({result.node_count} nodes)")
+    summary: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "model": str(model) if model else None,
+        "onnx": result.path,
+        "conversion": _conversion_summary(result),
+    }
+    report = None
+    if not convert.skip_verify:
+        fixed = all(info.shape and info.shape[0] is not None for info in result.inputs)
+        report = run_parity(loaded, result.model, parity, fixed_batch=fixed)
+    checkpoint()
+    return finish(summary, report, output.report)
+
+
+def _check(
+    model: str | None, convert: ConvertOptions, parity: ParityOptions, output: OutputOptions
+) -> tuple[dict[str, tuple[int | None, ...]], Path]:
+    """Every check that needs no model: returns the parsed ``--input-shape`` values and the output path.
+
+    Raises:
+        InputError, click.BadParameter: a bad option, an empty path, an output that cannot or must not be written.
+    """
+    from lambda_export.io import check_output_writable
+
+    output.check_report()
+    if convert.batch_size is not None and convert.dynamic_batch:
+        raise InputError("--batch-size and --dynamic-batch contradict each other")
+    input_shapes = convert.shapes()
+    if model is not None and not str(model).strip():
+        raise InputError("MODEL is an empty path")
+    if convert.output is not None and not str(convert.output).strip():
+        raise InputError("-o/--output is an empty path")
+    if not convert.skip_verify:
+        parity.check()
+    output_path = Path(convert.output) if convert.output else default_output(model or "model")
+    if output_path.is_dir():
+        raise InputError(f"{output_path}: the output is a folder; give a file name ending in .onnx")
+    if output_path.exists() and not convert.force:
+        raise InputError(f"{output_path} exists; pass --force to replace it")
+    if output_path.exists() and not output_path.is_file():
+        raise InputError(f"{output_path} exists and is not a regular file; refusing to replace it")
+    check_output_writable(output_path)
+    return input_shapes, output_path
+
+
+def default_output(model: str) -> Path:
+    """The output when ``-o`` is not given: MODEL with the suffix ``.onnx`` (a SavedModel folder: ``FOLDER.onnx``)."""
+    path = Path(model)
+    if path.is_dir():
+        return path.parent / (path.name.rstrip("/") + ".onnx")
+    return path.with_suffix(".onnx")
+
+
+def _conversion_summary(result: Any) -> dict[str, Any]:
+    """The ``conversion`` part of the JSON verdict."""
+    return {
+        "nodes": result.node_count,
+        "op_histogram": result.op_histogram,
+        "passes": result.passes,
+        "warnings": result.warnings,
+        "target_issues": result.target_issues,
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in result.inputs],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in result.outputs],
+    }

@@ -1,0 +1,129 @@
+"""``lambda-export verify MODEL ONNX``: the parity of an existing ONNX file against the Keras model.
+
+Also what ``export`` (and so ``demo``) shares with it: :func:`run_parity` runs the parity engine with the typed
+:class:`~lambda_export.cli.options.ParityOptions`, :func:`finish` prints the verdict (table, one line, or JSON), writes
+the report and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state
+from lambda_export.cli.options import (
+    EXIT_CODES_HELP,
+    RESULT_SCHEMA,
+    LoadOptions,
+    OutputOptions,
+    ParityOptions,
+    load_options,
+    output_options,
+    parity_options,
+)
+from lambda_export.errors import EXIT_OK, EXIT_PARITY_FAILED, InputError
+
+__all__ = ["command", "finish", "run_parity"]
+
+
+@click.command("verify", epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path())
+@click.argument("onnx_file", metavar="ONNX", type=click.Path())
+@parity_options
+@load_options
+@output_options()
+def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions, output: OutputOptions) -> int:
+    """Check that ONNX computes what the Keras MODEL computes."""
+    set_state(output)
+    from lambda_export.io import load_onnx
+    from lambda_export.loading import load_model
+
+    output.check_report()
+    parity.check()
+    onnx_model = load_onnx(onnx_file)
+    if parity.inputs:
+        from lambda_export.graph import graph_io
+        from lambda_export.parity import load_inputs
+
+        load_inputs(parity.inputs, graph_io(onnx_model)[0])  # bad inputs fail before TensorFlow starts
+    progress(f"loading {model}")
+    loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+    onnx_inputs = [value.name for value in onnx_model.graph.input]
+    expected = [info.name for info in loaded.inputs]
+    initializers = {init.name for init in onnx_model.graph.initializer}
+    if [name for name in onnx_inputs if name not in initializers] != expected:
+        raise InputError(f"{onnx_file}: its inputs {onnx_inputs} do not match the model's inputs {expected}")
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    fixed = bool(dims) and dims[0].HasField("dim_value")
+    report = run_parity(loaded, onnx_model, parity, fixed_batch=fixed)
+    checkpoint()
+    return finish({"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, output.report)
+
+
+def run_parity(loaded: Any, onnx_model: Any, parity: ParityOptions, *, fixed_batch: bool) -> Any:
+    """Run the parity engine on a loaded Keras model and an ONNX model; return its ``ParityReport``.
+
+    Args:
+        loaded: the :class:`~lambda_export.loading.LoadedModel`.
+        fixed_batch: the ONNX graph has a fixed batch (``--batch-sizes`` does not apply).
+    """
+    from lambda_export.parity import verify
+
+    config = parity.config(fixed_batch=fixed_batch, int_high=_int_high(loaded))
+    return verify(loaded.model, onnx_model, config, loaded=loaded, progress=progress)
+
+
+def _int_high(loaded: Any) -> int:
+    """Exclusive upper bound of random integer inputs: the smallest ``Embedding`` vocabulary, so token ids are valid.
+
+    TensorFlow raises on an out-of-range embedding index (and ONNX Runtime's Gather too), so the parity engine's
+    default range [0, 100) would break every model with a vocabulary under 100.
+    """
+    from lambda_export.loading import walk_layers
+    from lambda_export.parity import INT_HIGH
+
+    sizes = [
+        int(layer.input_dim)
+        for layer in walk_layers(loaded.model)
+        if type(layer).__name__ == "Embedding" and getattr(layer, "input_dim", 0)
+    ]
+    return max(1, min([INT_HIGH, *sizes]))
+
+
+def finish(result: dict[str, Any], report: Any, report_path: str | None) -> int:
+    """Print the verdict (table or JSON), write the report, and return the exit code.
+
+    Args:
+        result: what the JSON verdict holds besides the parity (schema, model, onnx, conversion).
+        report: the ``ParityReport``, or None when parity was not checked (``--skip-verify``).
+        report_path: ``--report``.
+    """
+    exit_code = EXIT_OK
+    if report is not None:
+        exit_code = EXIT_OK if report.passed else EXIT_PARITY_FAILED
+        result["parity"] = report.to_dict()
+        if report_path:
+            from lambda_export.report import write_report
+
+            write_report(report, report_path)
+            result["report"] = report_path
+    result["exit_code"] = exit_code
+    result["verdict"] = "pass" if exit_code == EXIT_OK else "fail"
+    if STATE.json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return exit_code
+    if report is not None and not STATE.quiet:
+        from lambda_export.report import render_text
+
+        click.echo(render_text(report, color=sys.stdout.isatty()))
+    if report is None:
+        click.echo(f"converted: {result.get('onnx')} (parity not checked)")
+    elif STATE.quiet:
+        verdict = "PASS" if report.passed else "FAIL"
+        click.echo(f"{verdict}: {result.get('onnx', '')}")
+    if report_path and not STATE.quiet:
+        click.echo(f"report: {report_path}")
+    return exit_code
