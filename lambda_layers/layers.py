@@ -161,7 +161,9 @@ class _LambdaLayer(layers.Layer):
         self.query = self._make_projection(h * k, "query")
         self.key = self._make_projection(u * k, "key")
         self.value = self._make_projection(u * v, "value")
-        norm = {"axis": -1, "epsilon": self.norm_epsilon, "momentum": self.norm_momentum}
+        # sub-layers share this layer's dtype policy (as keras.layers.MultiHeadAttention's do): with
+        # dtype="mixed_float16" they compute in float16 and keep float32 variables
+        norm = {"axis": -1, "epsilon": self.norm_epsilon, "momentum": self.norm_momentum, "dtype": self.dtype_policy}
         self.query_norm = layers.BatchNormalization(name="query_norm", **norm)
         self.key_norm = layers.BatchNormalization(name="key_norm", **norm) if self.norm_keys else None
         self.value_norm = layers.BatchNormalization(name="value_norm", **norm)
@@ -178,6 +180,7 @@ class _LambdaLayer(layers.Layer):
                 use_bias=self.position_bias,
                 data_format="channels_last",
                 name="position_conv",
+                dtype=self.dtype_policy,
             )
         self.position_embedding = None
         self._spatial: tuple[int | None, ...] | None = None
@@ -205,7 +208,7 @@ class _LambdaLayer(layers.Layer):
         A Keras 3 initializer instance without a seed draws its seed once, so sharing one instance between the three
         projections would give the query, key and value kernels identical initial values.
         """
-        args = dict(self.projection_kwargs)
+        args = dict(self.projection_kwargs, dtype=self.dtype_policy)
         args["kernel_initializer"] = keras.initializers.get(keras.initializers.serialize(args["kernel_initializer"]))
         return args
 

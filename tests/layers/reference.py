@@ -1,6 +1,6 @@
 """Independent NumPy implementation of the lambda layer (Bello, ICLR 2021), used as the oracle of the layer tests.
 
-Written from the equations in ``shared/design/lambda-math.md`` with ``np.einsum`` (the layer itself uses reshapes and
+Written from the paper's equations (Bello, ICLR 2021, section 3) with ``np.einsum`` (the layer itself uses reshapes and
 matrix products), in float64. Only the *weights* are read from a built Keras layer (:func:`extract_params`); everything
 else -- batch norm, the key softmax over positions, the relative-position gather, the local convolution, the head
 layout -- is recomputed here.

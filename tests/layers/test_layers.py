@@ -13,11 +13,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference import reference_forward  # tests/layers/reference.py (pytest puts each test folder on sys.path)
 
 import lambda_layers
 from lambda_layers import LambdaNetwork1DConv, LambdaNetwork1Dense, LambdaNetwork2DConv
-
-from reference import reference_forward  # tests/layers/reference.py (pytest puts each test folder on sys.path)
 
 CLASSES = [LambdaNetwork2DConv, LambdaNetwork1DConv, LambdaNetwork1Dense]
 CLASS_IDS = ["2dconv", "1dconv", "1ddense"]
@@ -450,3 +449,28 @@ def test_projection_kwargs_forwarded(cls: type) -> None:
 
 def test_package_exports() -> None:
     assert {"LambdaNetwork2DConv", "LambdaNetwork1DConv", "LambdaNetwork1Dense"} <= set(lambda_layers.__all__)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
+@pytest.mark.parametrize("mode", ["local", "relative", "absolute"])
+def test_mixed_precision_policy_reaches_every_sub_layer(cls: type, mode: str) -> None:
+    """dtype="mixed_float16" behaves as in keras.layers.MultiHeadAttention: float16 output and compute in every
+    sub-layer, float32 variables; the float16 result stays close to the float32 layer with the same weights (the
+    tolerance, 2e-2 on O(1) outputs, is a few float16 ulps accumulated over the k, u, m sums)."""
+    if cls is LambdaNetwork1Dense and mode == "local":
+        pytest.skip("LambdaNetwork1Dense has no local mode")
+    reference, x = make_layer(cls, mode)
+    mixed = cls.from_config({**reference.get_config(), "dtype": "mixed_float16"})
+    mixed.build(x.shape)
+    mixed.set_weights(reference.get_weights())
+    mha = keras.layers.MultiHeadAttention(2, 4, dtype="mixed_float16")
+    probe = np.zeros((1, 3, 4), np.float32)
+    assert keras.backend.standardize_dtype(mha(probe, probe).dtype) == "float16"  # what Keras' own layer does
+    y = mixed(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float16"
+    subs = [mixed.query, mixed.key, mixed.value, mixed.query_norm, mixed.value_norm, mixed.position_conv]
+    for sub in (s for s in subs if s is not None):
+        assert sub.dtype_policy.name == "mixed_float16", sub.name
+        assert sub.compute_dtype == "float16", sub.name
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in mixed.weights)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y).astype(np.float32), run(reference, x), atol=2e-2)
