@@ -5,8 +5,9 @@
     python benchmarks/run.py --smoke     # one tiny layer (what the tests run)
 
 Writes OUT/bench.json (every figure and the environment), OUT/bench.png (latency ratio chart) and prints a Markdown
-table. The method (interleaved rounds, paired ratios, FLOP counts, memory in fresh subprocesses) is described in
-``lambda_export/bench.py``.
+table. The grid and the modes are ``benchmarks/suite.py``; RESULTS.md and the README summary are written by
+``benchmarks/publish.py``. The method (interleaved rounds, paired ratios, FLOP counts, memory in fresh subprocesses)
+is described in ``lambda_export/bench/harness.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import click
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from lambda_export import bench  # noqa: E402
+from benchmarks.publish import write_readme_summary, write_results_md  # noqa: E402
+from benchmarks.suite import default_suite, settings_for_mode  # noqa: E402
+from lambda_export.bench import report, run_suite  # noqa: E402
+from lambda_export.io import write_text_atomic  # noqa: E402
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -82,17 +86,17 @@ def main(
         results = json.loads(Path(render_json).read_text())
         out_json = out / "bench.json"
         if Path(render_json).resolve() != out_json.resolve():
-            out_json.write_text(Path(render_json).read_text())
+            write_text_atomic(out_json, Path(render_json).read_text(), what="the benchmark results")
         _publish(results, out_json, bool(write_results))
         return
-    settings = bench.BenchSettings.for_mode(mode, threads)
+    settings = settings_for_mode(mode, threads)
     settings.memory_budget_bytes = int(memory_budget_gb * 1e9)
     settings.memory = memory
     settings.profile = profile
     settings.verbose = not quiet
     if budget is not None:
         settings.budget_s = budget
-    entries = bench.default_suite(mode, settings.memory_budget_bytes)
+    entries = default_suite(mode, settings.memory_budget_bytes)
     if only:
         entries = [e for e in entries if any(text in e.name for text in only)]
         if not entries:
@@ -100,7 +104,7 @@ def main(
     if export_cost is None:
         export_cost = mode != "smoke" and not only
     out_json = out / "bench.json"
-    results = bench.run_suite(
+    results = run_suite(
         entries,
         settings,
         mode=mode,
@@ -116,8 +120,8 @@ def main(
 
 def _publish(results: dict, out_json: Path, write_results: bool) -> None:
     """Print the Markdown table, write bench.md and the chart next to ``out_json``; update RESULTS.md if asked."""
-    text, chart = bench.report(results, out_json)
-    out_json.with_suffix(".md").write_text(text)
+    text, chart = report(results, out_json)
+    write_text_atomic(out_json.with_suffix(".md"), text, what="the Markdown table")
     click.echo(text)
     if write_results:
         import shutil
@@ -127,9 +131,9 @@ def _publish(results: dict, out_json: Path, write_results: bool) -> None:
         if chart:
             shutil.copyfile(chart, HERE / "results.png")
             chart_name = "results.png"
-        bench.write_results_md(results, HERE / "RESULTS.md", chart_name)
+        write_results_md(results, HERE / "RESULTS.md", chart_name)
         readme = HERE.parent / "README.md"
-        bench.write_readme_summary(
+        write_readme_summary(
             results, readme, chart_name and f"benchmarks/{chart_name}", details="benchmarks/RESULTS.md"
         )
         click.echo(f"updated {HERE / 'RESULTS.md'} and the summary in {readme}", err=True)

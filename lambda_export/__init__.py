@@ -1,4 +1,29 @@
-"""Export Keras models with lambda layers to portable ONNX and prove numerical parity with TensorFlow."""
+"""Export Keras models with lambda layers to portable ONNX and prove numerical parity with TensorFlow.
+
+The public API (data flows one way: load → convert → rewrite → check → verify → report)::
+
+    from lambda_export import convert, verify
+
+    result = convert("model.keras", "model.onnx")          # ConvertResult: the model, passes, warnings, ...
+    report = verify(result.loaded.model, result.model)      # ParityReport: per provider, batch and input kind
+    report.passed
+
+Layout of the package (one job per module):
+
+* ``errors`` exceptions with exit codes · ``env`` versions and machine facts · ``io`` safe load and atomic writes ·
+  ``ort`` ONNX Runtime providers and sessions · ``graph`` the shared ONNX graph helper
+* ``loading`` Keras files in (safe by default) · ``conversion`` tf2onnx and the checks · ``passes/`` the graph
+  rewrites and their pipeline · ``targets`` what each runtime accepts · ``fp16`` float16 exports
+* ``parity/`` inputs, metrics, results, divergence locator, ``verify`` · ``report`` text/HTML/JSON reports
+* ``bench/`` the ``lambda-export bench`` machinery · ``triton`` Triton model repositories · ``cli/`` the command line
+
+The heavy names are imported on first use, so ``import lambda_export`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from lambda_export.errors import (
     ConversionError,
@@ -7,14 +32,50 @@ from lambda_export.errors import (
     ProviderUnavailableError,
     UnsafeModelError,
 )
+from lambda_export.version import __version__
 
-__version__ = "0.1.0"
+# public name → module that defines it (imported on first access)
+_LAZY = {
+    "convert": "lambda_export.conversion",
+    "ConvertResult": "lambda_export.conversion",
+    "verify": "lambda_export.parity",
+    "ParityConfig": "lambda_export.parity",
+    "ParityReport": "lambda_export.parity",
+    "load_model": "lambda_export.loading",
+    "load_onnx": "lambda_export.io",
+}
+
+if TYPE_CHECKING:
+    from lambda_export.conversion import ConvertResult, convert
+    from lambda_export.io import load_onnx
+    from lambda_export.loading import load_model
+    from lambda_export.parity import ParityConfig, ParityReport, verify
 
 __all__ = [
     "ConversionError",
+    "ConvertResult",
     "InputError",
     "LambdaExportError",
+    "ParityConfig",
+    "ParityReport",
     "ProviderUnavailableError",
     "UnsafeModelError",
     "__version__",
+    "convert",
+    "load_model",
+    "load_onnx",
+    "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lambda_export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,289 @@
+"""Results as text and pictures: the summary, the Markdown tables, the machine line, the chart, the JSON file.
+
+* :func:`summarize`: which targets are met and missed, which entries were skipped or failed.
+* :func:`markdown_table`, :func:`environment_text`, :func:`format_cell`: the Markdown the command prints (and that
+  ``benchmarks/publish.py`` puts into RESULTS.md and the README).
+* :func:`draw_chart`: the ORT/TF latency ratio per configuration (PNG; needs matplotlib, the ``bench`` extra).
+* :func:`report`: the printable text and the chart next to the JSON file; :func:`write_json` writes that file
+  atomically (:func:`json_default` turns NumPy scalars, tuples and sets into JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lambda_export.bench.timing import min_latency_ratio
+
+__all__ = [
+    "draw_chart",
+    "environment_text",
+    "format_cell",
+    "json_default",
+    "markdown_table",
+    "report",
+    "summarize",
+    "write_json",
+]
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """Which targets are met, which not, which entries were skipped."""
+    met, missed, skipped, failed = [], [], [], []
+    for record in results["entries"]:
+        if record.get("status") == "skipped":
+            skipped.append({"name": record["name"], "reason": record.get("reason")})
+            continue
+        if record.get("status") != "ok":
+            failed.append({"name": record["name"], "reason": record.get("reason")})
+            continue
+        target = record["target"]
+        item = {"name": record["name"], "ratio": target["value"], "target": target["ratio"]}
+        if target.get("ceiling_value") is not None:
+            item["ceiling_fraction"] = target["ceiling_value"]
+            item["ceiling_met"] = target["ceiling_met"]
+        if target["met"] and target.get("ceiling_met", True):
+            met.append(item)
+        else:
+            profile = record.get("profile", {})
+            if profile.get("top_nodes"):
+                top = profile["top_nodes"][0]
+                item["dominant_node"] = f"{top['op']} {top['share'] * 100:.0f}% ({top['node']})"
+            missed.append(item)
+    ratios = [item["ratio"] for item in met + missed if item["ratio"]]
+    return {
+        "met": met,
+        "missed": missed,
+        "skipped": skipped,
+        "failed": failed,
+        "geomean_ratio": round(float(np.exp(np.mean(np.log(ratios)))), 4) if ratios else None,
+    }
+
+
+def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``results`` as indented JSON to ``path`` (folders created; atomic: a reader never sees half a file)."""
+    # imported here: lambda_export.io imports onnx, which the memory workers (that import this package) must not load
+    from lambda_export.io import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(results, indent=1, default=json_default), what="the benchmark results")
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` ``default``: NumPy scalars as numbers, tuples and sets as lists, anything else as text."""
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)
+
+
+def format_cell(value: Any, digits: int = 2) -> str:
+    """A table cell: "–" for None, a float with ``digits`` decimals, anything else as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as Markdown: the latency/ratio table, then GFLOP/s, memory, export and GPU sections."""
+    lines = [
+        "| configuration | TF graph ms | TF XLA ms | ORT portable ms | ORT tf2onnx ms | ORT/TF best (p10–p90) "
+        "| min-latency ratio | --optimize default / TF best | tf2onnx/TF best | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for record in results["entries"]:
+        if record.get("status") != "ok":
+            reason = record.get("reason", "")
+            lines.append(f"| {record['name']} | {record.get('status')}: {reason} | | | | | | | | | |")
+            continue
+        lat = record["latency"]
+
+        def ms(name: str, lat: dict[str, Any] = lat) -> str:
+            return format_cell((lat.get(name) or {}).get("median_ms"))
+
+        paired = record["ratios"].get("ort_portable/tf_best") or {}
+        ratio = paired.get("median")
+        spread = f" ({format_cell(paired.get('p10'))}–{format_cell(paired.get('p90'))})" if paired else ""
+        anchor = (record["ratios"].get("ort_tf2onnx/tf_best") or {}).get("median")
+        raw = (record["ratios"].get("ort_convert_only/tf_best") or {}).get("median")
+        met = record["target"]["met"]
+        best = record.get("tf_best") or ""
+        best_case = min_latency_ratio(record)
+        mark = {"tf_graph": "ᴳ", "tf_xla": "ˣ"}.get(best, "")
+        lines.append(
+            f"| {record['name']} | {ms('tf_graph')} | {ms('tf_xla')} | {ms('ort_portable')} | {ms('ort_tf2onnx')} "
+            f"| **{format_cell(ratio, 3)}**{mark}{spread} | {format_cell(best_case)} | {format_cell(raw)} | {format_cell(anchor)} "
+            f"| ≤ {record['target']['ratio']} "
+            f"| {'✅' if met else '❌' if met is not None else '–'} |"
+        )
+    lines.append("")
+    lines.append(
+        "Latency: medians over all timed runs. Ratios: median (p10–p90) of the paired per-round ratios against the "
+        "better TF (ᴳ graph mode, ˣ XLA); the targets are judged on it. *min-latency ratio*: fastest ORT run over "
+        "fastest TF run, a best case that other work on the machine disturbs least. *ORT portable*: the "
+        "`--optimize speed` export (`lambda-export MODEL --optimize speed`); *--optimize default*: the fewest-nodes "
+        "export of the same target, which `lambda-export MODEL` writes (– where the two are the same graph)."
+    )
+    lines.append("")
+    lines.append(
+        "| configuration | GFLOP | ORT GFLOP/s | TF best GFLOP/s | MatMul ceiling GFLOP/s | ORT % of ceiling "
+        "| peak MB TF | peak MB ORT | inference peak MB TF / ORT | ONNX MB portable / tf2onnx | nodes portable / tf2onnx "
+        "| top ORT node |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for record in results["entries"]:
+        if record.get("status") != "ok":
+            continue
+        gflops = record.get("gflops", {})
+        ceiling = record.get("ceiling", {})
+        memory = record.get("memory", {})
+        tf_mem, ort_mem = memory.get("tf", {}), memory.get("ort", {})
+        export = record.get("export", {})
+        portable, anchor = export.get("portable", {}), export.get("tf2onnx", {})
+        top = (record.get("profile") or {}).get("top_nodes") or [{}]
+        top_text = f"{top[0].get('op', '')} {top[0].get('share', 0) * 100:.0f}%" if top[0] else "–"
+        fraction = ceiling.get("ort_portable_fraction")
+        lines.append(
+            f"| {record['name']} | {format_cell(record['flops']['total'] / 1e9, 3)} | {format_cell(gflops.get('ort_portable'), 1)} "
+            f"| {format_cell(gflops.get(record.get('tf_best') or ''), 1)} | {format_cell(ceiling.get('gflops'), 1)} "
+            f"| {format_cell(None if fraction is None else fraction * 100, 0)}% "
+            f"| {format_cell(tf_mem.get('peak_rss_mb'), 0)} "
+            f"| {format_cell(ort_mem.get('peak_rss_mb'), 0)} "
+            f"| {format_cell(tf_mem.get('inference_peak_rss_mb'), 0)} / {format_cell(ort_mem.get('inference_peak_rss_mb'), 0)} "
+            f"| {format_cell(portable.get('file_mb'), 2)} / {format_cell(anchor.get('file_mb'), 2)} "
+            f"| {portable.get('nodes', '–')} / {anchor.get('nodes', '–')} | {top_text} |"
+        )
+    lines.append("")
+    cost = results.get("export_cost") or {}
+    if cost.get("timings"):
+        t = cost["timings"]
+        lines.append(
+            f"Export cost ({cost.get('model')}): TF import {format_cell(t.get('tf_import_s'))} s, other imports "
+            f"{format_cell(t.get('other_imports_s'))} s, load {format_cell(t.get('load_s'))} s, conversion (tf2onnx) "
+            f"{format_cell(t.get('conversion_s'))} s, rewrites {format_cell(t.get('rewrites_s'))} s, checks {format_cell(t.get('checks_s'))} s, "
+            f"other {format_cell(t.get('convert_other_s'))} s, parity {format_cell(t.get('parity_s'))} s; in-process total "
+            f"{format_cell(t.get('total_in_process_s'))} s, subprocess wall {format_cell(cost.get('wall_s'))} s"
+            + (
+                f"; `lambda-export` CLI end to end {format_cell(cost.get('cli_wall_s'))} s"
+                if "cli_wall_s" in cost
+                else ""
+            )
+            + "."
+        )
+        for note in cost.get("notes", []):
+            lines.append(f"Note: {note}")
+    elif cost:
+        lines.append(f"Export cost: {cost.get('reason') or cost.get('error')}")
+    gpu = results.get("gpu") or {}
+    if gpu.get("skipped"):
+        lines.append("")
+        lines.append(f"GPU: skipped – {gpu.get('reason')}")
+    elif gpu.get("results"):
+        lines.append("")
+        lines.append(
+            "| configuration (GPU) | TF best ms (TF32 off) | ORT CUDA ms | ratio | TF best ms (TF32 on) | ORT CUDA ms | ratio |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        for record in gpu["results"]:
+            if record.get("status") != "ok":
+                lines.append(f"| {record['name']} | {record.get('status')}: {record.get('reason')} | | | | | |")
+                continue
+            cells = []
+            for key in ("off", "on"):
+                part = record["tf32"][key]
+                cells += [
+                    format_cell(part["latency"][part["tf_best"]]["median_ms"]),
+                    format_cell(part["latency"]["ort_cuda"]["median_ms"]),
+                    format_cell((part["ratio"] or {}).get("median")),
+                ]
+            lines.append(f"| {record['name']} | " + " | ".join(cells) + " |")
+    summary = results.get("summary") or {}
+    if summary.get("skipped"):
+        lines.append("")
+        for item in summary["skipped"]:
+            lines.append(f"Skipped: {item['name']} – {item['reason']}")
+    for item in summary.get("failed", []):
+        lines.append(f"Failed: {item['name']} – {item['reason']}")
+    return "\n".join(lines)
+
+
+def environment_text(results: dict[str, Any]) -> str:
+    """One line on the machine of ``results``: CPU, cores, RAM, OS, thread settings, versions, load average."""
+    env = results["environment"]
+    versions = env.get("versions", {})
+    threads = env.get("threads", {})
+    return (
+        f"{env.get('cpu_model')} ({env.get('usable_cores')} usable cores, {env.get('memory_gb')} GiB RAM), {env.get('os')}; "
+        f"threads N = {threads.get('n')} (TF intra {threads.get('tf_intra_op')} / inter {threads.get('tf_inter_op')}, "
+        f"ORT intra {threads.get('ort_intra_op')}); TensorFlow {versions.get('tensorflow')}, Keras {versions.get('keras')}, "
+        f"ONNX Runtime {versions.get('onnxruntime') or versions.get('onnxruntime-gpu')}, tf2onnx {versions.get('tf2onnx')}, "
+        f"onnx {versions.get('onnx')}, NumPy {versions.get('numpy')}, Python {versions.get('python')}; oneDNN: "
+        f"{env.get('tf_onednn_opts')}; load average {env.get('load_average_start')} → {env.get('load_average_end')}"
+    )
+
+
+def draw_chart(results: dict[str, Any], path: str | os.PathLike[str]) -> str | None:
+    """Latency ratio ORT/TF best per configuration (portable and tf2onnx anchor), log scale; None if no matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = [r for r in results["entries"] if r.get("status") == "ok"]
+    if not records:
+        return None
+    names = [r["name"] for r in records]
+    portable = [(r["ratios"].get("ort_portable/tf_best") or {}).get("median") or np.nan for r in records]
+    anchor = [(r["ratios"].get("ort_tf2onnx/tf_best") or {}).get("median") or np.nan for r in records]
+    targets = [r["target"]["ratio"] for r in records]
+    height = max(3.0, 0.28 * len(records) + 1.5)
+    fig, ax = plt.subplots(figsize=(10, height))
+    y = np.arange(len(records))
+    colors = ["#2a9d8f" if p <= t else "#e76f51" for p, t in zip(portable, targets, strict=True)]
+    ax.barh(y - 0.2, portable, height=0.4, color=colors, label="ORT portable / TF best")
+    ax.barh(y + 0.2, anchor, height=0.4, color="#b0b0b0", label="ORT tf2onnx (anchor) / TF best")
+    for i, target in enumerate(targets):
+        ax.plot([target, target], [i - 0.45, i + 0.45], color="black", linewidth=1)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ticks = [
+        t for t in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0) if t <= 1.2 * np.nanmax([*portable, *anchor, 1.0])
+    ]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_yticks(y)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("latency ratio (lower is better; black tick = target, dashed = parity with TF)")
+    ax.set_title(
+        f"{results.get('title', 'benchmark')}: ORT / TF latency, {results['environment']['threads']['n']} threads"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def report(results: dict[str, Any], out_json: str | os.PathLike[str], chart: bool = True) -> tuple[str, str | None]:
+    """Print-ready Markdown (environment + tables) and the chart path (next to the JSON file)."""
+    text = f"## {results.get('title')}\n\nMachine: {environment_text(results)}\n\n{markdown_table(results)}\n"
+    chart_path = None
+    if chart:
+        chart_path = draw_chart(results, Path(out_json).with_suffix(".png"))
+        if chart_path is None:
+            text += "\n(chart skipped: matplotlib is not installed; pip install 'lambda-export[bench]')\n"
+    return text, chart_path
