@@ -18,13 +18,13 @@ class LambdaExportError(Exception):
     """Base class: a problem the user can fix, reported as one line with ``exit_code``.
 
     Messages name the Python API's arguments (``opset``, ``input_shapes``, ``overwrite=True``); ``argument`` holds the
-    one the message names, exactly as written in it, so that the command line can say ``--opset`` instead
-    (:func:`lambda_export.cli.options.cli_message`).
+    one the message names (or a tuple of them), exactly as written in it, so that the command line can say
+    ``--opset`` instead (:func:`lambda_export.cli.options.cli_message`).
     """
 
     exit_code = EXIT_USAGE
 
-    def __init__(self, message: str = "", *, argument: str | None = None) -> None:
+    def __init__(self, message: str = "", *, argument: str | tuple[str, ...] | None = None) -> None:
         super().__init__(message)
         self.argument = argument
 

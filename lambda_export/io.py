@@ -30,10 +30,16 @@ __all__ = [
     "load_onnx",
     "os_reason",
     "save_model_atomic",
+    "too_large_for_protobuf",
     "write_text_atomic",
 ]
 
 PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # leave headroom below protobuf's 2 GiB message limit
+
+
+def too_large_for_protobuf(model: onnx.ModelProto) -> bool:
+    """True when ``model`` cannot be serialised as one protobuf message (it needs external data)."""
+    return model.ByteSize() >= PROTOBUF_LIMIT
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -220,7 +226,7 @@ def save_model_atomic(
     folder = _output_folder(path)
     mode = _new_file_mode(path)
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT
+        external_data = too_large_for_protobuf(model)
     data_path = folder / (path.name + ".data")
     tmp_model = tmp_data = created_data = None
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_export.errors import InputError, UnsafeModelError
-from lambda_export.graph import TensorInfo
+from lambda_export.graph import TensorInfo, UniqueNames
 
 MAX_ARCHIVE_BYTES = 16 * 1024**3  # a .keras entry declaring more than this uncompressed is refused
 MAX_COMPRESSION_RATIO = 2000  # ... and so is one that would expand more than this (zip bomb)
@@ -68,11 +68,11 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
             if item.endswith(".py") or os.sep in item:
                 path = Path(item)
                 if not path.is_file():
-                    raise InputError(f"--import {item}: no such file")
+                    raise InputError(f"imports {item}: no such file", argument="imports")
                 name = f"lambda_export_user_{path.stem}_{abs(hash(str(path.resolve())))}"
                 spec = importlib.util.spec_from_file_location(name, path)
                 if spec is None or spec.loader is None:
-                    raise InputError(f"--import {item}: not a Python file")
+                    raise InputError(f"imports {item}: not a Python file", argument="imports")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
@@ -81,7 +81,7 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
         except InputError:
             raise
         except Exception as exc:  # user code can raise anything
-            raise InputError(f"--import {item}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise InputError(f"imports {item}: {type(exc).__name__}: {_first_line(exc)}", argument="imports") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -167,8 +167,8 @@ def _explain_load_error(path: Path, exc: BaseException) -> InputError:
         name = match.group(1)
         return InputError(
             f"{path}: unknown custom class {name!r}: import the code that defines and registers it with "
-            f"--import MODULE_OR_FILE (Python API: imports=[...]); the class must be decorated with "
-            f"@keras.saving.register_keras_serializable()"
+            f"imports=[MODULE_OR_FILE]; the class must be decorated with @keras.saving.register_keras_serializable()",
+            argument="imports=[MODULE_OR_FILE]",
         )
     return InputError(f"{path}: cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}")
 
@@ -210,16 +210,9 @@ def _sanitize(name: str) -> str:
 
 
 def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        else:
-            seen[name] = 0
-        out.append(name)
-    return out
+    """The names in order, a repeat getting ``_1``, ``_2`` … (never one used already)."""
+    taken = UniqueNames()
+    return [taken.new(name) for name in names]
 
 
 def load_model(
@@ -256,7 +249,7 @@ def load_model(
             config = _file_config(path)
             lambdas = _find_lambda_layers(config)
             if lambdas and not trust_code:
-                raise UnsafeModelError(_lambda_message(str(path), lambdas))
+                raise UnsafeModelError(_lambda_message(str(path), lambdas), argument="trust_code=True")
     keras = import_keras()
 
     import lambda_layers  # noqa: F401  (registers the lambda layers for deserialisation)
@@ -265,7 +258,7 @@ def load_model(
         if not trust_code:
             lambdas = [layer.name for layer in walk_layers(source) if type(layer).__name__ == "Lambda"]
             if lambdas:
-                raise UnsafeModelError(_lambda_message("the model", lambdas))
+                raise UnsafeModelError(_lambda_message("the model", lambdas), argument="trust_code=True")
         inputs, outputs = describe(source)
         return LoadedModel(model=source, inputs=inputs, outputs=outputs)
 
@@ -367,7 +360,7 @@ def _native_stderr_captured() -> Any:
 def _lambda_message(what: str, names: list[str]) -> str:
     return (
         f"{what} contains Lambda layer(s) {', '.join(sorted(set(names)))}: loading them executes Python code stored "
-        "in the file; pass --trust-code (Python API: trust_code=True) only if you trust its origin"
+        "in the file; pass trust_code=True only if you trust its origin"
     )
 
 

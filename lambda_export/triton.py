@@ -219,24 +219,28 @@ def build_model_config(model: onnx.ModelProto, options: TritonOptions) -> dict[s
     if not _NAME_RE.match(options.name):
         raise InputError(
             f"model name {options.name!r}: use letters, digits, '_', '.', '-' (and not a leading '.' or '-'); "
-            "pass --name"
+            "pass name",
+            argument="name",
         )
     if options.version < 1:
-        raise InputError(f"--version {options.version}: Triton model versions are positive integers")
+        raise InputError(f"version {options.version}: Triton model versions are positive integers", argument="version")
     if options.instances < 1:
-        raise InputError(f"--instances {options.instances}: need at least one instance")
+        raise InputError(f"instances {options.instances}: need at least one instance", argument="instances")
     inputs, outputs = tensor_specs(model)
     blockers = _batch_blockers([*inputs, *outputs])
     max_batch_size = options.max_batch_size
     if max_batch_size is None:
         max_batch_size = 0 if blockers else DEFAULT_MAX_BATCH_SIZE
     elif max_batch_size < 0:
-        raise InputError(f"--max-batch-size {max_batch_size}: must be 0 (no batching) or positive")
+        raise InputError(
+            f"max_batch_size {max_batch_size}: must be 0 (no batching) or positive", argument="max_batch_size"
+        )
     elif max_batch_size > 0 and blockers:
         raise InputError(
-            f"--max-batch-size {max_batch_size}: the model has a fixed batch ({', '.join(blockers)}); Triton can only "
-            "batch along a dynamic first dimension of every input and output — use --max-batch-size 0 or export "
-            "with a dynamic batch"
+            f"max_batch_size {max_batch_size}: the model has a fixed batch ({', '.join(blockers)}); Triton can only "
+            "batch along a dynamic first dimension of every input and output — use max_batch_size 0 or export "
+            "with a dynamic batch",
+            argument="max_batch_size",
         )
     batched = max_batch_size > 0
 
@@ -246,25 +250,37 @@ def build_model_config(model: onnx.ModelProto, options: TritonOptions) -> dict[s
         dynamic = batched
     if dynamic and not batched:
         raise InputError(
-            "--dynamic-batching needs a batching model (max_batch_size > 0); "
-            + (f"this model has a fixed batch ({', '.join(blockers)})" if blockers else "--max-batch-size is 0")
+            "dynamic_batching=True needs a batching model (max_batch_size > 0); "
+            + (f"this model has a fixed batch ({', '.join(blockers)})" if blockers else "max_batch_size is 0"),
+            argument=("dynamic_batching=True",) + (() if blockers else ("max_batch_size",)),
         )
     if not dynamic and (preferred or options.max_queue_delay_us is not None):
-        raise InputError("--preferred-batch-size and --max-queue-delay-us configure dynamic batching, which is off")
+        raise InputError(
+            "preferred_batch_sizes and max_queue_delay_us configure dynamic batching, which is off",
+            argument=("preferred_batch_sizes", "max_queue_delay_us"),
+        )
     if any(size < 1 or size > max_batch_size for size in preferred):
         raise InputError(
-            f"--preferred-batch-size {preferred}: each must be between 1 and max_batch_size ({max_batch_size})"
+            f"preferred_batch_sizes {preferred}: each must be between 1 and max_batch_size ({max_batch_size})",
+            argument="preferred_batch_sizes",
         )
     if options.max_queue_delay_us is not None and options.max_queue_delay_us < 0:
-        raise InputError(f"--max-queue-delay-us {options.max_queue_delay_us}: must be ≥ 0")
+        raise InputError(f"max_queue_delay_us {options.max_queue_delay_us}: must be ≥ 0", argument="max_queue_delay_us")
 
     precision = (options.tensorrt_precision or "FP32").upper() if options.tensorrt else None
     if options.tensorrt_precision is not None and not options.tensorrt:
-        raise InputError("--tensorrt-precision only applies with --tensorrt")
+        raise InputError(
+            "tensorrt_precision only applies with tensorrt=True", argument=("tensorrt_precision", "tensorrt=True")
+        )
     if options.tensorrt and not options.gpu:
-        raise InputError("--tensorrt is a GPU execution accelerator; add --gpu (instances of kind KIND_GPU)")
+        raise InputError(
+            "tensorrt=True is a GPU execution accelerator; add gpu=True (instances of kind KIND_GPU)",
+            argument=("tensorrt=True", "gpu=True"),
+        )
     if precision is not None and precision not in ("FP32", "FP16"):
-        raise InputError(f"--tensorrt-precision {options.tensorrt_precision}: expected FP32 or FP16")
+        raise InputError(
+            f"tensorrt_precision {options.tensorrt_precision}: expected FP32 or FP16", argument="tensorrt_precision"
+        )
 
     names = [spec.name for spec in [*inputs, *outputs]]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -472,21 +488,23 @@ def write_triton_repository(
 
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
-        raise InputError(f"--repo {repo}: exists and is not a folder")
+        raise InputError(f"repo {repo}: exists and is not a folder", argument="repo")
     model_dir = repo / options.name
     version_dir = model_dir / str(options.version)
     config_path = model_dir / "config.pbtxt"
     if model_dir.exists() and not model_dir.is_dir():
         raise InputError(f"{model_dir} exists and is not a folder")
     if version_dir.exists() and not force:
-        raise InputError(f"{version_dir} exists; pass --force to replace that model version")
+        raise InputError(f"{version_dir} exists; pass force=True to replace that model version", argument="force=True")
     if config_path.exists() and not force and config_path.read_text(encoding="utf-8") != text:
-        raise InputError(f"{config_path} exists with a different configuration; pass --force to replace it")
+        raise InputError(
+            f"{config_path} exists with a different configuration; pass force=True to replace it", argument="force=True"
+        )
 
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"--repo {repo}: cannot create it ({exc.strerror})") from exc
+        raise InputError(f"repo {repo}: cannot create it ({exc.strerror})", argument="repo") from exc
     replaced: list[str] = []
     # a hidden sibling (same file system, so the renames are atomic); mkdir honours the umask, unlike mkdtemp's 0700
     staging = repo / f".{options.name}.{secrets.token_hex(6)}.tmp"

@@ -72,6 +72,20 @@ FLAGS = {
     "trust_code=True": "--trust-code",
     "trust_code": "--trust-code",
     "imports": "--import",
+    "imports=[MODULE_OR_FILE]": "--import MODULE_OR_FILE",
+    # lambda_export.triton
+    "name": "--name",
+    "version": "--version",
+    "instances": "--instances",
+    "max_batch_size": "--max-batch-size",
+    "dynamic_batching=True": "--dynamic-batching",
+    "preferred_batch_sizes": "--preferred-batch-size",
+    "max_queue_delay_us": "--max-queue-delay-us",
+    "tensorrt_precision": "--tensorrt-precision",
+    "tensorrt=True": "--tensorrt",
+    "gpu=True": "--gpu",
+    "repo": "--repo",
+    "force=True": "--force",
     "providers": "--providers",
     "atol": "--atol",
     "rtol": "--rtol",
@@ -86,20 +100,24 @@ FLAGS = {
 
 
 def cli_message(exc: LambdaExportError) -> str:
-    """The message of ``exc`` as the command line says it: ``exc.argument`` (the first time it stands as a word)
-    replaced by its flag, e.g. "opset 19: supported opsets are 13 to 18" → "--opset 19: ...".
+    """The message of ``exc`` as the command line says it: each of ``exc.argument`` (a token or a tuple of them; the
+    first time it stands as a word) replaced by its flag, e.g. "opset 19: supported opsets are 13 to 18" →
+    "--opset 19: ...".
 
     A message without an argument, or with one the table does not know, is returned as it is.
     """
     message = str(exc)
-    argument = getattr(exc, "argument", None)
-    flag = FLAGS.get(argument) if argument else None
-    if flag is None:
-        return message
-    match = re.search(rf"(?<![\w-]){re.escape(argument)}(?!\w)", message)
-    if match is None:
-        return message.replace(argument, flag, 1)
-    return message[: match.start()] + flag + message[match.end() :]
+    arguments = getattr(exc, "argument", None) or ()
+    for argument in (arguments,) if isinstance(arguments, str) else arguments:
+        flag = FLAGS.get(argument)
+        if flag is None:
+            continue
+        match = re.search(rf"(?<![\w-]){re.escape(argument)}(?!\w)", message)
+        if match is None:
+            message = message.replace(argument, flag, 1)
+        else:
+            message = message[: match.start()] + flag + message[match.end() :]
+    return message
 
 
 # -- parsers -----------------------------------------------------------------------------------------------------------

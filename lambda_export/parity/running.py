@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from lambda_export.errors import InputError
-from lambda_export.io import PROTOBUF_LIMIT, load_onnx
+from lambda_export.io import load_onnx, too_large_for_protobuf
 from lambda_export.loading import LoadedModel
 
 __all__ = ["first_line", "keras_feed", "load_onnx_model", "model_bytes", "run_keras"]
@@ -49,7 +49,7 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     Raises:
         InputError: the model is larger than one protobuf message can be (2 GiB).
     """
-    if model.ByteSize() > PROTOBUF_LIMIT:
+    if too_large_for_protobuf(model):
         raise InputError("the ONNX model is larger than 2 GiB: verify the saved file (with its external data) instead")
     return model.SerializeToString()
 

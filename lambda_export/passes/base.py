@@ -16,8 +16,8 @@ rewrite that checks, then edits):
   undoes the passes whose result the target would refuse (the check says which nodes and why).
 
 Passes are also callable on a bare model, ``fold_affine_into_conv(model)`` or ``split_slow_transposes(model,
-min_elements=0)``, which builds a context for that one call; the returned :class:`PassResult` is truthy when the
-graph changed.
+min_elements=0)``, which builds a context for that one call and returns whether the graph changed (``run(ctx)``
+gives the full :class:`PassResult`).
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ class GraphPass:
         result = self.impl(ctx, **options)
         return result if isinstance(result, PassResult) else PassResult(bool(result))
 
-    def __call__(self, model: onnx.ModelProto | PassContext, **options: Any) -> PassResult:
-        """Run on a bare model (in place) with ``options``, or on a context (its options, then ``options``)."""
+    def __call__(self, model: onnx.ModelProto | PassContext, **options: Any) -> bool:
+        """Run on a bare model (in place) with ``options``, or on a context (its options, then ``options``); True
+        when the graph changed."""
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise TypeError(f"pass {self.name} has no option {', '.join(unknown)}; its options: {list(self.options)}")
@@ -143,7 +144,7 @@ class GraphPass:
             ctx = PassContext(model.model, model.target, {**model.options, **options}) if options else model
         else:
             ctx = PassContext(model, options=options)
-        return self.run(ctx)
+        return self.run(ctx).changed
 
     def __repr__(self) -> str:
         return f"<pass {self.name}>"

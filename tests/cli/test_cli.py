@@ -232,3 +232,25 @@ def test_export_optimize_speed(workdir: Path, capsys: pytest.CaptureFixture[str]
     assert props["optimize"] == "speed"
     code, _, err = run_main([str(workdir / "demo.h5"), "-o", str(workdir / "x.onnx"), "--optimize", "fastest"], capsys)
     assert code == 2 and "fastest" in err
+
+
+def test_library_errors_name_api_arguments_and_the_cli_names_flags(demo_artifacts: dict, tmp_path: Path) -> None:
+    """The Python API says `opset 19`, `overwrite=True`, `tensorrt_precision`; the command line says the flags."""
+    from lambda_export import convert, triton
+    from lambda_export.cli.options import cli_message
+    from lambda_export.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        convert(str(demo_artifacts["h5"]), opset=19)
+    assert str(info.value).startswith("opset 19:") and "--" not in str(info.value)
+    assert cli_message(info.value).startswith("--opset 19: supported opsets are 13 to 18")
+    (tmp_path / "taken.onnx").write_bytes(b"x")
+    with pytest.raises(InputError) as info:
+        convert(str(demo_artifacts["h5"]), tmp_path / "taken.onnx")
+    assert "pass overwrite=True" in str(info.value)
+    assert "pass --force to replace it" in cli_message(info.value)
+    options = triton.TritonOptions(name="m", tensorrt_precision="FP16")
+    with pytest.raises(InputError) as info:
+        triton.build_model_config(onnx.load(str(demo_artifacts["onnx"])), options)
+    assert str(info.value) == "tensorrt_precision only applies with tensorrt=True"
+    assert cli_message(info.value) == "--tensorrt-precision only applies with --tensorrt"

@@ -25,6 +25,7 @@ import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
 from lambda_export import conversion
+from lambda_export import io as lambda_io
 from lambda_export.conversion import convert
 from lambda_export.errors import ConversionError, InputError, UnsafeModelError
 from lambda_export.io import save_model_atomic
@@ -410,7 +411,7 @@ def test_save_with_external_data(tmp_path: Path):
 def test_large_model_path_uses_external_data(demo_artifacts: dict, tmp_path: Path, monkeypatch):
     """Pretend the 2 GiB protobuf limit is 1 KB: convert must check the graph without its weights, skip the in-memory
     ORT check and save with external data, and the result must compute exactly what the normal export computes."""
-    monkeypatch.setattr(conversion, "PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr(lambda_io, "PROTOBUF_LIMIT", 1000)
     out = tmp_path / "demo.onnx"
     convert(str(demo_artifacts["h5"]), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.onnx", "demo.onnx.data"]
