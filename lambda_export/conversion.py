@@ -24,8 +24,16 @@ import onnx
 
 from lambda_export import env, ort
 from lambda_export.errors import ConversionError, InputError
-from lambda_export.graph import TensorInfo, all_nodes, skeleton
-from lambda_export.io import PROTOBUF_LIMIT, save_model_atomic
+from lambda_export.graph import (
+    TensorInfo,
+    UniqueNames,
+    all_nodes,
+    canonical_order,
+    rename_reads,
+    skeleton,
+    toposort,
+)
+from lambda_export.io import save_model_atomic, too_large_for_protobuf
 from lambda_export.loading import LoadedModel, load_model
 from lambda_export.passes.pipelines import OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
@@ -164,6 +172,22 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _stable_merge_duplicates() -> Any:
+    """tf2onnx's ``MergeDuplicatedNodesOptimizer``, keeping the duplicate with the smallest name (without counters).
+
+    tf2onnx keeps the first duplicate in its node order, which changes from one process to the next, so the surviving
+    node's name (``lstm/zeros`` or ``lstm/zeros_1``) did too, and with it the exported file.
+    """
+    from tf2onnx.optimizer.merge_duplicated_nodes_optimizer import MergeDuplicatedNodesOptimizer
+
+    class StableMergeDuplicates(MergeDuplicatedNodesOptimizer):
+        def _merge_nodes_that_are_duplicated(self, nodes_to_process: list[Any], graph: Any) -> None:
+            nodes_to_process.sort(key=lambda node: (_strip_counters(node.name), node.name))
+            super()._merge_nodes_that_are_duplicated(nodes_to_process, graph)  # stable sort by output count
+
+    return StableMergeDuplicates()
+
+
 def tf2onnx_optimizers(*, einsum: bool) -> dict[str, Callable[[], Any]]:
     """tf2onnx's optimizer list for one conversion, each optimizer preceded by a garbage collection.
 
@@ -172,17 +196,18 @@ def tf2onnx_optimizers(*, einsum: bool) -> dict[str, Callable[[], Any]]:
     embedding made the process grow by 2.1 GB, and a 630 MB one was OOM-killed at 24 GB. Collecting before each
     optimizer keeps the peak near 20× the largest constant (what remains is mostly TensorFlow's grappler).
 
-    ``einsum=False`` leaves out tf2onnx's ``EinsumOptimizer``, which decomposes Einsum with Shape/Gather/ReduceProd
-    chains when the batch is dynamic; :mod:`lambda_export.passes.einsum` rewrites those nodes with static reshapes.
+    ``einsum=False`` (our conversion, not tf2onnx's own) leaves out tf2onnx's ``EinsumOptimizer``, which decomposes
+    Einsum with Shape/Gather/ReduceProd chains when the batch is dynamic (:mod:`lambda_export.passes.einsum` rewrites
+    those nodes with static reshapes), and merges duplicated nodes deterministically (:func:`_stable_merge_duplicates`).
     The list is read from tf2onnx (1.17; not modified): the conversion passes it per call, nothing global changes.
     """
     from tf2onnx import optimizer
 
-    return {
-        name: _collecting(factory)
-        for name, factory in optimizer._get_optimizers().items()
-        if einsum or name != "einsum_optimizer"
-    }
+    factories = dict(optimizer._get_optimizers())
+    if not einsum:
+        del factories["einsum_optimizer"]
+        factories["merge_duplication"] = _stable_merge_duplicates
+    return {name: _collecting(factory) for name, factory in factories.items()}
 
 
 def _relabel_einsums(graph: Any, ops: list[Any]) -> list[Any]:
@@ -195,12 +220,31 @@ def _relabel_einsums(graph: Any, ops: list[Any]) -> list[Any]:
     return ops
 
 
+def _erfc_as_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """A tf2onnx op handler: ``Erfc(x) = 1 − Erf(x)``.
+
+    Keras' default ``gelu`` is the exact one, which TensorFlow lowers to ``Erfc``; ONNX has no Erfc (and tf2onnx 1.17
+    leaves the op unconverted), but it has ``Erf`` from opset 9. The subtraction has an absolute error of about one
+    float32 ulp of 1 (6e-8); gelu's ``x · Erfc(−x/√2) / 2`` keeps it absolute (|x| · 3e-8), which is what the parity
+    check measures.
+    """
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{node.name}/one"), np.array(1, dtype=dtype))
+    node.type = "Erf"
+    ctx.insert_new_node_on_output(
+        "Sub", node.output[0], name=utils.make_name(f"{node.name}/one_minus"), inputs=[one.output[0], node.output[0]]
+    )
+
+
 def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool = False) -> onnx.ModelProto:
     """Convert a ``tf.function`` with tf2onnx (what ``tf2onnx.convert.from_function`` does), per call configured.
 
     With ``plain`` the conversion is tf2onnx's own (its full optimizer list, equations as tf2onnx reads them), for
     side-by-side comparisons. Otherwise mixed-case einsum equations are relabelled first (tf2onnx's ``Einsum``
-    handler lower-cases them, turning ``bIi,iK->bIK`` into a diagonal) and the ``EinsumOptimizer`` is left out. Both
+    handler lower-cases them, turning ``bIi,iK->bIK`` into a diagonal), the ``EinsumOptimizer`` is left out and
+    ``Erfc`` (exact gelu) is converted as ``1 − Erf``. Constants the function captured become initializers. Both
     keep the conversion's memory bounded (:func:`tf2onnx_optimizers`). Nothing global in tf2onnx is modified, so
     conversions in other threads are not affected.
     """
@@ -211,9 +255,20 @@ def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool 
     concrete = function.get_concrete_function(*signature)
     input_names = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
     output_names = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    # constants the function captured (Keras 3 Normalization's mean/variance, Rescaling's scale) are placeholders
+    # after the signature's: their values become initializers, not extra graph inputs
+    placeholders = concrete.inputs[len(concrete.inputs) - len(concrete.captured_inputs) :]
+    captured = {
+        placeholder.name: value
+        for placeholder, value in zip(placeholders, concrete.captured_inputs, strict=True)
+        if placeholder.dtype != tf.dtypes.resource
+    }
     renames = tf2onnx_convert.tensor_names_from_structed(concrete, input_names, output_names)
     with tf.device("/cpu:0"), _frozen_heap():
         frozen = tf_loader.from_function(concrete, input_names, output_names, large_model=False)
+        if not plain and _allow_inlining(frozen):
+            with tf.Graph().as_default():  # grappler runs on a graph, as in tf_loader.from_function
+                frozen = tf_loader.tf_optimize(input_names, output_names, frozen)
         # _convert_common is from_function's own second half; it is the one entry point that takes `optimizers`
         proto, _ = tf2onnx_convert._convert_common(
             frozen,
@@ -221,12 +276,48 @@ def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool 
             continue_on_error=True,
             opset=opset,
             custom_rewriter=None if plain else [_relabel_einsums],
+            custom_op_handlers=None if plain else {"Erfc": (_erfc_as_erf, [])},
             input_names=input_names,
             output_names=output_names,
             tensors_to_rename=renames,
             optimizers=tf2onnx_optimizers(einsum=plain),
         )
+    _inline_captured(proto, captured)
     return proto
+
+
+def _allow_inlining(graph_def: Any) -> bool:
+    """Let TensorFlow's optimizer inline the functions Keras compiles with XLA; True if there were any.
+
+    Keras 3 runs some ops on the CPU through ``tf.function(jit_compile=True)`` (grouped and depthwise-multiplier
+    convolutions: ConvNeXt's depthwise ``Conv2D(groups=C)``); such a function is marked ``_noinline``, stays a
+    ``StatefulPartitionedCall`` in the frozen graph, and tf2onnx cannot convert that. Its body is ordinary ops.
+    """
+    compiled = set()
+    for function in graph_def.library.function:
+        if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b:
+            compiled.add(function.signature.name)
+            for key in ("_noinline", "_XlaMustCompile"):
+                if key in function.attr:
+                    del function.attr[key]
+    for node in graph_def.node:  # the call sites carry the mark too
+        if "f" in node.attr and node.attr["f"].func.name in compiled and "_XlaMustCompile" in node.attr:
+            del node.attr["_XlaMustCompile"]
+    return bool(compiled)
+
+
+def _inline_captured(model: onnx.ModelProto, captured: dict[str, Any]) -> None:
+    """Turn the graph inputs that stand for captured constants into initializers holding their values."""
+    values = {}
+    for value in model.graph.input:
+        if value.name in captured:
+            values[value.name] = np.asarray(captured[value.name])
+    if not values:
+        return
+    kept = [value for value in model.graph.input if value.name not in values]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(array, name) for name, array in values.items())
 
 
 def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.ModelProto:
@@ -288,7 +379,7 @@ def _check_converted(model: onnx.ModelProto) -> None:
             bad.append(f"{node.op_type} ({node.name})")
     if bad:
         raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}")
-    large = model.ByteSize() >= PROTOBUF_LIMIT
+    large = too_large_for_protobuf(model)
     try:
         # onnx.checker refuses in-memory models over 2 GiB: check the graph without the weight data instead
         onnx.checker.check_model(_without_weights(model) if large else model, full_check=True)
@@ -327,26 +418,26 @@ def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[T
             node.input[i] = mapping.get(name, name)
         for i, name in enumerate(node.output):
             node.output[i] = mapping.get(name, name)
+    rename_reads(graph, mapping, subgraphs_only=True)
 
 
 _COUNTER = re.compile(r"(__\d+)+")
+
+
+def _strip_counters(name: str) -> str:
+    """``name`` without tf2onnx's process-global counters (``Reshape__123`` → ``Reshape``)."""
+    return _COUNTER.sub("", name)
 
 
 def _canonical_names(model: onnx.ModelProto) -> None:
     """Deterministic, readable names: drop tf2onnx's process-global counters, then de-duplicate in graph order."""
     graph = model.graph
     keep = {v.name for v in [*graph.input, *graph.output]}
-    used: set[str] = set(keep)
+    tensor_names = UniqueNames(taken=keep)
     mapping: dict[str, str] = {}
 
     def fresh(name: str) -> str:
-        base = _COUNTER.sub("", name).replace(":0", "") or "t"
-        candidate, i = base, 0
-        while candidate in used:
-            i += 1
-            candidate = f"{base}_{i}"
-        used.add(candidate)
-        return candidate
+        return tensor_names.new(_COUNTER.sub("", name).replace(":0", "") or "t")
 
     init_names = {init.name for init in graph.initializer}
     for node in graph.node:  # names assigned in node order: tf2onnx's initializer order varies between runs
@@ -364,19 +455,14 @@ def _canonical_names(model: onnx.ModelProto) -> None:
             mapping[init.name] = fresh(init.name)
     for init in graph.initializer:
         init.name = mapping[init.name]
-    node_names: set[str] = set()
+    node_names = UniqueNames()
     for i, node in enumerate(graph.node):
         for j, name in enumerate(node.input):
             node.input[j] = mapping.get(name, name)
         for j, name in enumerate(node.output):
             node.output[j] = mapping.get(name, name)
-        base = _COUNTER.sub("", node.name) or f"{node.op_type}_{i}"
-        candidate, k = base, 0
-        while candidate in node_names:
-            k += 1
-            candidate = f"{base}_{k}"
-        node_names.add(candidate)
-        node.name = candidate
+        node.name = node_names.new(_COUNTER.sub("", node.name) or f"{node.op_type}_{i}")
+    rename_reads(graph, mapping, subgraphs_only=True)  # Loop bodies read outer tensors by name
     for value in graph.value_info:
         value.name = mapping.get(value.name, value.name)
     # dynamic dims: tf2onnx numbers them with a process-global counter (unk__123)
@@ -456,11 +542,15 @@ def convert(
     inputs = _resolve_shapes(loaded, batch_size, input_shapes)
 
     model = _tf2onnx_convert(loaded, inputs, int(opset))
+    toposort(model.graph)  # tf2onnx's own sort ignores what Loop bodies read from the main graph
+    canonical_order(model.graph, _strip_counters)  # tf2onnx's node order differs from one process to the next
     _rename_io(model, inputs, loaded.outputs)
     _check_converted(model)
+    _canonical_names(model)  # the passes name new tensors after these: run-independent from here on
 
-    rewritten = rewrite_for_target(model, target, optimize)
+    rewritten = rewrite_for_target(model, target, optimize, check=_check_converted)
     model, passes, warnings = rewritten.model, rewritten.passes, list(rewritten.warnings)
+    canonical_order(model.graph, _strip_counters)
     _canonical_names(model)
     del model.graph.value_info[:]
     used_domains = {node.domain for node in model.graph.node} | {""}

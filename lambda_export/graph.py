@@ -15,7 +15,9 @@ after a change (the pass driver in :mod:`lambda_export.passes.base` does).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +33,12 @@ __all__ = [
     "all_nodes",
     "attribute",
     "bypass",
+    "canonical_order",
     "graph_io",
     "insert_before",
     "iter_graphs",
+    "outer_reads",
+    "rename_reads",
     "skeleton",
     "static_shapes",
     "subgraph_reads",
@@ -103,6 +108,22 @@ def all_names(model: onnx.ModelProto) -> set[str]:
             names.update(node.output)
     names.discard("")
     return names
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """The names ``node``'s subgraphs read from the graphs around them (a Loop body reading an outer tensor by name).
+
+    What a body defines itself (its inputs, initializers, node outputs, nested bodies' too) is left out.
+    """
+    reads = subgraph_reads(node)
+    for attr in node.attribute:
+        bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for body in bodies:
+            for sub in iter_graphs(body):
+                reads -= {value.name for value in sub.input} | {init.name for init in sub.initializer}
+                reads -= {name for inner in sub.node for name in inner.output}
+    reads.discard("")
+    return reads
 
 
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
@@ -218,11 +239,23 @@ def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
     return None
 
 
+def rename_reads(graph: onnx.GraphProto, mapping: dict[str, str], *, subgraphs_only: bool = False) -> None:
+    """Rename the tensors nodes read (``mapping`` old → new), in ``graph`` and in every subgraph inside it.
+
+    Subgraph bodies read outer tensors by name (tf2onnx's Loop bodies do), so a renamed outer tensor must be renamed
+    there too. With ``subgraphs_only`` the nodes of ``graph`` itself are left to the caller.
+    """
+    for sub in iter_graphs(graph):
+        if subgraphs_only and sub is graph:
+            continue
+        for node in sub.node:
+            for i, name in enumerate(node.input):
+                if name in mapping:
+                    node.input[i] = mapping[name]
+
+
 def _replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
+    rename_reads(graph, {old: new})
     for out in graph.output:
         if out.name == old:
             # keep the graph output's name: rename the producer's output instead (handled by bypass)
@@ -240,6 +273,7 @@ def bypass(graph: onnx.GraphProto, index: GraphIndex, node: onnx.NodeProto, sour
         for i, name in enumerate(producer.output):
             if name == source:
                 producer.output[i] = out
+        rename_reads(graph, {source: out}, subgraphs_only=True)
         graph.node.remove(node)
         return True
     _replace_uses(graph, out, source)
@@ -255,27 +289,99 @@ def insert_before(graph: onnx.GraphProto, anchor: onnx.NodeProto, new_nodes: lis
 
 
 def toposort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes topologically (stable: keeps the original order where possible).
+    """Reorder nodes topologically (stable: a graph already in order keeps its order).
+
+    A node with subgraphs comes after the producers of the outer tensors its bodies read (tf2onnx's Loop bodies read
+    them by name; ONNX requires them defined first). Names no node of ``graph`` produces are taken as available
+    (graph inputs, initializers, or an enclosing graph's tensors).
 
     Raises:
-        ValueError: the graph has a cycle or reads a tensor nothing defines.
+        ValueError: the graph has a cycle.
     """
-    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    produced = {name for node in graph.node for name in node.output}
+    available: set[str] = set()
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
     while pending:
         progress = False
         rest = []
         for node in pending:
-            if all(name in available for name in node.input):
+            needs = [*node.input, *outer_reads(node)] if node.attribute else node.input
+            if all(name in available or name not in produced for name in needs):
                 ordered.append(node)
                 available.update(node.output)
                 progress = True
             else:
                 rest.append(node)
         if not progress:
-            raise ValueError("graph has a cycle or reads an undefined tensor")
+            raise ValueError("graph has a cycle")
         pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def canonical_order(graph: onnx.GraphProto, base_name: Callable[[str], str] = lambda name: name) -> None:
+    """Reorder nodes into a topological order that depends only on what the graph computes, not on its node order.
+
+    tf2onnx emits the same graph in a different node order from one process to the next (its optimizers iterate over
+    hash-ordered sets); names assigned in node order would differ too. Each node gets a structural key, a hash of its
+    op, attributes and the keys of what it reads (producers' keys, initializers' values, graph input names), and
+    among the nodes ready to run the smallest key comes first; ``base_name(node.name)`` (e.g. the name without
+    process-global counters) breaks ties between nodes that compute the same thing.
+    """
+    producer = {name: node for node in graph.node for name in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    keys: dict[int, str] = {}
+
+    def input_key(name: str) -> str:
+        node = producer.get(name)
+        if node is not None:
+            return f"{key(node)}:{list(node.output).index(name)}"
+        if name in initializers:
+            init = initializers[name]
+            digest = hashlib.sha1(init.SerializeToString(deterministic=True).replace(init.name.encode(), b""))
+            return "init:" + digest.hexdigest()
+        return "input:" + name
+
+    def attribute_text(attr: onnx.AttributeProto) -> str:
+        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            return attr.name + "=" + "|".join(",".join(n.op_type for n in sub.node) for sub in bodies)
+        return str(onnx.helper.get_attribute_value(attr))
+
+    def key(node: onnx.NodeProto) -> str:
+        found = keys.get(id(node))
+        if found is None:
+            parts = [node.domain, node.op_type, *sorted(map(attribute_text, node.attribute))]
+            parts += [input_key(name) if name else "" for name in node.input]
+            parts += sorted(input_key(name) for name in outer_reads(node) if name in producer)
+            found = hashlib.sha1("\x00".join(parts).encode()).hexdigest()
+            keys[id(node)] = found
+        return found
+
+    for node in graph.node:  # producers first (the graph is topologically sorted), so the recursion stays shallow
+        key(node)
+    needs = {
+        id(node): {id(producer[name]) for name in [*node.input, *outer_reads(node)] if name in producer}
+        for node in graph.node
+    }
+    users: dict[int, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for need in needs[id(node)]:
+            users.setdefault(need, []).append(node)
+    ready = [(keys[id(n)], base_name(n.name), i, n) for i, n in enumerate(graph.node) if not needs[id(n)]]
+    heapq.heapify(ready)
+    ordered: list[onnx.NodeProto] = []
+    waiting = {id(node): len(needs[id(node)]) for node in graph.node}
+    while ready:
+        *_, node = heapq.heappop(ready)
+        ordered.append(node)
+        for user in users.get(id(node), []):
+            waiting[id(user)] -= 1
+            if not waiting[id(user)]:
+                heapq.heappush(ready, (keys[id(user)], base_name(user.name), len(ordered), user))
+    if len(ordered) != len(graph.node):
+        raise ValueError("graph has a cycle")
     del graph.node[:]
     graph.node.extend(ordered)
 

@@ -14,6 +14,9 @@ rewrite that checks, then edits):
 * :meth:`PassContext.rewrite_nodes` is the fixed-point driver of the one-node-at-a-time passes.
 * A :class:`PassManager` runs passes in order, to a fixed point if asked, keeps a per-pass log, and with ``guard``
   undoes the passes whose result the target would refuse (the check says which nodes and why).
+* Never worse than no pass: a pass that raises is undone (the graph from before it is restored) and skipped with a
+  note saying why; with ``PassContext.check`` set, so is a pass whose result fails that check (the pipeline sets it
+  when the rewritten graph fails the conversion's checks, and runs again to find the culprit).
 
 Passes are also callable on a bare model, ``fold_affine_into_conv(model)`` or ``split_slow_transposes(model,
 min_elements=0)``, which builds a context for that one call and returns whether the graph changed (``run(ctx)``
@@ -37,6 +40,11 @@ from lambda_export.targets import check_target
 __all__ = ["GraphPass", "Pass", "PassContext", "PassManager", "PassRecord", "PassResult", "graph_pass"]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class PassResult:
     """What one pass did: ``changed`` (truthy when the graph changed) and ``notes`` for the user."""
@@ -58,11 +66,16 @@ class PassContext:
     """
 
     def __init__(
-        self, model: onnx.ModelProto, target: str | None = None, options: Mapping[str, Any] | None = None
+        self,
+        model: onnx.ModelProto,
+        target: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        check: Callable[[onnx.ModelProto], None] | None = None,
     ) -> None:
         self.model = model
         self.target = target
         self.options = dict(options or {})
+        self.check = check  # raises when a graph is not acceptable; run after every pass that changed the graph
         self._shapes: Shapes | None = None
 
     def shapes(self) -> Shapes:
@@ -164,7 +177,7 @@ class PassRecord:
     changed: bool
     seconds: float
     notes: tuple[str, ...] = ()
-    undone: str | None = None  # why the target guard took the change back
+    undone: str | None = None  # why the change was taken back (the target guard, a failure or a failed check)
 
 
 @dataclass
@@ -199,13 +212,27 @@ class PassManager:
 
     def _step(self, ctx: PassContext, one: Pass, round_index: int, *, record: bool = True) -> PassResult:
         started = time.perf_counter()
-        result = one.run(ctx)
-        if result.changed:
+        before = onnx.ModelProto()
+        before.CopyFrom(ctx.model)
+        undone = None
+        try:
+            result = one.run(ctx)
+            if result.changed and ctx.check is not None:
+                try:
+                    ctx.check(ctx.model)
+                except Exception as exc:
+                    undone = f"its result failed the checks ({_first_line(exc)})"
+        except Exception as exc:
+            undone = f"it failed ({type(exc).__name__}: {_first_line(exc)})"
+        if undone is not None:
+            ctx.model.CopyFrom(before)
+            result = PassResult(False, (f"pass {one.name} was skipped: {undone}; the graph from before it is kept",))
+        if result.changed or undone is not None:
             ctx.invalidate()
-        if record:
-            self.log.append(
-                PassRecord(one.name, round_index, result.changed, time.perf_counter() - started, result.notes)
-            )
+        if record or undone is not None:
+            record_ = PassRecord(one.name, round_index, result.changed, time.perf_counter() - started, result.notes)
+            record_.undone = undone
+            self.log.append(record_)
         return result
 
     def _rounds(self, ctx: PassContext, passes: Iterable[Pass]) -> list[str]:
@@ -237,7 +264,7 @@ class PassManager:
         for one in self.passes:
             trial_model = onnx.ModelProto()
             trial_model.CopyFrom(ctx.model)
-            trial = PassContext(trial_model, target, ctx.options)
+            trial = PassContext(trial_model, target, ctx.options, ctx.check)
             if not self._step(trial, one, 1).changed:
                 continue
             offenses = check_target(trial_model, target)

@@ -9,10 +9,15 @@ Order matters; each list says why its order is what it is. :func:`rewrite_for_ta
    that the clean-up folds.
 3. With ``optimize="speed"``, ``PERFORMANCE`` once, under the target guard: a pass whose result the target would
    refuse is undone. Last, because ``merge_sibling_matmuls`` and ``merge_transposes`` would undo some of its work.
+
+Never worse than tf2onnx alone: a pass that raises is skipped (the graph from before it is kept), and when the
+rewritten graph fails the caller's ``check``, the pipeline runs again from tf2onnx's graph with the check after every
+pass, skipping each pass whose result fails it. Either way the warnings say which pass was skipped and why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx
@@ -107,7 +112,12 @@ def _target_options(target: str | None) -> dict[str, bool]:
     return {"even_splits_only": bool(target and TARGETS[target].no_broadcast)}
 
 
-def rewrite_for_target(model: onnx.ModelProto, target: str = "portable", optimize: str = "default") -> RewriteResult:
+def rewrite_for_target(
+    model: onnx.ModelProto,
+    target: str = "portable",
+    optimize: str = "default",
+    check: Callable[[onnx.ModelProto], None] | None = None,
+) -> RewriteResult:
     """Run the pipeline of the module docstring on ``model`` (in place, unless the Einsum rewrite builds a new model:
     use ``RewriteResult.model``).
 
@@ -115,8 +125,27 @@ def rewrite_for_target(model: onnx.ModelProto, target: str = "portable", optimiz
         model: a converted model (tf2onnx's output with the Keras input/output names).
         target: a key of :data:`lambda_export.targets.TARGETS`; its rules decide pass options and the guard.
         optimize: ``"default"`` or ``"speed"`` (see :data:`OPTIMIZE_CHOICES`).
+        check: raises when a graph is not acceptable (the conversion's structural checks). When the result fails it,
+            the pipeline runs again from ``model`` as it was, checking after every pass and skipping the passes
+            whose result fails.
     """
-    ctx = PassContext(model, target, _target_options(target))
+    original = None
+    if check is not None:
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
+    result = _run_pipeline(PassContext(model, target, _target_options(target)), optimize)
+    if check is None:
+        return result
+    try:
+        check(result.model)
+    except Exception:
+        retry = _run_pipeline(PassContext(original, target, _target_options(target), check), optimize)
+        retry.log = result.log + retry.log
+        return retry
+    return result
+
+
+def _run_pipeline(ctx: PassContext, optimize: str) -> RewriteResult:
     log: list[PassRecord] = []
 
     def run(manager: PassManager) -> list[str]:
@@ -125,13 +154,12 @@ def rewrite_for_target(model: onnx.ModelProto, target: str = "portable", optimiz
         return applied
 
     passes = run(PassManager(CLEANUP, max_rounds=CLEANUP_ROUNDS))
-    einsum = PassManager([rewrite_einsum_nodes])
-    if run(einsum):
+    if run(PassManager([rewrite_einsum_nodes])):
         passes.append(rewrite_einsum_nodes.name)
         passes.extend(p for p in run(PassManager(CLEANUP, max_rounds=CLEANUP_ROUNDS)) if p not in passes)
-    warnings = einsum.notes()
     if optimize == "speed":
         passes.extend(run(PassManager(PERFORMANCE, guard=True, tidy=eliminate_dead_nodes)))
+    warnings = list(dict.fromkeys(note for record in log for note in record.notes))  # each once, in order
     return RewriteResult(ctx.model, passes, warnings, log)
 
 
