@@ -1,4 +1,4 @@
-"""Rewrite ONNX ``Einsum`` nodes into Transpose / Reshape / MatMul / Mul / ReduceSum (and Squeeze / Unsqueeze).
+"""Rewrite ONNX ``Einsum`` nodes into Transpose / Reshape / MatMul / Mul / ReduceSum (and Slice / Squeeze / Unsqueeze).
 
 Why: several runtimes have no Einsum (onnxruntime-web's WebGL backend, TFLite, TensorRT before 8.2 and then only a-z),
 and tf2onnx (1.17) lower-cases equations, silently turning ``bIi,iK->bIK`` into ``bii,ik->bik``. This pass computes exactly what ``numpy.einsum`` computes, with standard ops.
@@ -10,8 +10,16 @@ Approach, per Einsum node:
 2. Shapes come from ``onnx.shape_inference``. A label's size is the static size any operand gives it. An operand axis
    that is statically 1 while another operand has the same label with another or an unknown size is a numpy broadcast:
    the axis is removed from that operand. This is exact for summed labels too, since ``x * sum(y) == sum(x * y)``.
-3. Labels that occur in one operand only and not in the output are summed away first (ReduceSum).
-4. Operands are contracted pairwise, greedily: pairs that share a label first, then the smallest static result, then the
+   The copies of a subscript repeated within one operand must have one size, as numpy requires.
+3. Diagonals: in an operand where a label repeats (``ii->i``, ``...ii->...i``, ``iij,jk->ik``, ``iii->i``), its ``k``
+   copies (size ``n``) are moved next to each other (Transpose, when they are not adjacent already), flattened into one
+   axis of ``n**k`` elements (Reshape) and every ``(n**k - 1) / (n - 1)``-th element is kept (Slice: start 0, step
+   ``1 + n + ... + n**(k-1)``; one Slice for all repeated labels of an operand), so the label then appears once and
+   the operand goes on as any other. This is pure data movement: off-diagonal elements are never read, so an ``inf``
+   there stays out of the result (a mask multiply would turn it into NaN). A trace (``ii->``) is this diagonal then a
+   ReduceSum. The diagonal goes where the label first or last occurs, whichever gives fewer nodes in all.
+4. Labels that occur in one operand only and not in the output are summed away first (ReduceSum).
+5. Operands are contracted pairwise, greedily: pairs that share a label first, then the smallest static result, then the
    left-most pair. A pair's labels are batch (in both, still needed), contracted (in both, no longer needed),
    left-only and right-only. With contracted labels: Transpose to ``[batch, left, contracted]`` and
    ``[batch, contracted, right]``, Reshape each group to one axis, MatMul, Reshape the result back (with no batch label,
@@ -19,16 +27,17 @@ Approach, per Einsum node:
    product): Mul with broadcasting. With no free label (dot product): Mul + ReduceSum. Several layouts (operand order,
    order of batch and contracted labels, which side keeps its axes) are built and the one with the fewest nodes is
    kept, so e.g. ``bnhk,bnkv->bnhv`` becomes a single MatMul.
-5. The last tensor is reduced to the output labels and transposed into the output order.
+6. The last tensor is reduced to the output labels and transposed into the output order.
 
 Reshape targets are static numbers wherever sizes are known, so statically shaped graphs get no Shape/Gather nodes.
 Unknown (batch-like) dims use 0 (copy; only where the same labels sit on the same axis of the input) or a single -1;
 pure insert/remove of size-1 axes uses Unsqueeze/Squeeze. Only when neither works are sizes read at run time
 (Shape + Slice + Mul + Concat), and a warning says so.
 
-Left as Einsum, with a warning: repeated subscripts within one operand (diagonal / trace, e.g. ``ii->i``), an operand of
-unknown rank whose subscripts have ``...``, zero-sized static dims, element types that MatMul does not take, a default
-opset below 12, and Einsum nodes inside model-local functions. Invalid equations raise ``ValueError``.
+Left as Einsum, with a warning: a subscript repeated within one operand (diagonal / trace) whose size no operand gives
+statically (``ii->i`` on an ``[N, N]`` input: the Reshape + Slice need ``n``), an operand of unknown rank whose
+subscripts have ``...``, zero-sized static dims, element types that MatMul does not take, a default opset below 12,
+and Einsum nodes inside model-local functions. Invalid equations raise ``ValueError``.
 
 Limitations: dims that are unknown at export time and share a label are assumed equal at run time (numpy would also
 broadcast a run-time 1 against n there), and a Reshape with -1 cannot infer a dim of a zero-sized run-time tensor.
@@ -173,6 +182,47 @@ class _Builder:
         else:
             out = self.emit("ReduceSum", [value.name], axes=axes, keepdims=0)
         return _Value(out, kept)
+
+    def diagonal(self, value: _Value, at_last: frozenset[int] = frozenset()) -> _Value:
+        """Take the diagonal over every label that repeats in ``value``: pure data movement, so exact.
+
+        The ``k`` copies of a repeated label of size ``n`` are moved next to each other where the label first occurs,
+        or last occurs for the labels in ``at_last`` (Transpose, only when they are not adjacent already), flattened
+        into one axis of ``n**k`` elements (Reshape), and every ``(n**k - 1) / (n - 1)``-th element is kept (one Slice
+        for all repeated labels, start 0, step ``1 + n + ... + n**(k-1)``): flat index ``a * step`` is the element
+        ``[a, a, ..., a]``. Off-diagonal elements are never read, so an ``inf`` there cannot reach the result. Needs
+        each repeated label's size static.
+        """
+        labels = value.labels  # may repeat here
+        if len(set(labels)) == len(labels):
+            return value
+        anchor = {label: i for i, label in reversed(list(enumerate(labels)))}  # each label's first copy ...
+        anchor.update({label: i for i, label in enumerate(labels) if label in at_last})  # ... or its last
+        order = sorted(anchor, key=anchor.__getitem__)
+        perm = [i for label in order for i, other in enumerate(labels) if other == label]
+        grouped = value
+        if perm != list(range(len(labels))):
+            grouped = _Value(self.emit("Transpose", [value.name], perm=perm), tuple((labels[i],) for i in perm))
+        flat = self.reshape(grouped, [(label,) * labels.count(label) for label in order])
+        axes: list[int] = []
+        ends: list[int] = []
+        steps: list[int] = []
+        for position, label in enumerate(order):
+            copies, size = labels.count(label), self.sizes[label]
+            if copies == 1:
+                continue
+            if size is None:
+                raise AssertionError(f"the size of repeated label {self.spec.label_names[label]!r} is unknown")
+            if size > 1:  # a size-1 label needs no Slice: the flattened axis has one element
+                axes.append(position)
+                ends.append(size**copies)
+                steps.append(sum(size**j for j in range(copies)))
+        name = flat.name
+        if axes:
+            starts = self.const([0] * len(axes), "starts")
+            inputs = [name, starts, self.const(ends, "ends"), self.const(axes, "axes"), self.const(steps, "steps")]
+            name = self.emit("Slice", inputs)
+        return _Value(name, tuple(_singles(order)))
 
     def _squeeze_like(self, op: str, name: str, axes: list[int]) -> str:
         if self.opset >= 13:
@@ -348,7 +398,25 @@ class _LeftAsEinsumError(Exception):
 def _plan_sizes(
     spec: EinsumSpec, names: Sequence[str], dims: Sequence[Sequence[Dim]], where: str
 ) -> tuple[dict[int, int | None], dict[int, tuple[str, int]], list[list[bool]]]:
-    """Label sizes, where to read each at run time, and which operand axes are size-1 broadcasts to drop."""
+    """Label sizes, where to read each at run time, and which operand axes are size-1 broadcasts to drop.
+
+    The copies of a subscript repeated within one operand (a diagonal) must have one size, as numpy requires; a copy
+    of unknown size takes the static size of another copy, so that the copies are all dropped (size-1 broadcast) or
+    all kept.
+    """
+    dims = [list(operand_dims) for operand_dims in dims]
+    for k, (labels, operand_dims) in enumerate(zip(spec.operands, dims, strict=True)):
+        for label in {lbl for lbl in labels if labels.count(lbl) > 1}:
+            copies = [axis for axis, lbl in enumerate(labels) if lbl == label]
+            static = {operand_dims[axis] for axis in copies if isinstance(operand_dims[axis], int)}
+            if len(static) > 1:
+                raise ValueError(
+                    f"{where}: subscript {spec.label_names[label]!r} repeats within operand {k} with sizes "
+                    f"{sorted(static)}; the copies of a repeated subscript must have one size"
+                )
+            if static:
+                for axis in copies:
+                    operand_dims[axis] = next(iter(static))
     occurrences: dict[int, list[tuple[int, int, Dim]]] = {}
     for k, (labels, operand_dims) in enumerate(zip(spec.operands, dims, strict=True)):
         for axis, (label, dim) in enumerate(zip(labels, operand_dims, strict=True)):
@@ -384,16 +452,59 @@ def _rewrite_node(
     names: UniqueNames,
     where: str,
 ) -> _Builder:
-    """Build the replacement of one Einsum node (its last node writes the Einsum's output)."""
+    """Build the replacement of one Einsum node (its last node writes the Einsum's output).
+
+    Where each diagonal (a subscript repeated within an operand) is placed, at the first or the last copy of its
+    subscript, changes the Transposes and Reshapes around it: each placement is built (all combinations for up to 4
+    repeated subscripts, else all-first and all-last) and the one with the fewest nodes is kept, the first on a tie.
+    """
+    sizes, sources, drop = _plan_sizes(spec, list(node.input), dims, where)
+    repeated: list[tuple[int, int]] = []  # (operand, label) of each subscript that repeats within an operand
+    for k, (labels, dropped) in enumerate(zip(spec.operands, drop, strict=True)):
+        kept = [lbl for lbl, d in zip(labels, dropped, strict=True) if not d]
+        repeated += [(k, lbl) for lbl in sorted(set(kept)) if kept.count(lbl) > 1]
+        unknown = sorted({spec.label_names[lbl] for lbl in kept if kept.count(lbl) > 1 and sizes[lbl] is None})
+        if unknown:
+            raise _LeftAsEinsumError(
+                f"subscript(s) {', '.join(map(repr, unknown))} repeat within operand {k} (a diagonal/trace) and "
+                "their size is not known statically from any operand, which the Reshape + Slice that takes the "
+                "diagonal needs"
+            )
+    n = len(repeated)
+    choices = list(itertools.product((False, True), repeat=n)) if n <= 4 else [(False,) * n, (True,) * n]
+    best: _Builder | None = None
+    for choice in choices:
+        at_last = [
+            frozenset(lbl for (owner, lbl), last in zip(repeated, choice, strict=True) if last and owner == k)
+            for k in range(len(spec.operands))
+        ]
+        b = _build(node, spec, sizes, sources, drop, opset, names, at_last)
+        if best is None or len(b.nodes) < len(best.nodes):
+            best = b
+    assert best is not None
+    return best
+
+
+def _build(
+    node: onnx.NodeProto,
+    spec: EinsumSpec,
+    sizes: dict[int, int | None],
+    sources: dict[int, tuple[str, int]],
+    drop: list[list[bool]],
+    opset: int,
+    names: UniqueNames,
+    at_last: Sequence[frozenset[int]],
+) -> _Builder:
+    """One replacement of an Einsum node; ``at_last[k]``: the labels of operand ``k`` whose diagonal sits last."""
     inputs = list(node.input)
-    sizes, sources, drop = _plan_sizes(spec, inputs, dims, where)
     base = node.name or f"Einsum_{node.output[0]}"
     b = _Builder(base, opset, spec, sizes, sources, names.fork())
 
     values: list[_Value] = []
-    for name, labels, dropped in zip(inputs, spec.operands, drop, strict=True):
+    for name, labels, dropped, last in zip(inputs, spec.operands, drop, at_last, strict=True):
         value = _Value(name, tuple(() if d else (lbl,) for lbl, d in zip(labels, dropped, strict=True)))
-        values.append(b.reshape(value, [axis for axis in value.axes if axis]))
+        value = b.reshape(value, [axis for axis in value.axes if axis])
+        values.append(b.diagonal(value, last))  # a subscript repeated within the operand now appears once
 
     output = spec.output
     counts: dict[int, int] = {}
@@ -538,10 +649,6 @@ def _rewrite_einsum_node(
         spec = parse_einsum_equation(equation_text, _operand_ranks(equation_text, dims, where))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from error
-    if spec.has_repeated_subscripts:
-        raise _LeftAsEinsumError(
-            "a subscript repeats within one operand (diagonal/trace), which this pass does not rewrite"
-        )
     full_dims: list[list[Dim]] = [
         list(d) if d is not None else [None] * len(labels) for d, labels in zip(dims, spec.operands, strict=True)
     ]

@@ -311,14 +311,167 @@ def test_unsupported_element_type_is_left_as_einsum() -> None:
 
 DIAGONALS = [
     ("ii->i", [(3, 3)]),
-    ("bii->b", [(2, 3, 3)]),
+    ("ii->", [(3, 3)]),  # trace
     ("ii", [(4, 4)]),  # implicit trace
+    ("...ii->...i", [(2, 3, 3)]),
+    ("...ii->...i", [(3, 3)]),  # '...' covering no dim
+    ("bii->b", [(2, 3, 3)]),
     ("iij,jk->ik", [(3, 3, 4), (4, 2)]),
+    ("iji->ij", [(3, 4, 3)]),  # copies not adjacent: Transpose first
+    ("iji->ji", [(3, 4, 3)]),
+    ("iii->i", [(3, 3, 3)]),  # three copies: step 1 + 3 + 9
+    ("bii,bij->bj", [(2, 3, 3), (2, 3, 4)]),
+    ("iijj->ji", [(2, 2, 3, 3)]),  # two repeated labels: one Slice
+    ("ijij->", [(2, 3, 2, 3)]),
+    ("ii,ij->ij", [(3, 3), (3, 4)]),
+    ("ii,jj", [(3, 3), (2, 2)]),  # two traces multiplied
+    ("ii,i->i", [(1, 1), (3,)]),  # size-1 diagonal broadcast against 3
+    ("ii->i", [(1, 1)]),  # size-1 diagonal: no Slice
+    ("iI,II->iI", [(2, 3), (3, 3)]),  # case matters: only I repeats
 ]
 
 
 @pytest.mark.parametrize(("equation", "shapes"), DIAGONALS, ids=[c[0] for c in DIAGONALS])
-def test_diagonal_is_left_as_einsum_with_a_warning(equation: str, shapes: list[Shape]) -> None:
+def test_diagonal_matches_numpy(equation: str, shapes: list[Shape]) -> None:
+    check_rewrite(equation, shapes)
+
+
+DYNAMIC_DIAGONALS = [
+    ("bii,bij->bj", [("N", 3, 3), ("N", 3, 4)], (1, 2)),
+    ("...ii->...i", [("N", "T", 3, 3)], (1, 2)),
+    ("ii,i->i", [("N", "N"), (2,)], (2,)),  # the diagonal's size comes from another operand ...
+    ("ii->i", [(2, "N")], (2,)),  # ... or from the other copy
+    ("iMiN->NMi", [(3, "M", 3, "N")], (1, 2)),  # diagonal placed last: Reshape [0, 9, -1], no run-time shape
+]
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes", "dynamic_sizes"), DYNAMIC_DIAGONALS, ids=[c[0] for c in DYNAMIC_DIAGONALS]
+)
+def test_diagonal_with_dynamic_dims(equation: str, shapes: list[Shape], dynamic_sizes: tuple[int, ...]) -> None:
+    """Only the diagonal's size must be static (``dynamic_sizes``: the run-time size of every unknown dim)."""
+    model = check_rewrite(equation, shapes, dynamic_sizes=dynamic_sizes)
+    assert not {"Shape", "Gather"} & set(op_types(model))
+
+
+@pytest.mark.parametrize("opset", [12, 13])
+def test_diagonal_at_old_opsets(opset: int) -> None:
+    check_rewrite("iij,jk->ik", [(3, 3, 4), (4, 2)], opset=opset)
+    check_rewrite("ii->", [(3, 3)], opset=opset)
+
+
+# (equation, shapes, op types, Reshape target before the Slice, Slice (starts, ends, axes, steps))
+NODE_PATTERNS = [
+    ("ii->i", [(3, 3)], ["Reshape", "Slice"], [9], ([0], [9], [0], [4])),
+    ("...ii->...i", [(2, 3, 3)], ["Reshape", "Slice"], [2, 9], ([0], [9], [1], [4])),
+    ("iii->i", [(3, 3, 3)], ["Reshape", "Slice"], [27], ([0], [27], [0], [13])),
+    ("ii->", [(3, 3)], ["Reshape", "Slice", "ReduceSum"], [9], ([0], [9], [0], [4])),
+    ("iji->ij", [(3, 4, 3)], ["Transpose", "Reshape", "Slice"], [9, 4], ([0], [9], [0], [4])),
+    ("iij,jk->ik", [(3, 3, 4), (4, 2)], ["Reshape", "Slice", "MatMul"], [9, 4], ([0], [9], [0], [4])),
+    ("iijj->ij", [(2, 2, 3, 3)], ["Reshape", "Slice"], [4, 9], ([0, 0], [4, 9], [0, 1], [3, 4])),
+]
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes", "pattern", "target", "slice_args"), NODE_PATTERNS, ids=[c[0] for c in NODE_PATTERNS]
+)
+def test_diagonal_node_pattern(
+    equation: str,
+    shapes: list[Shape],
+    pattern: list[str],
+    target: list[int],
+    slice_args: tuple[list[int], ...],
+) -> None:
+    """Transpose (copies not adjacent) + Reshape (flatten the copies) + Slice (step (n**k - 1) / (n - 1))."""
+    model = check_rewrite(equation, shapes)
+    assert op_types(model) == pattern
+    inits = {t.name: numpy_helper.to_array(t).tolist() for t in model.graph.initializer}
+    reshape = next(n for n in model.graph.node if n.op_type == "Reshape")
+    assert inits[reshape.input[1]] == target
+    (slice_node,) = (n for n in model.graph.node if n.op_type == "Slice")
+    assert tuple(inits[name] for name in slice_node.input[1:]) == slice_args
+
+
+def _off_diagonal(term: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Where an operand with subscripts ``term`` (letters only, right-aligned) is off the diagonal of its repeats."""
+    index = np.indices(shape)[len(shape) - len(term) :]
+    on = np.ones(shape, dtype=bool)
+    for letter in set(term):
+        axes = [i for i, c in enumerate(term) if c == letter]
+        for axis in axes[1:]:
+            on &= index[axis] == index[axes[0]]
+    return ~on
+
+
+def _with_off_diagonal_specials(equation: str, shapes: list[tuple[int, ...]], seed: int) -> list[np.ndarray]:
+    """Random operands whose off-diagonal elements are inf, -inf and NaN."""
+    rng = np.random.default_rng(seed)
+    terms = equation.partition("->")[0].split(",")
+    arrays = []
+    for term, shape in zip(terms, shapes, strict=True):
+        array = rng.uniform(-1, 1, shape).astype(np.float32)
+        off = _off_diagonal(term.replace("...", ""), shape)
+        array[off] = np.resize(np.array([np.inf, -np.inf, np.nan], dtype=np.float32), int(off.sum()))
+        arrays.append(array)
+    return arrays
+
+
+DATA_MOVEMENT = [
+    ("ii->i", [(3, 3)]),
+    ("...ii->...i", [(2, 3, 3)]),
+    ("iji->ij", [(3, 4, 3)]),
+    ("iji->ji", [(3, 4, 3)]),
+    ("iii->i", [(3, 3, 3)]),
+    ("iijj->ji", [(2, 2, 3, 3)]),
+    ("bii->bi", [(2, 4, 4)]),
+]
+
+
+@pytest.mark.parametrize(("equation", "shapes"), DATA_MOVEMENT, ids=[c[0] for c in DATA_MOVEMENT])
+def test_diagonal_is_exact_and_never_reads_off_diagonal(equation: str, shapes: list[tuple[int, ...]]) -> None:
+    """A diagonal alone is pure data movement: bit-for-bit numpy's, with inf/-inf/NaN off the diagonal left out."""
+    rewritten, warnings = rewrite_einsum(build_model(equation, list(shapes)))
+    assert warnings == []
+    assert not {"Einsum", "Mul", "Where"} & set(op_types(rewritten))
+    arrays = _with_off_diagonal_specials(equation, shapes, seed=8)
+    got = run(rewritten, {f"x{k}": a for k, a in enumerate(arrays)})
+    want = np.einsum(equation, *arrays)
+    assert np.isfinite(got).all()
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+ARITHMETIC = [
+    ("ii->", [(3, 3)]),
+    ("iij,jk->ik", [(3, 3, 4), (4, 2)]),
+    ("bii,bij->bj", [(2, 3, 3), (2, 3, 4)]),
+    ("ii,ij->ij", [(3, 3), (3, 4)]),
+]
+
+
+@pytest.mark.parametrize(("equation", "shapes"), ARITHMETIC, ids=[c[0] for c in ARITHMETIC])
+def test_diagonal_then_arithmetic_ignores_off_diagonal_inf(equation: str, shapes: list[tuple[int, ...]]) -> None:
+    """inf/-inf/NaN off the diagonal never reach the sums or products (a mask multiply would give NaN)."""
+    rewritten, warnings = rewrite_einsum(build_model(equation, list(shapes)))
+    assert warnings == []
+    arrays = _with_off_diagonal_specials(equation, shapes, seed=9)
+    got = run(rewritten, {f"x{k}": a for k, a in enumerate(arrays)})
+    want = np.einsum(equation, *[a.astype(np.float64) for a in arrays])
+    assert np.isfinite(want).all()
+    assert np.isfinite(got).all()
+    assert np.abs(got - want).max(initial=0.0) <= ATOL
+
+
+UNKNOWN_DIAGONALS = [
+    ("ii->i", [("N", "N")]),
+    ("bii->b", [(2, "N", "N")]),
+    ("ii", [("N", "M")]),  # implicit trace
+    ("iij,jk->ik", [("N", "N", 4), (4, 2)]),
+]
+
+
+@pytest.mark.parametrize(("equation", "shapes"), UNKNOWN_DIAGONALS, ids=[c[0] for c in UNKNOWN_DIAGONALS])
+def test_diagonal_of_unknown_size_is_left_as_einsum_with_a_warning(equation: str, shapes: list[Shape]) -> None:
     model = build_model(equation, shapes)
     rewritten, warnings = rewrite_einsum(model)
     assert op_types(rewritten) == ["Einsum"]
@@ -327,19 +480,21 @@ def test_diagonal_is_left_as_einsum_with_a_warning(equation: str, shapes: list[S
     assert "'E'" in warnings[0]
     assert repr(equation) in warnings[0]
     assert "diagonal" in warnings[0]
+    assert "'i'" in warnings[0]
+    assert "not known statically" in warnings[0]
     rng = np.random.default_rng(6)
-    arrays = [rng.uniform(-1, 1, s).astype(np.float32) for s in shapes]
+    arrays = [rng.uniform(-1, 1, _concrete(s, 3)).astype(np.float32) for s in shapes]
     got = run(rewritten, {f"x{k}": a for k, a in enumerate(arrays)})
     assert np.abs(got - np.einsum(equation, *arrays)).max() <= ATOL
 
 
-def test_only_the_diagonal_node_is_left() -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])
+def test_only_the_diagonal_node_of_unknown_size_is_left() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "N"])
     nodes = [
         helper.make_node("Einsum", ["x"], ["d"], name="diag", equation="ii->i"),
         helper.make_node("Einsum", ["x", "d"], ["y"], name="mv", equation="ij,j->i"),
     ]
-    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [output]), opset_imports=[helper.make_opsetid("", 17)])
     rewritten, warnings = rewrite_einsum(model)
     assert [n.op_type for n in rewritten.graph.node] == ["Einsum", "MatMul"]
@@ -347,6 +502,16 @@ def test_only_the_diagonal_node_is_left() -> None:
     assert "'diag'" in warnings[0]
     xv = np.random.default_rng(7).uniform(-1, 1, (3, 3)).astype(np.float32)
     assert np.abs(run(rewritten, {"x": xv}) - xv @ np.diag(xv)).max() <= ATOL
+
+
+def test_diagonal_copies_of_different_sizes_raise() -> None:
+    """numpy: "dimensions in operand 0 for collapsing index 'i' don't match"."""
+    model = build_model("ii->i", [(3, 3)])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(ValueError, match=r"Einsum node 'E'.*'i' repeats within operand 0 with sizes \[1, 3\]"):
+        rewrite_einsum(model)
+    with pytest.raises(ValueError):
+        np.einsum("ii->i", np.zeros((1, 3)))
 
 
 INVALID = [
