@@ -1,37 +1,53 @@
-# `make demo` and `make test` create .venv and install the project (editable) on first use.
+# `make demo` and `make test` create .venv and install the project (editable) on first use: `make demo` only what the
+# demo needs (the base dependencies), `make test` also the test extras (`.[dev]`). Stamp files make a second run
+# start at once; a changed pyproject.toml installs again.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench bench-quick clean
+.PHONY: demo test lint format bench bench-quick zoo clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
 
-demo: $(STAMP)
+# the base dependencies: what `lambda-export` and the demo need
+$(BASE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $(BASE_STAMP)
+
+# the base dependencies and the test extras (a superset: the base stamp is refreshed too)
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(BASE_STAMP) $(DEV_STAMP)
+
+demo: $(BASE_STAMP)
 	$(BIN)/lambda-export demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# -rs: the reason of every skipped test (a later -r in PYTEST_ARGS, as .ci/run passes, replaces it)
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py --quick
+
+# every model of benchmarks/zoo_models.py through lambda-export and plain tf2onnx; writes benchmarks/ZOO.md, zoo.json
+zoo: $(DEV_STAMP)
+	$(BIN)/python benchmarks/zoo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -305,12 +305,17 @@ def import_keras() -> Any:
     a ``cuInit`` error straight to file descriptor 2 while they load and first look for devices, whatever
     ``TF_CPP_MIN_LOG_LEVEL`` says (they come before its logging is set up); a command line that promises one-line
     errors cannot let them through. They are captured while the import and the device discovery run and written out
-    only if the import fails.
+    only if the import fails. When this is the process's first import of TensorFlow and ``TF_CPP_MIN_LOG_LEVEL`` is
+    unset, it is set to 1, which keeps TensorFlow's later INFO lines (its graph optimizer's ``devices.cc`` and
+    ``single_machine.cc`` at each conversion) off stderr as well; warnings and errors still show. A process that
+    imported TensorFlow itself keeps its own settings.
     """
     if "keras" in sys.modules:
         import keras
 
         return keras
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # read once, when TensorFlow's logging starts
     with _native_stderr_captured() as captured:
         try:
             import keras

@@ -8,6 +8,7 @@ needs it, so the command line starts without it.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 from lambda_export import env
@@ -36,7 +37,20 @@ TENSORRT = "TensorrtExecutionProvider"
 KNOWN_PROVIDERS = (CPU, CUDA, TENSORRT)
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 GPU_PROVIDERS = frozenset({CUDA, TENSORRT})
-QUIET = 3  # ONNX Runtime log severity: errors only (its warnings are not the user's business)
+QUIET = 4  # ONNX Runtime log severity: fatal only. Its warnings are not the user's business and its error lines
+# repeat an exception the caller reports (a failed run would print ExecuteKernel's message, colour codes and all)
+
+
+def _onnxruntime() -> Any:
+    """The ``onnxruntime`` module. When lambda_export is the first to import it, its default logger (the one sessions'
+    own settings do not reach: provider libraries that fail to load, device discovery) is set to :data:`QUIET`, as
+    every session here is; a process that imported ONNX Runtime itself keeps its own setting."""
+    first = "onnxruntime" not in sys.modules
+    import onnxruntime
+
+    if first:
+        onnxruntime.set_default_logger_severity(QUIET)
+    return onnxruntime
 
 
 def _first_line(exc: BaseException) -> str:
@@ -77,7 +91,7 @@ def session_providers(provider: str, *, tf32: bool = False) -> list[Any]:
 @functools.cache
 def provider_problem(provider: str) -> str | None:
     """None when ``provider`` can run a session here, else why not (probed once per process with a tiny model)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     gpu_package = env.installed("onnxruntime-gpu")
     if provider not in ort.get_available_providers():
@@ -182,7 +196,7 @@ def session(model: bytes | str, provider: str = CPU, *, tf32: bool = False) -> A
     ``model`` is the serialized ONNX model or a path. Raises ``RuntimeError`` when ONNX Runtime silently fell back to
     another provider (a CUDA session that runs on the CPU would make a GPU check meaningless).
     """
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -208,7 +222,7 @@ def recommended_cpu_settings(threads: int) -> dict[str, Any]:
 def cpu_session_options(threads: int, *, profile_prefix: str | None = None, optimized_path: str | None = None) -> Any:
     """``onnxruntime.SessionOptions`` with :func:`recommended_cpu_settings` (profiling / optimized-model dump on
     request)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -229,6 +243,6 @@ def cpu_session_options(threads: int, *, profile_prefix: str | None = None, opti
 def cpu_session(model: bytes | str, threads: int, **options: Any) -> Any:
     """A CPU ``InferenceSession`` with :func:`cpu_session_options` (``options``: ``profile_prefix``,
     ``optimized_path``)."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     return ort.InferenceSession(model, cpu_session_options(threads, **options), providers=[CPU])

@@ -219,8 +219,8 @@ def build_model_config(model: onnx.ModelProto, options: TritonOptions) -> dict[s
     if not _NAME_RE.match(options.name):
         raise InputError(
             f"model name {options.name!r}: use letters, digits, '_', '.', '-' (and not a leading '.' or '-'); "
-            "pass name",
-            argument="name",
+            "pass name=NAME",
+            argument="name=NAME",
         )
     if options.version < 1:
         raise InputError(f"version {options.version}: Triton model versions are positive integers", argument="version")

@@ -4,9 +4,9 @@
   :class:`LazyGroup` imports a verb's module only when that verb runs; ``lambda-export --help`` lists the verbs from
   the table alone, so it starts without TensorFlow, ONNX or the verbs' code. :class:`DefaultVerbGroup` adds the
   default verb: ``lambda-export MODEL ...`` is ``lambda-export export MODEL ...``.
-* :data:`STATE` holds the settings of this invocation (:func:`set_state`), the file written so far and a pending
-  interruption; :func:`progress` prints progress lines; :func:`checkpoint` raises an interruption that library code
-  swallowed.
+* :data:`STATE` holds the settings of this invocation (:func:`set_state`), the file written so far, the timings of
+  its steps (:func:`timed`) and a pending interruption; :func:`progress` prints progress lines; :func:`checkpoint`
+  raises an interruption that library code swallowed.
 * :func:`main`, the console-script entry point: SIGINT/SIGTERM handlers, and every failure → one line on stderr
   (and a JSON verdict with ``--json``) and an exit code.
 """
@@ -19,8 +19,9 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "main",
     "progress",
     "set_state",
+    "tensorflow_progress",
+    "timed",
 ]
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -91,18 +94,24 @@ class _State:
     json = False
     written: str | None = None  # the output file, once written (an interruption after that says so)
     interrupted: int | None = None  # SIGINT/SIGTERM received (sticky: library code may swallow the exception)
+    started: float = 0.0  # time.perf_counter() when the verb started
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}  # step → seconds, for the report (set_state starts each invocation's)
 
 
 STATE = _State()
 
 
 def set_state(output: OutputOptions) -> None:
-    """Start a verb: take its output settings, forget an earlier output file, quiet TensorFlow's C++ logs unless -v."""
+    """Start a verb: take its output settings, forget an earlier output file and timings, quiet TensorFlow's C++ logs
+    unless -v."""
     STATE.quiet, STATE.verbose, STATE.json = output.quiet, output.verbose, output.json
     STATE.written = None
-    if not output.verbose:
-        # TensorFlow's C++ INFO/WARNING lines would break the one-line error promise; -v shows them
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    STATE.started, STATE.timings = time.perf_counter(), {}
+    # TensorFlow's C++ INFO/WARNING lines would break the one-line error promise; -v shows them (TensorFlow reads the
+    # variable once, when it starts: lambda_export.loading.import_keras)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if output.verbose else "2")
 
 
 def progress(message: str) -> None:
@@ -111,6 +120,24 @@ def progress(message: str) -> None:
         return
     if STATE.verbose or sys.stderr.isatty():
         click.echo(f"… {message}", err=True)
+
+
+def tensorflow_progress() -> None:
+    """A progress line before TensorFlow starts (5–10 s), when it has not started yet."""
+    if "tensorflow" not in sys.modules:
+        progress("starting TensorFlow")
+
+
+@contextlib.contextmanager
+def timed(step: str, message: str | None = None) -> Iterator[None]:
+    """Time a step of this invocation (``STATE.timings[step]``, the report's timings), after a progress line."""
+    if message:
+        progress(message)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STATE.timings[step] = STATE.timings.get(step, 0.0) + time.perf_counter() - started
 
 
 # -- the group -------------------------------------------------------------------------------------------------------

@@ -94,9 +94,10 @@ def command(
         opset=opset,
         verbose=not quiet,
     )
-    configure_tensorflow(threads)  # before the model is loaded: TF's thread pools are fixed at first use
-    from lambda_export.loading import load_model
+    from lambda_export.loading import import_keras, load_model
 
+    import_keras()  # TensorFlow's start-up lines kept off stderr (its thread pools can still be set after this)
+    configure_tensorflow(threads)  # before the model is loaded: TF's thread pools are fixed at first use
     loaded = load_model(model, trust_code=trust_code, imports=imports)
     shapes = dict(parse_shape(text) for text in input_shapes) or None
     spec = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lambda_export.cli.app import progress, set_state
+from lambda_export.cli.app import progress, set_state, tensorflow_progress, timed
 from lambda_export.cli.export import export
 from lambda_export.cli.options import ConvertOptions, LoadOptions, OutputOptions, ParityOptions, output_options
 
@@ -25,7 +25,10 @@ __all__ = ["command"]
     help="Folder for the sample model, its ONNX export and the report.",
 )
 @click.option(
-    "--steps", type=click.IntRange(min=0), default=60, show_default=True, help="Training steps on generated data."
+    "--steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Training steps on generated data  [default: 40, lambda_layers.models.DEMO_TRAIN_STEPS].",
 )
 @output_options(
     report=False,
@@ -33,12 +36,16 @@ __all__ = ["command"]
     quiet="Only the final verdict line.",
     verbose="Progress and tracebacks.",
 )
-def command(out_dir: str, steps: int, output: OutputOptions) -> int:
+def command(out_dir: str, steps: int | None, output: OutputOptions) -> int:
     """Build a small LambdaResNet, train it briefly on generated data, save .h5, export it and print the report."""
     set_state(output)
-    from lambda_export.loading import load_model
+    from lambda_export.loading import import_keras, load_model
+
+    tensorflow_progress()
+    import_keras()  # first, so that TensorFlow's start-up lines stay off stderr (lambda_layers imports Keras)
     from lambda_layers import models
 
+    steps = models.DEMO_TRAIN_STEPS if steps is None else steps
     chatty = not (output.quiet or output.json)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +53,8 @@ def command(out_dir: str, steps: int, output: OutputOptions) -> int:
     model = models.build_demo_model(seed=0)
     if chatty:
         model.summary(print_fn=lambda line, *_, **__: click.echo(line, err=True))
-    history = models.train_demo_model(model, steps=steps, seed=0) if steps else {}
+    with timed("train", f"training {steps} steps on generated images" if steps else None):
+        history = models.train_demo_model(model, steps=steps, seed=0) if steps else {}
     if history and chatty:
         losses = history.get("loss", [])
         click.echo(
@@ -61,7 +69,8 @@ def command(out_dir: str, steps: int, output: OutputOptions) -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)  # .h5 is asked for by design; no "legacy format" warning
     model.save(tmp)
     os.replace(tmp, h5)
-    loaded = load_model(str(h5))
+    with timed("load"):
+        loaded = load_model(str(h5))
     onnx_path = folder / "demo_model.onnx"
     if chatty:
         click.echo(f"saved {h5}; exporting as: lambda-export {h5} -o {onnx_path} --force", err=True)

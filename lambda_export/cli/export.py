@@ -6,13 +6,14 @@ the output folder probed, before the slow work: an exit 2 never comes with a fre
 
 from __future__ import annotations
 
-import time
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lambda_export.cli.app import STATE, checkpoint, progress, set_state
+from lambda_export.cli.app import STATE, checkpoint, set_state, tensorflow_progress, timed
 from lambda_export.cli.options import (
     EXIT_CODES_HELP,
     RESULT_SCHEMA,
@@ -28,7 +29,7 @@ from lambda_export.cli.options import (
 from lambda_export.cli.verify import finish, run_parity
 from lambda_export.errors import InputError
 
-__all__ = ["command", "default_output", "export"]
+__all__ = ["command", "default_output", "export", "size_text"]
 
 
 @click.command("export", epilog=EXIT_CODES_HELP)
@@ -66,46 +67,49 @@ def export(
 
     input_shapes, output_path = _check(model, convert, parity, output)
     if loaded is None:
-        progress(f"loading {model}")
-        started = time.perf_counter()
-        loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
-        progress(f"loaded in {time.perf_counter() - started:.1f}s")
+        tensorflow_progress()
+        with timed("load", f"loading {model}"):
+            loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
     if parity.inputs and not convert.skip_verify:
         from lambda_export.parity import load_inputs
 
         load_inputs(parity.inputs, loaded.inputs)  # bad inputs fail before the conversion writes anything
-    progress(f"converting (opset {convert.opset}, target {convert.target})")
     checkpoint()
-    result = convert_model(
-        model,
-        None,
-        opset=convert.opset,
-        batch_size=convert.batch_size,
-        input_shapes=input_shapes or None,
-        target=convert.target,
-        optimize=convert.optimize,
-        overwrite=convert.force,
-        loaded=loaded,
-    )
+    with timed("convert", f"converting (opset {convert.opset}, target {convert.target})"):
+        result = convert_model(
+            model,
+            None,
+            opset=convert.opset,
+            batch_size=convert.batch_size,
+            input_shapes=input_shapes or None,
+            target=convert.target,
+            optimize=convert.optimize,
+            overwrite=convert.force,
+            loaded=loaded,
+        )
     checkpoint()  # an interruption swallowed inside TensorFlow/tf2onnx must not end in a written file
-    result.path = save_model_atomic(result.model, output_path, overwrite=convert.force)
+    with timed("write"):
+        result.path = save_model_atomic(result.model, output_path, overwrite=convert.force)
     for warning in result.warnings:
         if not STATE.json:
             click.echo(f"warning: {warning}", err=True)
     STATE.written = result.path
-    progress(f"wrote {result.path} ({result.node_count} nodes)")
+    if not (STATE.json or STATE.quiet):  # said even when piped: the file is the result
+        click.echo(f"wrote {result.path} ({result.node_count} nodes, {size_text(_file_bytes(result.path))})")
     summary: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "model": str(model) if model else None,
         "onnx": result.path,
-        "conversion": _conversion_summary(result),
+        "conversion": _conversion_summary(
+            result, opset=convert.opset, target=convert.target, optimize=convert.optimize
+        ),
     }
     report = None
     if not convert.skip_verify:
         fixed = all(info.shape and info.shape[0] is not None for info in result.inputs)
         report = run_parity(loaded, result.model, parity, fixed_batch=fixed)
     checkpoint()
-    return finish(summary, report, output.report)
+    return finish(summary, report, output.report, conversion=summary["conversion"])
 
 
 def _check(
@@ -147,9 +151,32 @@ def default_output(model: str) -> Path:
     return path.with_suffix(".onnx")
 
 
-def _conversion_summary(result: Any) -> dict[str, Any]:
-    """The ``conversion`` part of the JSON verdict."""
+def size_text(size: int) -> str:
+    """A file size for people: ``850 B``, ``107 kB``, ``3.4 MB``, ``1.20 GB`` (powers of 1000)."""
+    if size < 1000:
+        return f"{size} B"
+    if size < 1000**2:
+        return f"{size / 1000:.0f} kB"
+    if size < 1000**3:
+        return f"{size / 1000**2:.1f} MB"
+    return f"{size / 1000**3:.2f} GB"
+
+
+def _file_bytes(path: str) -> int:
+    """The size of a written model, its external data file (``PATH.data``) included."""
+    total = 0
+    for name in (path, path + ".data"):
+        with contextlib.suppress(OSError):
+            total += os.path.getsize(name)
+    return total
+
+
+def _conversion_summary(result: Any, *, opset: int, target: str, optimize: str) -> dict[str, Any]:
+    """The ``conversion`` part of the JSON verdict (and of ``--report``)."""
     return {
+        "opset": opset,
+        "target": target,
+        "optimize": optimize,
         "nodes": result.node_count,
         "op_histogram": result.op_histogram,
         "passes": result.passes,

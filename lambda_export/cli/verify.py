@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
 
-from lambda_export.cli.app import STATE, checkpoint, progress, set_state
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed
 from lambda_export.cli.options import (
     EXIT_CODES_HELP,
     RESULT_SCHEMA,
@@ -43,14 +44,16 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
 
     output.check_report()
     parity.check()
-    onnx_model = load_onnx(onnx_file)
+    with timed("load"):
+        onnx_model = load_onnx(onnx_file)
     if parity.inputs:
         from lambda_export.graph import graph_io
         from lambda_export.parity import load_inputs
 
         load_inputs(parity.inputs, graph_io(onnx_model)[0])  # bad inputs fail before TensorFlow starts
-    progress(f"loading {model}")
-    loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+    tensorflow_progress()
+    with timed("load", f"loading {model}"):
+        loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
     onnx_inputs = [value.name for value in onnx_model.graph.input]
     expected = [info.name for info in loaded.inputs]
     initializers = {init.name for init in onnx_model.graph.initializer}
@@ -60,7 +63,32 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
     fixed = bool(dims) and dims[0].HasField("dim_value")
     report = run_parity(loaded, onnx_model, parity, fixed_batch=fixed)
     checkpoint()
-    return finish({"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, output.report)
+    summary = onnx_summary(onnx_model) if output.report else None
+    return finish(
+        {"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, output.report, conversion=summary
+    )
+
+
+def onnx_summary(onnx_model: Any) -> dict[str, Any]:
+    """What ``--report`` shows of an ONNX file it did not convert: opset, nodes, ops, and from the metadata that
+    lambda-export writes, the target, the optimization level and the passes (with what the target would refuse)."""
+    import collections
+
+    from lambda_export.targets import TARGETS, check_target
+
+    metadata = {prop.key: prop.value for prop in onnx_model.metadata_props}
+    target = metadata.get("target")
+    return {
+        "opset": next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "target": target,
+        "optimize": metadata.get("optimize"),
+        "nodes": len(onnx_model.graph.node),
+        "op_histogram": dict(sorted(collections.Counter(n.op_type for n in onnx_model.graph.node).items())),
+        "passes": [name for name in metadata.get("rewrite_passes", "").split(",") if name],
+        "warnings": [],
+        "target_issues": [str(issue) for issue in check_target(onnx_model, target)] if target in TARGETS else [],
+        "producer": f"{onnx_model.producer_name} {onnx_model.producer_version}".strip(),
+    }
 
 
 def run_parity(loaded: Any, onnx_model: Any, parity: ParityOptions, *, fixed_batch: bool) -> Any:
@@ -74,6 +102,18 @@ def run_parity(loaded: Any, onnx_model: Any, parity: ParityOptions, *, fixed_bat
 
     config = parity.config(fixed_batch=fixed_batch, int_high=_int_high(loaded))
     return verify(loaded.model, onnx_model, config, loaded=loaded, progress=progress)
+
+
+def _command_timings(parity: dict[str, float]) -> dict[str, float]:
+    """The command's steps (:func:`~lambda_export.cli.app.timed`: load, train, convert, write) followed by the parity
+    engine's, and the whole command as ``total``. The engine's ``load`` (near 0 when it got the loaded model) is added
+    to the command's."""
+    timings = dict(STATE.timings)
+    for step, seconds in parity.items():
+        if step != "total":
+            timings[step] = timings.get(step, 0.0) + seconds
+    timings["total"] = time.perf_counter() - STATE.started if STATE.started else parity.get("total", 0.0)
+    return timings
 
 
 def _int_high(loaded: Any) -> int:
@@ -93,22 +133,28 @@ def _int_high(loaded: Any) -> int:
     return max(1, min([INT_HIGH, *sizes]))
 
 
-def finish(result: dict[str, Any], report: Any, report_path: str | None) -> int:
+def finish(
+    result: dict[str, Any], report: Any, report_path: str | None, *, conversion: dict[str, Any] | None = None
+) -> int:
     """Print the verdict (table or JSON), write the report, and return the exit code.
 
     Args:
         result: what the JSON verdict holds besides the parity (schema, model, onnx, conversion).
         report: the ``ParityReport``, or None when parity was not checked (``--skip-verify``).
         report_path: ``--report``.
+        conversion: the conversion summary (or the ONNX file's, for ``verify``) the report shows.
     """
     exit_code = EXIT_OK
     if report is not None:
         exit_code = EXIT_OK if report.passed else EXIT_PARITY_FAILED
+        if result.get("onnx") and report.model.get("onnx") in (None, "in-memory"):
+            report.model["onnx"] = str(result["onnx"])  # the file the command wrote or read, not the proto in memory
+        report.timings = _command_timings(report.timings)
         result["parity"] = report.to_dict()
         if report_path:
             from lambda_export.report import write_report
 
-            write_report(report, report_path)
+            write_report(report, report_path, conversion=conversion)
             result["report"] = report_path
     result["exit_code"] = exit_code
     result["verdict"] = "pass" if exit_code == EXIT_OK else "fail"

@@ -106,7 +106,7 @@ def test_demo_training_lowers_loss(trained_demo: tuple[keras.Model, dict[str, An
     # Measured over seeds 0-4: first ~2.3, last ~1.3-1.4; chance level is ln(10) = 2.30.
     assert last < 0.8 * first, (first, last)
     assert history["val_loss"] < 0.8 * first
-    assert history["val_accuracy"] > 0.3  # chance is 0.1; measured 0.57-0.70 after 40 steps
+    assert history["val_accuracy"] > 0.3  # chance is 0.1; measured 0.99 after 40 steps (learning rate 1e-2)
     assert len(history["accuracy"]) == TRAIN_STEPS and history["seconds"] > 0
 
 
