@@ -1,7 +1,8 @@
 """Human-readable parity reports: a terminal table, one self-contained HTML file, and JSON.
 
-* :func:`render_text` – provider × output table (worst case over batch sizes, distributions and samples), verdict,
-  skipped providers, first divergent layer.
+* :func:`render_text` – provider × output table (worst case over batch sizes, distributions and samples), the errors
+  against the float64 truth and their ratio (relative rule), warnings, verdict, skipped providers, first divergent
+  layer.
 * :func:`render_html` – the same plus the per-layer divergence chart, an error histogram per output, every row, the
   environment and timings; inline CSS and hand-drawn inline SVG, no script and no external reference, so the file
   opens offline and can be attached to a CI run.
@@ -14,6 +15,7 @@ import html
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,81 @@ def _status(row: ResultRow) -> str:
     return f"FAIL: {row.metrics.problem}" if row.metrics.problem else "FAIL"
 
 
+def _cell_status(row: ResultRow) -> str:
+    """:func:`_status` for a table cell: a failed ONNX Runtime run in one short line (the full text below the table)."""
+    if row.metrics.passed or not row.metrics.problem:
+        return _status(row)
+    return f"FAIL: {_short_problem(row.metrics.problem)}"
+
+
+_ORT_PREFIX = re.compile(r"^ONNX Runtime (failed on|could not create a) \S+( session)?: ")
+_ORT_CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_NODE = re.compile(r"^Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ")
+
+
+def _short_problem(problem: str, limit: int = 64) -> str:
+    """A problem in one short line: ONNX Runtime's error code, source locations and C++ signatures left out."""
+    text = " ".join(problem.split())
+    prefix = _ORT_PREFIX.match(text)
+    if prefix:
+        text = ("ORT session: " if prefix.group(1).startswith("could") else "ORT run: ") + _ORT_CODE.sub(
+            "", text[prefix.end() :]
+        )
+        node = _ORT_NODE.match(text[len("ORT run: ") :]) if text.startswith("ORT run: ") else None
+        if node:
+            detail = text[len("ORT run: ") + node.end() :]
+            detail = re.sub(r"^\S+\.(h|cc|cpp|cu):\d+ ", "", detail)  # the source location
+            detail = re.sub(r"^.*? was false\. ", "", detail)  # the C++ check that failed
+            detail = "" if detail.startswith("onnxruntime::") else detail  # a signature cut off by the length cap
+            text = f"ORT run: {node.group(1)} node {node.group(2)!r}" + (f": {detail}" if detail else " failed")
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _where(row: ResultRow) -> str:
+    """Which inputs a row ran on, in words: ``batch 4, normal inputs`` (``, sample 2`` after the first draw)."""
+    inputs = "your inputs" if row.distribution == "user" else f"{row.distribution} inputs"
+    sample = f", sample {row.sample + 1}" if row.sample else ""
+    return f"batch {row.batch_size}, {inputs}{sample}"
+
+
+def _atol_adds_something(rows: list[ResultRow]) -> bool:
+    """Show "atol to pass" only when a row failed on the absolute tolerance: then it says which atol would pass. On
+    rows that pass it is mostly noise (1e-38 where the rtol term alone covers every value)."""
+    return any(
+        not row.metrics.passed
+        and row.metrics.problem is None
+        and math.isfinite(row.metrics.min_passing_atol)
+        and getattr(row.metrics, "rule", "absolute") == "absolute"
+        for row in rows
+    )
+
+
+def _problems(rows: list[ResultRow]) -> list[str]:
+    """The full text of each distinct problem the table shortened, with the row it came from."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        problem = row.metrics.problem
+        if problem and not row.metrics.passed and _short_problem(problem) != problem and problem not in seen:
+            seen[problem] = f"{_short(row.provider)}, {row.output}, {row.precision}, {_where(row)}: {problem}"
+    return list(seen.values())
+
+
+def _notes(report: ParityReport) -> list[str]:
+    """The report's notes without the one that repeats the first diverging layer (said once, on its own line)."""
+    first = report.first_divergent_layer
+    return [n for n in report.notes if not (first and n.startswith(f"first diverging layer: {first} "))]
+
+
+def _divergence_found_on(report: ParityReport) -> str:
+    """``on CPU, normal inputs``: where the divergence search ran, from the engine's note about it ('' if none)."""
+    first = report.first_divergent_layer
+    for note in report.notes:
+        match = re.match(rf"first diverging layer: {re.escape(first or '')} \(on (\S+), (.+)\)$", note)
+        if first and match:
+            return f"on {_short(match.group(1))}, {match.group(2)}"
+    return ""
+
+
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -62,7 +139,8 @@ def _paint(text: str, colour: str, color: bool) -> str:
     return f"{colour}{text}{_RESET}" if color else text
 
 
-def _worst_rows(rows: list[ResultRow]) -> list[list[str]]:
+def _worst_rows(rows: list[ResultRow], atol: bool = False) -> list[list[str]]:
+    """Table rows: provider, output, precision, max abs, max rel, (atol to pass,) worst case, result."""
     return [
         [
             row.provider,
@@ -70,12 +148,49 @@ def _worst_rows(rows: list[ResultRow]) -> list[list[str]]:
             row.precision,
             _num(row.metrics.max_abs),
             _num(row.metrics.max_rel),
-            _num(row.metrics.min_passing_atol),
-            f"{row.batch_size}/{row.distribution}",
-            _status(row),
+            *([_num(row.metrics.min_passing_atol) if _atol_adds_something([row]) else "—"] if atol else []),
+            _where(row),
+            _cell_status(row),
         ]
         for row in rows
     ]
+
+
+def _rule_text(report: ParityReport) -> str:
+    """One line: which rule decided, with its settings."""
+    if report.float64_available:
+        return (
+            f"error vs a float64 truth (the Keras model in float64) ≤ {report.factor:g} × TensorFlow float32's own "
+            f"+ {report.floor:g} float32 eps of the output's scale, for the max and the RMS"
+        )
+    return f"|onnx − tf| ≤ {report.atol:g} + {report.rtol:g}·|tf|"
+
+
+def _ratio(value: float) -> str:
+    return "—" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.2f}")
+
+
+def _truth_rows(rows: list[ResultRow]) -> list[list[str]]:
+    """Provider, output, TensorFlow's and the export's max error vs float64, the ratios (max, RMS), the rule."""
+    out = []
+    for row in rows:
+        truth = row.metrics.truth
+        if truth is None:
+            continue
+        out.append(
+            [
+                row.provider,
+                row.output,
+                _num(truth.baseline_max),
+                _num(truth.candidate_max),
+                _ratio(truth.ratio_max),
+                _ratio(truth.ratio_rms),
+                _num(truth.allowed_max),
+                _where(row),
+                row.metrics.rule,
+            ]
+        )
+    return out
 
 
 def _verdict(report: ParityReport) -> str:
@@ -91,12 +206,15 @@ def _verdict(report: ParityReport) -> str:
 
 def render_text(report: ParityReport, color: bool = False) -> str:
     """A compact terminal summary: worst case per provider × output, verdict, skipped providers, divergence."""
-    header = ["provider", "output", "prec", "max abs", "max rel", "min atol", "worst at", "result"]
-    lines = [f"parity vs TensorFlow (CPU reference): |onnx − tf| ≤ {report.atol:g} + {report.rtol:g}·|tf|"]
-    table = _table(_worst_rows(report.worst()), header)
-    if report.fp16:
-        lines_fp16 = _worst_rows(report.worst(fp16=True))
-        table = _table(_worst_rows(report.worst()) + lines_fp16, header)
+    worst = report.worst() + (report.worst(fp16=True) if report.fp16 else [])
+    show_atol = _atol_adds_something(worst)
+    header = ["provider", "output", "prec", "max abs", "max rel", *(["atol to pass"] if show_atol else [])]
+    header += ["worst case", "result"]
+    lines = [f"parity vs TensorFlow (CPU reference): {_rule_text(report)}"]
+    table = _table(_worst_rows(worst, atol=show_atol), header)
+    if show_atol:
+        table.append("atol to pass: the smallest atol with which every value of that comparison would pass (same rtol)")
+    table += [f"problem: {problem}" for problem in _problems(worst)]
     for line in table:
         if color and line.rstrip().endswith("PASS"):
             line = line[: -len("PASS")] + _paint("PASS", _GREEN, True)
@@ -104,8 +222,15 @@ def render_text(report: ParityReport, color: bool = False) -> str:
             head, _, tail = line.partition("FAIL")
             line = head + _paint("FAIL" + tail, _RED, True)
         lines.append(line)
+    truth_rows = _truth_rows(report.worst())
+    if truth_rows:
+        lines.append("error vs float64 (max |x − f64|; ratio = export / TensorFlow float32, max and RMS):")
+        truth_header = ["provider", "output", "tf32", "export", "ratio", "rms ratio", "allowed", "worst at", "rule"]
+        lines.extend("  " + line for line in _table(truth_rows, truth_header))
     if report.fp16:
         lines.append(f"float16 tolerances: |onnx − tf| ≤ {report.fp16_atol:g} + {report.fp16_rtol:g}·|tf|")
+    for warning in report.warnings:
+        lines.append(_paint(f"warning: {warning}", _YELLOW, color))
     for provider, reason in report.providers_skipped.items():
         lines.append(_paint(f"skipped {_short(provider)}: {reason}", _YELLOW, color))
     if report.first_divergent_layer:
@@ -114,10 +239,14 @@ def render_text(report: ParityReport, color: bool = False) -> str:
             None,
         )
         where = f" (ONNX tensor {item.onnx_tensor}, max abs {_num(item.max_abs)})" if item else ""
+        if item is not None and item.truth is not None:
+            where += f": {_ratio(item.truth.ratio_max)}× TensorFlow float32's own error there"
+        found_on = _divergence_found_on(report)
+        where += f", found {found_on}" if found_on else ""
         lines.append(_paint(f"first divergent layer: {report.first_divergent_layer}{where}", _RED, color))
     elif report.divergence:
         lines.append(f"per-layer check: {len(report.divergence)} layer(s) compared, none beyond tolerance")
-    for note in report.notes:
+    for note in _notes(report):
         lines.append(_paint(f"note: {note}", _DIM, color))
     verdict = _verdict(report)
     lines.append(_paint(verdict, _GREEN if report.passed else _RED, color))
@@ -133,7 +262,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .pass{background:#1a7f37}.fail{background:#c62828}.skip{background:#9a6700}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}th,td{border:1px solid #dde1e8;padding:4px 8px;text-align:left}
 th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums;font-family:ui-monospace,monospace}
-tr.bad td{background:#fdecea}.muted{color:#5b6472}code{font-family:ui-monospace,monospace;font-size:12px}
+tr.bad td{background:#fdecea}.warn{background:#fff4d6;border-left:4px solid #9a6700;padding:6px 10px}.muted{color:#5b6472}code{font-family:ui-monospace,monospace;font-size:12px}
 svg{background:#fff;border:1px solid #dde1e8;margin:6px 0}details{margin:6px 0}summary{cursor:pointer}
 """
 
@@ -145,8 +274,8 @@ def _e(value: Any) -> str:
 def _html_rows(rows: list[ResultRow], show_all: bool = False) -> str:
     out = [
         "<table><tr><th>provider</th><th>output</th><th>precision</th>"
-        + ("<th>batch</th><th>inputs</th><th>sample</th><th>seed</th>" if show_all else "<th>worst at</th>")
-        + "<th>max abs</th><th>max rel</th><th>mean abs</th><th>within</th><th>min passing atol</th><th>result</th></tr>"
+        + ("<th>batch</th><th>inputs</th><th>sample</th><th>seed</th>" if show_all else "<th>worst case</th>")
+        + "<th>max abs</th><th>max rel</th><th>mean abs</th><th>within</th><th>atol to pass</th><th>result</th></tr>"
     ]
     for row in rows:
         m = row.metrics
@@ -154,13 +283,13 @@ def _html_rows(rows: list[ResultRow], show_all: bool = False) -> str:
             f"<td class=num>{row.batch_size}</td><td>{_e(row.distribution)}</td><td class=num>{row.sample}</td>"
             f"<td class=num>{_e(row.seed if row.seed is not None else '—')}</td>"
             if show_all
-            else f"<td>batch {row.batch_size}, {_e(row.distribution)}</td>"
+            else f"<td>{_e(_where(row))}</td>"
         )
         out.append(
             f"<tr class='{'' if m.passed else 'bad'}'><td>{_e(_short(row.provider))}</td><td>{_e(row.output)}</td>"
             f"<td>{_e(row.precision)}</td>{where}<td class=num>{_num(m.max_abs)}</td><td class=num>{_num(m.max_rel)}</td>"
             f"<td class=num>{_num(m.mean_abs)}</td><td class=num>{m.frac_within * 100:.2f}%</td>"
-            f"<td class=num>{_num(m.min_passing_atol)}</td><td>{_e(_status(row))}</td></tr>"
+            f"<td class=num>{_num(m.min_passing_atol)}</td><td title='{_e(_status(row))}'>{_e(_cell_status(row))}</td></tr>"
         )
     out.append("</table>")
     return "".join(out)
@@ -180,7 +309,7 @@ def _divergence_svg(report: ParityReport) -> str:
     low = 10 ** math.floor(math.log10(min([*finite, report.atol]) if finite else report.atol) - 0.5)
     low = max(low, 1e-12)
     high = 10 ** math.ceil(math.log10(max([*finite, report.atol * 10]) if finite else report.atol * 10) + 0.01)
-    label_w, plot_w, bar_h, top = 240, 600, 16, 28
+    label_w, plot_w, bar_h, top = 240, 600, 16, 46  # the atol label sits on its own line under the title
     height = top + len(items) * (bar_h + 4) + 30
     width = label_w + plot_w + 110
     parts = [
@@ -248,10 +377,11 @@ def _histogram_svg(hist: Any, atol: float) -> str:
             f"<rect x='{x + 1}' y='{top + plot_h - h:.1f}' width='{bar_w - 2}' height='{h:.1f}' fill='{colour}'>"
             f"<title>[{_num(low)}, {_num(high)}): {count}</title></rect>"
         )
-        if index % 2 == 1 or index == 0:
-            label = "0" if low == 0 else f"1e{round(math.log10(low))}"
+        if low > 0 and abs(math.log10(low) - round(math.log10(low))) < 1e-9:
+            # a decade edge: a tick and its label at the bar's left edge, every other bin (44 px apart, labels ≤ 30 px)
             parts.append(
-                f"<text x='{x + bar_w / 2:.1f}' y='{top + plot_h + 12}' text-anchor='middle' fill='#5b6472'>{label}</text>"
+                f"<line x1='{x}' y1='{top + plot_h}' x2='{x}' y2='{top + plot_h + 4}' stroke='#5b6472'/>"
+                f"<text x='{x}' y='{top + plot_h + 15}' text-anchor='middle' fill='#5b6472'>1e{round(math.log10(low))}</text>"
             )
     # atol marker between the bins around it
     position = next((i for i in range(1, n) if edges[i] >= atol), n - 1)
@@ -265,26 +395,61 @@ def _histogram_svg(hist: Any, atol: float) -> str:
             f"<text x='{left}' y='{height - 6}' fill='#c62828'>{hist.nonfinite} NaN/Inf value(s) not counted</text>"
         )
     else:
-        parts.append(f"<text x='{left}' y='{height - 6}' fill='#5b6472'>bins: half decades; last bin open-ended</text>")
+        parts.append(
+            f"<text x='{left}' y='{height - 6}' fill='#5b6472'>bars: half decades; the first from 0, the last "
+            "open-ended</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def render_html(report: ParityReport, title: str = "lambda-export parity report") -> str:
-    """One self-contained HTML page (inline CSS and SVG, no script, no network reference)."""
+def render_html(
+    report: ParityReport, title: str = "lambda-export parity report", *, conversion: dict[str, Any] | None = None
+) -> str:
+    """One self-contained HTML page (inline CSS and SVG, no script, no network reference).
+
+    Args:
+        conversion: what the conversion produced (the ``conversion`` part of the command line's JSON verdict: opset,
+            target, nodes, op histogram, passes, warnings, target issues), shown in its own section.
+    """
     status = "pass" if report.passed else "fail"
+    verdict = _verdict(report).split(": ", 1)[-1]  # the badge says PASS/FAIL
     body = [
         f"<h1>{_e(title)}</h1>",
         f"<p><span class='badge {status}'>{'PASS' if report.passed else 'FAIL'}</span> "
-        f"<span class='muted'>{_e(_verdict(report))}</span></p>",
-        f"<p>Rule: <code>|onnx − tf| ≤ atol + rtol·|tf|</code> with atol = {report.atol:g}, rtol = {report.rtol:g}; "
-        f"NaN or Inf on either side fails. Reference: Keras, <code>training=False</code>, TensorFlow on the CPU. "
-        f"TF32 {'allowed' if report.tf32 else 'off'}.</p>",
-        f"<p class=muted>Model: <code>{_e(report.model.get('source', '?'))}</code> → "
+        f"<span class='muted'>{_e(verdict)}</span></p>",
+        _html_rule(report),
+        f"<p class=muted>Keras model <code>{_e(report.model.get('source', '?'))}</code> → ONNX model "
         f"<code>{_e(report.model.get('onnx', '?'))}</code></p>",
+        *(f"<p class='warn'>⚠ {_e(w)}</p>" for w in report.warnings),
         "<h2>Worst case per provider and output</h2>",
         _html_rows(report.worst()),
+        "<p class=muted><i>max abs</i>, <i>max rel</i>, <i>mean abs</i>: |onnx − tf| and |onnx − tf| / |tf| over the "
+        "values of the worst comparison; <i>within</i>: the share of its values that pass; <i>atol to pass</i>: the "
+        "smallest atol with which every value would pass at the same rtol (far below atol when the rtol term alone "
+        "covers every value).</p>",
+        *(f"<p class=muted>Problem: {_e(problem)}</p>" for problem in _problems(report.worst())),
     ]
+    truth_rows = _truth_rows(report.worst())
+    if truth_rows:
+        body.append(
+            "<h2>Against the float64 truth</h2><p>The Keras model rebuilt in float64 with the same weights, on the same "
+            "inputs. <i>tf32</i>: TensorFlow float32's own error against it; <i>export</i>: the ONNX output's; "
+            "<i>ratio</i>: export / TensorFlow (max, and root mean square of the elementwise errors); <i>allowed</i>: "
+            f"{report.factor:g} × TensorFlow's max + the floor.</p><table><tr><th>provider</th><th>output</th>"
+            "<th>tf32 max err</th><th>export max err</th><th>ratio</th><th>RMS ratio</th><th>allowed</th>"
+            "<th>worst at</th><th>rule</th></tr>"
+        )
+        for cells in truth_rows:
+            cells = [_short(cells[0]), *cells[1:]]
+            body.append(
+                "<tr>"
+                + "".join(
+                    f"<td class=num>{_e(c)}</td>" if 2 <= i <= 6 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
+                )
+                + "</tr>"
+            )
+        body.append("</table>")
     if report.fp16:
         body += [
             f"<h2>float16</h2><p>Tolerances atol = {report.fp16_atol:g}, rtol = {report.fp16_rtol:g}, "
@@ -302,7 +467,9 @@ def render_html(report: ParityReport, title: str = "lambda-export parity report"
         first = report.first_divergent_layer
         body.append("<h2>Per-layer divergence</h2>")
         body.append(
-            f"<p>First divergent layer: <b>{_e(first)}</b></p>" if first else "<p>No layer beyond tolerance.</p>"
+            f"<p>First divergent layer: <b>{_e(first)}</b> {_e(_divergence_found_on(report))}</p>"
+            if first
+            else "<p>No layer beyond tolerance.</p>"
         )
         body.append(_divergence_svg(report))
         body.append(
@@ -312,13 +479,15 @@ def render_html(report: ParityReport, title: str = "lambda-export parity report"
         )
         body.append(
             "<details><summary>Layer matches</summary><table><tr><th>layer</th><th>class</th><th>ONNX tensor</th>"
-            "<th>layout</th><th>matched by</th><th>fused</th><th>max abs</th><th>result</th></tr>"
+            "<th>layout</th><th>matched by</th><th>fused</th><th>max abs</th><th>ratio vs tf32 (f64)</th>"
+            "<th>result</th></tr>"
         )
         for d in report.divergence:
+            ratio = _ratio(d.truth.ratio_max) if d.truth is not None else "—"
             body.append(
                 f"<tr class='{'' if d.passed else 'bad'}'><td>{_e(d.layer)}</td><td>{_e(d.class_name)}</td>"
                 f"<td><code>{_e(d.onnx_tensor)}</code></td><td>{_e(d.layout)}</td><td>{_e(d.matched_by)}</td>"
-                f"<td>{_e(', '.join(d.fused))}</td><td class=num>{_num(d.max_abs)}</td>"
+                f"<td>{_e(', '.join(d.fused))}</td><td class=num>{_num(d.max_abs)}</td><td class=num>{ratio}</td>"
                 f"<td>{'pass' if d.passed else _e('FAIL' + (': ' + d.problem if d.problem else ''))}</td></tr>"
             )
         body.append("</table></details>")
@@ -331,8 +500,10 @@ def render_html(report: ParityReport, title: str = "lambda-export parity report"
         for hist in report.histograms:
             tolerance = report.atol if hist.precision == "fp32" else report.fp16_atol
             body.append(_histogram_svg(hist, tolerance))
-    if report.notes:
-        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report.notes) + "</ul>")
+    if _notes(report):
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in _notes(report)) + "</ul>")
+    if conversion:
+        body.append(_conversion_html(conversion))
     body.append(
         "<h2>All comparisons</h2><details><summary>"
         + f"{len(report.results) + len(report.fp16_results)} rows</summary>"
@@ -350,6 +521,48 @@ def render_html(report: ParityReport, title: str = "lambda-export parity report"
     )
 
 
+def _html_rule(report: ParityReport) -> str:
+    """The paragraph saying which rule decided and what the reference is."""
+    common = (
+        "NaN or Inf on either side fails. Reference: Keras, <code>training=False</code>, TensorFlow on the CPU. "
+        f"TF32 {'allowed' if report.tf32 else 'off'}."
+    )
+    if report.float64_available:
+        return (
+            "<p>Rule: relative to TensorFlow. The export passes when its error against a float64 truth (the Keras model "
+            f"in float64, same weights and inputs) is at most {report.factor:g} × TensorFlow float32's own error plus "
+            f"{report.floor:g} float32 eps of the output's scale, for the max and for the RMS of the elementwise "
+            f"errors. {common}</p>"
+        )
+    why = f" (no float64 reference: {_e(report.float64_reason)})" if report.float64_reason else ""
+    return (
+        f"<p>Rule{why}: <code>|onnx − tf| ≤ atol + rtol·|tf|</code> with atol = {report.atol:g}, "
+        f"rtol = {report.rtol:g}; {common}</p>"
+    )
+
+
+def _conversion_html(conversion: dict[str, Any]) -> str:
+    """The "ONNX model" section: opset, target, nodes, op histogram, passes, warnings and what the target refuses."""
+    ops = conversion.get("op_histogram") or {}
+    facts = {
+        "opset": conversion.get("opset", "?"),
+        "target": conversion.get("target") or "—",
+        "optimize": conversion.get("optimize") or "—",
+        "nodes": conversion.get("nodes", "?"),
+        "ops": ", ".join(f"{op} × {count}" for op, count in ops.items()) or "—",
+        "rewrite passes": ", ".join(conversion.get("passes") or []) or "none",
+    }
+    if conversion.get("producer"):
+        facts["producer"] = conversion["producer"]
+    issues = [*(conversion.get("warnings") or []), *(conversion.get("target_issues") or [])]
+    listed = "".join(f"<li>{_e(issue)}</li>" for issue in issues)
+    return (
+        "<h2>ONNX model</h2>"
+        + _kv_table(facts)
+        + (f"<p>Warnings ({len(issues)}):</p><ul>{listed}</ul>" if issues else "<p class=muted>No target warnings.</p>")
+    )
+
+
 def _kv_table(data: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_e(', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v)}</td></tr>"
@@ -358,8 +571,16 @@ def _kv_table(data: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
-def write_report(report: ParityReport, path: str | os.PathLike[str], *, title: str | None = None) -> str:
+def write_report(
+    report: ParityReport,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    conversion: dict[str, Any] | None = None,
+) -> str:
     """Write ``report`` as JSON (``.json``) or HTML (``.html``/``.htm``), atomically (temporary file + rename).
+
+    ``conversion`` (see :func:`render_html`) is shown in the HTML and, in JSON, added under the key ``conversion``.
 
     The file gets the mode of the report it replaces, or the umask's default
     (:func:`lambda_export.io.write_text_atomic`).
@@ -370,9 +591,12 @@ def write_report(report: ParityReport, path: str | os.PathLike[str], *, title: s
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        text = json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"
+        data = report.to_dict()
+        if conversion:
+            data["conversion"] = conversion
+        text = json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"
     elif suffix in (".html", ".htm"):
-        text = render_html(report, title=title or "lambda-export parity report")
+        text = render_html(report, title=title or "lambda-export parity report", conversion=conversion)
     else:
         raise InputError(f"{path}: a report must end in .json or .html, not {suffix or 'no suffix'!r}")
     return write_text_atomic(path, text, what="the report")

@@ -74,7 +74,7 @@ FLAGS = {
     "imports": "--import",
     "imports=[MODULE_OR_FILE]": "--import MODULE_OR_FILE",
     # lambda_export.triton
-    "name": "--name",
+    "name=NAME": "--name",
     "version": "--version",
     "instances": "--instances",
     "max_batch_size": "--max-batch-size",
@@ -89,6 +89,7 @@ FLAGS = {
     "providers": "--providers",
     "atol": "--atol",
     "rtol": "--rtol",
+    "rule": "--rule",
     "inputs": "--inputs",
     "samples": "--samples",
     "seed": "--seed",
@@ -201,8 +202,8 @@ class ParityOptions:
     """How the parity check runs: ``--providers``, ``--atol``/``--rtol``, ``--inputs``, ``--batch-sizes``, ... ."""
 
     providers: str | None = None  # as typed; see provider_list()
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float | None = None  # None: not given (1e-4 where the absolute rule applies)
+    rtol: float | None = None  # None: not given (1e-3)
     inputs: str | None = None  # .npz / .npy path
     samples: int = 1
     seed: int = 0
@@ -210,6 +211,17 @@ class ParityOptions:
     fp16: bool = False
     tf32: bool = False
     locate: bool = True
+    rule: str | None = None  # --rule; None: not given (absolute when --atol/--rtol are given, else relative)
+
+    def tolerances(self) -> tuple[float, float]:
+        """(atol, rtol): the values given, or the defaults 1e-4 and 1e-3."""
+        return (1e-4 if self.atol is None else self.atol, 1e-3 if self.rtol is None else self.rtol)
+
+    def resolved_rule(self) -> str:
+        """``--rule`` when given; else ``absolute`` when a tolerance was given explicitly, ``relative`` otherwise."""
+        if self.rule:
+            return self.rule
+        return "absolute" if self.atol is not None or self.rtol is not None else "relative"
 
     def provider_list(self) -> list[str] | None:
         """The providers asked for, or None for every available one."""
@@ -229,7 +241,7 @@ class ParityOptions:
         """
         from lambda_export.parity.metrics import check_tolerance
 
-        check_tolerance(self.atol, self.rtol)
+        check_tolerance(*self.tolerances())
         self.config(fixed_batch=False).validate()
 
     def config(self, *, fixed_batch: bool, **fields: Any) -> ParityConfig:
@@ -246,8 +258,8 @@ class ParityOptions:
 
         return ParityConfig(
             providers=self.provider_list(),
-            atol=self.atol,
-            rtol=self.rtol,
+            atol=self.tolerances()[0],
+            rtol=self.tolerances()[1],
             inputs=self.inputs,
             batch_sizes=(None,) if fixed_batch else self.batch_size_list(),
             samples=self.samples,
@@ -255,6 +267,7 @@ class ParityOptions:
             tf32=self.tf32,
             locate="on_failure" if self.locate else "never",
             fp16=self.fp16,
+            rule=self.resolved_rule(),
             **fields,
         )
 
@@ -370,11 +383,18 @@ parity_options = _option_group(
         click.option(
             "--atol",
             type=float,
-            default=_PARITY.atol,
-            show_default=True,
-            help="Absolute tolerance: |onnx − tf| ≤ atol + rtol·|tf|.",
+            default=None,
+            show_default="1e-4",
+            help="Absolute tolerance: |onnx − tf| ≤ atol + rtol·|tf|; giving it (or --rtol) selects --rule absolute.",
         ),
-        click.option("--rtol", type=float, default=_PARITY.rtol, show_default=True, help="Relative tolerance."),
+        click.option("--rtol", type=float, default=None, show_default="1e-3", help="Relative tolerance."),
+        click.option(
+            "--rule",
+            type=click.Choice(["relative", "absolute"]),
+            help="relative (default): judge the export against the Keras model run in float64, relative to "
+            "TensorFlow float32's own error; absolute (the default when --atol or --rtol is given): "
+            "|onnx − tf| ≤ atol + rtol·|tf|.",
+        ),
         click.option(
             "--inputs",
             type=click.Path(dir_okay=False),

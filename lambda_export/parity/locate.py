@@ -2,9 +2,12 @@
 
 :func:`locate_divergence` runs a per-layer Keras model and a copy of the ONNX graph that outputs every float
 intermediate tensor, matches each layer to ONNX tensors (by name, then by shape between its neighbours' matches, in
-either layout), and names the first layer beyond tolerance. Helpers, in the order they run:
+either layout), and names the first layer beyond tolerance: by the relative rule when given the float64 clone of the
+model (each layer's export error against its float64 output within a factor of TensorFlow float32's own error there),
+else by the absolute one. Helpers, in the order they run:
 
 * :func:`_keras_layer_outputs`: each top-level layer's single output tensor, and which layers read it;
+* :func:`_float64_layer_outputs`: the same layers' outputs in the float64 clone;
 * :func:`_with_intermediate_outputs`, :func:`_run_onnx`: the ONNX side's values;
 * :class:`_Owners`, :func:`_node_owners`: the layer each ONNX node belongs to (and layers fused into another's node);
 * :class:`_Matching`: the closest candidate tensor of a layer (:func:`_layouts`: NHWC↔NCHW);
@@ -24,7 +27,16 @@ import onnx
 from lambda_export import ort
 from lambda_export.loading import LoadedModel
 from lambda_export.ort import CPU
-from lambda_export.parity.metrics import DEFAULT_ATOL, DEFAULT_RTOL, Metrics, compare
+from lambda_export.parity.metrics import (
+    DEFAULT_ATOL,
+    DEFAULT_FACTOR,
+    DEFAULT_FLOOR,
+    DEFAULT_RTOL,
+    Metrics,
+    compare,
+    compare_to_truth,
+)
+from lambda_export.parity.reference import run_float64
 from lambda_export.parity.results import LayerDivergence
 from lambda_export.parity.running import first_line, keras_feed, model_bytes, run_keras
 
@@ -147,6 +159,28 @@ def _functional_layer_outputs(
     return probes, successors
 
 
+def _float64_layer_outputs(
+    loaded: LoadedModel, truth_model: Any, probes: list[tuple[Any, Any]], feed: dict[str, np.ndarray]
+) -> list[np.ndarray | None]:
+    """The float64 clone's output of each probed layer (same names) on ``feed``; None where a layer has none.
+
+    Raises:
+        Exception: the clone's per-layer model cannot be built or run (the caller notes it and judges absolutely).
+    """
+    import keras
+
+    layers = [layer for layer in truth_model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    found, _ = _keras_layer_outputs(truth_model, layers, {})
+    by_name = {layer.name: output for layer, output in found}
+    wanted = [by_name.get(layer.name) for layer, _ in probes]
+    tensors = [tensor for tensor in wanted if tensor is not None]
+    if not tensors:
+        return [None] * len(probes)
+    probe = keras.Model(inputs=truth_model.input, outputs=tensors)
+    values = iter(run_float64(probe, loaded, feed))
+    return [None if tensor is None else next(values) for tensor in wanted]
+
+
 # -- the ONNX side -------------------------------------------------------------------------------------------------
 
 
@@ -235,6 +269,8 @@ class _Matching:
     fused_into: dict[str, str]  # layer → the later layer whose node computes it too
     atol: float
     rtol: float
+    factor: float = DEFAULT_FACTOR
+    floor: float = DEFAULT_FLOOR
 
     def by_owner(self) -> dict[str, list[_Candidate]]:
         """Layer → the output tensors of its nodes (matched by name), in graph order."""
@@ -277,16 +313,39 @@ class _Matching:
                     best = (key, candidate, layout, metrics)
         return None if best is None else best[1:]
 
+    def judge(
+        self, reference: np.ndarray, truth: np.ndarray | None, candidate: _Candidate, layout: str, closest: Metrics
+    ) -> Metrics:
+        """The verdict on a layer's match: the relative rule against the float64 output, else ``closest`` (absolute)."""
+        if truth is None:
+            return closest
+        perm = dict(_layouts(reference.shape))[layout]
+        value = self.values[candidate.tensor]
+        expected = reference if perm is None else np.transpose(reference, perm)
+        exact = truth if perm is None else np.transpose(truth, perm)
+        try:
+            return compare_to_truth(exact, expected, value, self.atol, self.rtol, factor=self.factor, floor=self.floor)
+        except ValueError:
+            return closest
+
 
 def _match_layers(
-    probes: list[tuple[Any, Any]], keras_values: list[np.ndarray], matching: _Matching, unmatched: dict[str, str]
+    probes: list[tuple[Any, Any]],
+    keras_values: list[np.ndarray],
+    truth_values: list[np.ndarray | None],
+    matching: _Matching,
+    unmatched: dict[str, str],
 ) -> list[LayerDivergence]:
-    """Each probed layer against its best ONNX tensor, in topological order; layers without one go to ``unmatched``."""
+    """Each probed layer against its best ONNX tensor, in topological order; layers without one go to ``unmatched``.
+
+    The closest tensor is chosen against the float32 Keras output; the verdict is the relative rule's where the
+    layer has a float64 output (``truth_values``), the absolute rule's otherwise.
+    """
     by_owner = matching.by_owner()
     order, fused_into = matching.order, matching.fused_into
     results: list[LayerDivergence] = []
     last_index = -1
-    for (layer, _), reference in zip(probes, keras_values, strict=True):
+    for (layer, _), reference, truth in zip(probes, keras_values, truth_values, strict=True):
         match = matching.best(reference, by_owner.get(layer.name, []))
         if match is None and layer.name not in fused_into:
             match = matching.best(reference, matching.window(layer.name, last_index))
@@ -297,6 +356,7 @@ def _match_layers(
                 unmatched[layer.name] = "no ONNX tensor named after it with a matching shape"
             continue
         candidate, layout, metrics = match
+        metrics = matching.judge(reference, truth, candidate, layout, metrics)
         last_index = max(last_index, candidate.node_index)
         fused = [
             name
@@ -317,6 +377,8 @@ def _match_layers(
                 max_rel=metrics.max_rel,
                 min_passing_atol=metrics.min_passing_atol,
                 problem=metrics.problem,
+                rule=metrics.rule,
+                truth=metrics.truth,
             )
         )
     return results
@@ -380,8 +442,17 @@ def locate_divergence(
     rtol: float = DEFAULT_RTOL,
     provider: str = CPU,
     tf32: bool = False,
+    truth_model: Any = None,
+    factor: float = DEFAULT_FACTOR,
+    floor: float = DEFAULT_FLOOR,
 ) -> tuple[list[LayerDivergence], str | None, dict[str, str], list[str]]:
     """Compare every Keras layer's output with its ONNX counterpart and name the first layer that diverges.
+
+    A layer diverges by the rule of the check: with ``truth_model`` (the float64 clone of the model, see
+    :func:`lambda_export.parity.reference.float64_model`) when its ONNX tensor is further from the float64 layer
+    output than ``factor`` times TensorFlow float32's own error there, plus ``floor`` float32 epsilons of its scale
+    (:func:`lambda_export.parity.metrics.compare_to_truth`), so rounding that grows through a deep network is not
+    blamed on a layer; without it when ``|onnx − tf| > atol + rtol·|tf|`` somewhere.
 
     Keras side: a functional model that outputs each top-level layer's output (layers with one tensor output, used
     once; a nested model counts as one layer). ONNX side: a copy of the graph with every float intermediate tensor as
@@ -398,7 +469,7 @@ def locate_divergence(
     * among candidates (and layouts, e.g. a square 16×16×16 tensor) the closest to the Keras output is taken, ties
       going to the last one in graph order.
 
-    A layer whose match exceeds the tolerance diverges, unless every matched layer reading its output (directly or
+    A layer whose match fails the rule diverges, unless every matched layer reading its output (directly or
     through unmatched layers) agrees again: then the match is taken for a tensor the rewrites changed (a MatMul whose
     weights carry the next batch norm's scale) and the layer is listed as unmatched. The first diverging layer in
     topological order is returned (the earliest of its fused layers, when it has some).
@@ -422,6 +493,13 @@ def locate_divergence(
     except Exception as exc:
         return [], None, unmatched, [f"cannot build the per-layer Keras model: {first_line(exc)}"]
 
+    truth_values: list[np.ndarray | None] = [None] * len(probes)
+    if truth_model is not None:
+        try:
+            truth_values = _float64_layer_outputs(loaded, truth_model, probes, feed)
+        except Exception as exc:
+            notes.append(f"no per-layer float64 reference ({first_line(exc)}): layers judged by the absolute rule")
+
     extended = _with_intermediate_outputs(onnx_model)
     try:
         values = _run_onnx(extended, feed, provider, tf32)
@@ -431,8 +509,8 @@ def locate_divergence(
     graph = onnx_model.graph
     owners = _Owners(order, getattr(model, "name", ""), [node.name for node in graph.node])
     node_owner, fused_into = _node_owners(graph, owners, order)
-    matching = _Matching(graph, values, order, node_owner, fused_into, atol, rtol)
-    results = _match_layers(probes, keras_values, matching, unmatched)
+    matching = _Matching(graph, values, order, node_owner, fused_into, atol, rtol, factor, floor)
+    results = _match_layers(probes, keras_values, truth_values, matching, unmatched)
     results = _drop_folded(results, successors, unmatched)
     first = _first_divergent(results, order, notes)
     return results, first, unmatched, notes

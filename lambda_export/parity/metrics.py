@@ -1,11 +1,23 @@
-"""How close one array is to another: the pass rule, its tolerances, and the histogram of the errors.
+"""How close one array is to another: the pass rules, their settings, and the histogram of the errors.
 
-An element passes when ``|candidate − reference| ≤ atol + rtol·|reference|`` (evaluated in float64 as
-``|c − r| − rtol·|r| ≤ atol``); a NaN or Inf on either side is always a failure with its own message.
+Two rules decide whether an ONNX output matches its Keras model (:data:`RULES`):
+
+* ``"relative"`` (the default): both are judged against a float64 truth, the Keras model run in float64 on the same
+  inputs. The export passes when its error against the truth is within :data:`DEFAULT_FACTOR` times TensorFlow
+  float32's own error, plus a floor of :data:`DEFAULT_FLOOR` float32 units of the output's scale, both for the max
+  and for the root mean square of the elementwise errors (:func:`compare_to_truth`). An export is wrong when it moves
+  the outputs more than float32 itself does, however deep the network and whatever the size of its outputs.
+* ``"absolute"``: an element passes when ``|candidate − reference| ≤ atol + rtol·|reference|`` (evaluated in float64
+  as ``|c − r| − rtol·|r| ≤ atol``) against TensorFlow's float32 output (:func:`compare`). Used when asked for, when
+  no float64 reference can be built, and for the float16 check.
+
+A NaN or Inf on either side is always a failure with its own message.
 
 * :data:`DEFAULT_ATOL`, :data:`DEFAULT_RTOL` (float32) and :data:`FP16_ATOL`, :data:`FP16_RTOL` (float16 export);
-  :func:`check_tolerance` refuses a negative or non-finite one.
-* :func:`compare` → :class:`Metrics` (max/mean errors, the fraction within tolerance, the smallest passing atol).
+  :func:`check_tolerance` refuses a negative or non-finite one; :func:`check_rule` a bad rule, factor or floor.
+* :func:`compare` → :class:`Metrics` (max/mean errors, the fraction within tolerance, the smallest passing atol);
+  :func:`compare_to_truth` → the same :class:`Metrics` with :class:`TruthErrors` (errors against float64) and the
+  relative rule's verdict.
 * :class:`ErrorHistogram`: |onnx − tf| counted in the half-decade bins :data:`HISTOGRAM_EDGES`.
 * :func:`finite_or_none`, :func:`none_to`: JSON's ``null`` for a value that is not finite, and back.
 """
@@ -22,14 +34,22 @@ from lambda_export.errors import InputError
 
 __all__ = [
     "DEFAULT_ATOL",
+    "DEFAULT_FACTOR",
+    "DEFAULT_FLOOR",
     "DEFAULT_RTOL",
+    "FLOAT32_EPS",
     "FP16_ATOL",
     "FP16_RTOL",
     "HISTOGRAM_EDGES",
+    "RULES",
     "ErrorHistogram",
     "Metrics",
+    "TruthErrors",
+    "check_rule",
     "check_tolerance",
     "compare",
+    "compare_to_truth",
+    "error_against",
     "finite_or_none",
     "none_to",
 ]
@@ -38,6 +58,16 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 FP16_ATOL = 1e-2
 FP16_RTOL = 1e-2
+
+RULES = ("relative", "absolute")
+"""The pass rules: against a float64 truth relative to TensorFlow float32's own error, or ``atol + rtol·|tf|``."""
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+"""2⁻²³ ≈ 1.19e-7: the spacing of float32 numbers at 1 (an element's rounding is at most half of it, relative)."""
+DEFAULT_FACTOR = 6.0
+"""Relative rule: the export may be this many times further from the float64 truth than TensorFlow float32 is."""
+DEFAULT_FLOOR = 8.0
+"""Relative rule: errors up to this many :data:`FLOAT32_EPS` of the output's scale always pass (when TensorFlow
+float32 happens to be exact, e.g. a saturated softmax)."""
 
 HISTOGRAM_EDGES: tuple[float, ...] = (0.0, *(10.0 ** (k / 2) for k in range(-20, 7)))
 """Histogram bin edges of |onnx − tf|: 0, then 1e-10 … 1e3 every half decade; the last bin is [1e3, ∞)."""
@@ -55,6 +85,98 @@ def none_to(value: Any, default: float) -> float:
     return default if value is None else float(value)
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; NaN for 0/0 (no error on either side), inf for x/0."""
+    if denominator > 0:
+        return numerator / denominator
+    return float("nan") if numerator == 0 else float("inf")
+
+
+@dataclass
+class TruthErrors:
+    """Errors against the float64 truth: TensorFlow float32's own, the candidate's, and what the relative rule allows.
+
+    Attributes:
+        reference_max, reference_rms: max and root mean square of |tf − f64| over the elements (TensorFlow float32's
+            own rounding error on these inputs).
+        candidate_max, candidate_rms: the same for |candidate − f64| (the ONNX output's error).
+        allowed_max, allowed_rms: ``factor · baseline + floor · FLOAT32_EPS · scale``, with the truth's max |f64| as
+            the scale of the max and its root mean square as the scale of the RMS.
+        scale: max |f64|.
+        baseline_max, baseline_rms: TensorFlow float32's error the rule compares with: the largest over the input
+            sets of the same output and input distribution (one sample's own error fluctuates by ~3× from one draw
+            to the next), ``reference_max``/``reference_rms`` for a single set.
+    """
+
+    reference_max: float
+    reference_rms: float
+    candidate_max: float
+    candidate_rms: float
+    allowed_max: float
+    allowed_rms: float
+    scale: float = 0.0
+    baseline_max: float | None = None
+    baseline_rms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.baseline_max is None:
+            self.baseline_max = self.reference_max
+        if self.baseline_rms is None:
+            self.baseline_rms = self.reference_rms
+
+    @property
+    def ratio_max(self) -> float:
+        """candidate_max / baseline_max (NaN when both are 0, inf when only TensorFlow is exact)."""
+        return _ratio(self.candidate_max, float(self.baseline_max))
+
+    @property
+    def ratio_rms(self) -> float:
+        """candidate_rms / baseline_rms."""
+        return _ratio(self.candidate_rms, float(self.baseline_rms))
+
+    @property
+    def excess(self) -> float:
+        """The larger of candidate / allowed for the max and the RMS: the rule passes when it is ≤ 1."""
+        return max(
+            0.0 if self.candidate_max == 0 else _ratio(self.candidate_max, self.allowed_max),
+            0.0 if self.candidate_rms == 0 else _ratio(self.candidate_rms, self.allowed_rms),
+        )
+
+    @property
+    def passed(self) -> bool:
+        return self.candidate_max <= self.allowed_max and self.candidate_rms <= self.allowed_rms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tf_max": finite_or_none(float(self.reference_max)),
+            "tf_rms": finite_or_none(float(self.reference_rms)),
+            "baseline_max": finite_or_none(float(self.baseline_max)),
+            "baseline_rms": finite_or_none(float(self.baseline_rms)),
+            "onnx_max": finite_or_none(float(self.candidate_max)),
+            "onnx_rms": finite_or_none(float(self.candidate_rms)),
+            "ratio_max": finite_or_none(float(self.ratio_max)),
+            "ratio_rms": finite_or_none(float(self.ratio_rms)),
+            "allowed_max": finite_or_none(float(self.allowed_max)),
+            "allowed_rms": finite_or_none(float(self.allowed_rms)),
+            "scale": finite_or_none(float(self.scale)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TruthErrors:
+        inf = float("inf")
+        return cls(
+            reference_max=none_to(data.get("tf_max"), inf),
+            reference_rms=none_to(data.get("tf_rms"), inf),
+            candidate_max=none_to(data.get("onnx_max"), inf),
+            candidate_rms=none_to(data.get("onnx_rms"), inf),
+            allowed_max=none_to(data.get("allowed_max"), 0.0),
+            allowed_rms=none_to(data.get("allowed_rms"), 0.0),
+            scale=none_to(data.get("scale"), 0.0),
+            baseline_max=data.get("baseline_max"),
+            baseline_rms=data.get("baseline_rms"),
+        )
+
+
 @dataclass
 class Metrics:
     """Agreement of a candidate array with a reference array.
@@ -70,6 +192,11 @@ class Metrics:
         problem: None, or why it failed beyond tolerance: "NaN in ONNX output (…)", "Inf in TF reference (…)",
             "shape mismatch: …".
         size: number of elements compared.
+        rule: the rule that decided ``passed``: "absolute" (``atol + rtol·|tf|``) or "relative" (against float64).
+        truth: the errors against the float64 truth (None when there is none, e.g. under the absolute rule).
+
+    ``max_abs``, ``max_rel``, ``mean_abs``, ``frac_within`` and ``min_passing_atol`` always compare the candidate with
+    TensorFlow's float32 output under the absolute rule's tolerances, whichever rule decided.
     """
 
     max_abs: float
@@ -80,6 +207,8 @@ class Metrics:
     passed: bool
     problem: str | None = None
     size: int = 0
+    rule: str = "absolute"
+    truth: TruthErrors | None = None
 
     @classmethod
     def failure(cls, problem: str) -> Metrics:
@@ -96,6 +225,8 @@ class Metrics:
             "passed": bool(self.passed),
             "problem": self.problem,
             "size": int(self.size),
+            "rule": self.rule,
+            "vs_float64": None if self.truth is None else self.truth.to_dict(),
         }
 
     @classmethod
@@ -110,6 +241,8 @@ class Metrics:
             passed=bool(data.get("passed")),
             problem=data.get("problem"),
             size=int(data.get("size", 0)),
+            rule=data.get("rule", "absolute"),
+            truth=None if data.get("vs_float64") is None else TruthErrors.from_dict(data["vs_float64"]),
         )
 
 
@@ -126,6 +259,24 @@ def check_tolerance(atol: float, rtol: float, *, names: tuple[str, str] = ("atol
     for name, value in zip(names, (atol, rtol), strict=True):
         if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value!r}: must be a finite number >= 0", argument=name)
+
+
+def check_rule(rule: str, factor: float, floor: float) -> None:
+    """Refuse a rule outside :data:`RULES`, a factor that is not a finite number >= 1, a floor that is not >= 0.
+
+    Raises:
+        InputError: the message starts with the offending argument (``rule``, ``factor``, ``floor``).
+    """
+    if rule not in RULES:
+        raise InputError(f"rule {rule!r}: choose among {', '.join(RULES)}", argument="rule")
+    for name, value, low in (("factor", factor, 1.0), ("floor", floor, 0.0)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.floating, np.integer))
+            or not math.isfinite(value)
+            or value < low
+        ):
+            raise InputError(f"{name} {value!r}: must be a finite number >= {low:g}", argument=name)
 
 
 def compare(
@@ -179,6 +330,83 @@ def compare(
         )
     min_passing = max(0.0, float(excess.max()))
     return Metrics(max_abs, max_rel, mean_abs, float(within.sum()) / size, min_passing, bool(within.all()), None, size)
+
+
+def compare_to_truth(
+    truth: np.ndarray,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    atol: float,
+    rtol: float,
+    *,
+    factor: float = DEFAULT_FACTOR,
+    floor: float = DEFAULT_FLOOR,
+    baseline: tuple[float, float] | None = None,
+    reference_name: str = "TF reference",
+    candidate_name: str = "ONNX output",
+) -> Metrics:
+    """The relative rule: ``candidate`` passes when it is within ``factor`` times ``reference``'s error of ``truth``.
+
+    With e_tf = |reference − truth| and e_c = |candidate − truth| elementwise (in float64), the candidate passes when
+
+        max e_c ≤ factor · max e_tf + floor · FLOAT32_EPS · max |truth|     and
+        rms e_c ≤ factor · rms e_tf + floor · FLOAT32_EPS · rms truth
+
+    where ``baseline`` = (max, rms), when given, replaces (max e_tf, rms e_tf): TensorFlow's error over several input
+    sets of the same kind (:func:`lambda_export.parity.verify` passes the largest over the sets of one distribution).
+
+    The max catches a few elements gone wrong (one channel of a batch norm), the root mean square a small error spread
+    over every element (a weight off by 1e-3), which hides below the max's noise. The other fields of the returned
+    :class:`Metrics` compare ``candidate`` with ``reference`` as :func:`compare` does (with ``atol``/``rtol``); NaN,
+    Inf or a shape mismatch fail there with a ``problem``, whatever the truth says.
+
+    Raises:
+        InputError: a bad tolerance, factor or floor.
+        ValueError: ``truth`` has another shape than ``reference``, or NaN/Inf where ``reference`` is finite (the
+            caller falls back to the absolute rule).
+    """
+    check_rule("relative", factor, floor)
+    metrics = compare(reference, candidate, atol, rtol, reference_name=reference_name, candidate_name=candidate_name)
+    metrics.rule = "relative"
+    if metrics.problem is not None or metrics.size == 0:
+        return metrics
+    t = np.asarray(truth, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    c = np.asarray(candidate, dtype=np.float64)
+    if t.shape != r.shape or not np.isfinite(t).all():
+        raise ValueError("the float64 truth has another shape or non-finite values")
+    ref_err = np.abs(r - t)
+    cand_err = np.abs(c - t)
+    scale = float(np.abs(t).max())
+    scale_rms = float(np.sqrt(np.mean(t * t)))
+    ref_max, ref_rms = float(ref_err.max()), float(np.sqrt(np.mean(ref_err * ref_err)))
+    base_max, base_rms = (
+        (ref_max, ref_rms) if baseline is None else (max(baseline[0], ref_max), max(baseline[1], ref_rms))
+    )
+    errors = TruthErrors(
+        reference_max=ref_max,
+        reference_rms=ref_rms,
+        candidate_max=float(cand_err.max()),
+        candidate_rms=float(np.sqrt(np.mean(cand_err * cand_err))),
+        allowed_max=factor * base_max + floor * FLOAT32_EPS * scale,
+        allowed_rms=factor * base_rms + floor * FLOAT32_EPS * scale_rms,
+        scale=scale,
+        baseline_max=base_max,
+        baseline_rms=base_rms,
+    )
+    metrics.truth = errors
+    metrics.passed = errors.passed
+    return metrics
+
+
+def error_against(truth: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(max, root mean square) of |reference − truth| in float64; (0, 0) for other shapes, empty or non-finite arrays."""
+    t = np.asarray(truth, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if t.shape != r.shape or t.size == 0 or not (np.isfinite(t).all() and np.isfinite(r).all()):
+        return 0.0, 0.0
+    error = np.abs(r - t)
+    return float(error.max()), float(np.sqrt(np.mean(error * error)))
 
 
 def _nonfinite_problems(arrays: tuple[tuple[np.ndarray, str], ...], size: int) -> list[str]:

@@ -5,24 +5,32 @@ written as ``null``)::
 
     schema                 "lambda-export/parity-report/v1"
     passed                 bool: every provider × output × batch × distribution × sample passed (and float16, if asked)
-    atol, rtol             float32 tolerances used
+    rule                   "relative" or "absolute": the rule asked for (each row's metrics.rule says which decided it)
+    factor, floor          the relative rule's settings (see lambda_export.parity.metrics)
+    float64                {available: bool, reason: str or null}: whether the float64 reference ran, why not
+    atol, rtol             float32 tolerances of the absolute rule
     tf32                   bool: TF32 was allowed on GPUs (False: turned off on both sides when a CUDA provider ran)
     providers_run          [ORT provider names]
     providers_skipped      {provider: why it did not run}
     settings               {batch_sizes, distributions, samples, seed, inputs ("random" or a file), locate, int_high}
     model                  {source, onnx, inputs: [{name, shape, dtype}], outputs: [...]}
     results                [row], row = {provider, output, batch_size, distribution, sample, seed, precision, metrics}
-                           metrics = {max_abs, max_rel, mean_abs, frac_within, min_passing_atol, passed, problem, size}
+                           metrics = {max_abs, max_rel, mean_abs, frac_within, min_passing_atol, passed, problem, size,
+                                      rule, vs_float64}; max_abs ... min_passing_atol compare with TensorFlow float32;
+                           vs_float64 = {tf_max, tf_rms, onnx_max, onnx_rms, ratio_max, ratio_rms, allowed_max,
+                                         allowed_rms, scale} (errors against the float64 truth) or null
     worst                  [row]: the worst row of each provider × output (see :meth:`ParityReport.worst`)
     fp16, fp16_atol, fp16_rtol, fp16_results, fp16_worst
                            float16 check: asked?, its tolerances, its rows (precision "fp16": the float16 model as
                            exported; "fp16-emulated": CPU run of the same model with float16 rounding after every op)
     divergence             [{layer, onnx_tensor, max_abs, passed, class_name, fused, matched_by, layout, max_rel,
-                             min_passing_atol, problem}] in Keras topological order
+                             min_passing_atol, problem, rule, vs_float64}] in Keras topological order
     first_divergent_layer  str or null
     unmatched_layers       {layer: why it has no ONNX counterpart}
     histograms             [{provider, output, precision, edges, counts, nonfinite}]: |onnx − tf| counted in
                            [edges[i], edges[i+1]), the last bin open ([edges[-1], ∞)); edges[0] = 0
+    warnings               [str]: e.g. an output constant across the inputs, where no check can tell right from wrong
+    insensitive_outputs    {output: {samples, spread, constant}}: the outputs those warnings are about
     notes                  [str]
     environment            {python, platform, tensorflow, keras, onnx, onnxruntime, onnxruntime_package, tf2onnx,
                             numpy, lambda_export, ort_providers, cpu, cores, gpu}
@@ -45,10 +53,13 @@ from lambda_export import env
 from lambda_export.errors import InputError
 from lambda_export.graph import TensorInfo
 from lambda_export.parity.metrics import (
+    DEFAULT_FACTOR,
+    DEFAULT_FLOOR,
     FP16_ATOL,
     FP16_RTOL,
     ErrorHistogram,
     Metrics,
+    TruthErrors,
     finite_or_none,
     none_to,
 )
@@ -104,7 +115,8 @@ class LayerDivergence:
     ``fused`` lists earlier Keras layers with no ONNX tensor of their own that the same ONNX node computes (a
     convolution and the batch normalisation folded into it); ``matched_by`` is "name" (the ONNX node is named after
     the layer or reads its weights) or "shape" (an unnamed node between the neighbours' matches, same shape);
-    ``layout`` says how the Keras tensor was transposed to match ("same", "channels_first", "channels_last").
+    ``layout`` says how the Keras tensor was transposed to match ("same", "channels_first", "channels_last"). ``rule``
+    says which rule judged ``passed`` ("relative": ``truth`` holds the errors against the float64 model's layer output).
     """
 
     layer: str
@@ -118,6 +130,8 @@ class LayerDivergence:
     max_rel: float = 0.0
     min_passing_atol: float = 0.0
     problem: str | None = None
+    rule: str = "absolute"
+    truth: TruthErrors | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +146,8 @@ class LayerDivergence:
             "max_rel": finite_or_none(float(self.max_rel)),
             "min_passing_atol": finite_or_none(float(self.min_passing_atol)),
             "problem": self.problem,
+            "rule": self.rule,
+            "vs_float64": None if self.truth is None else self.truth.to_dict(),
         }
 
     @classmethod
@@ -149,12 +165,15 @@ class LayerDivergence:
             max_rel=none_to(data.get("max_rel"), inf),
             min_passing_atol=none_to(data.get("min_passing_atol"), inf),
             problem=data.get("problem"),
+            rule=data.get("rule", "absolute"),
+            truth=None if data.get("vs_float64") is None else TruthErrors.from_dict(data["vs_float64"]),
         )
 
 
 def _severity(row: ResultRow) -> tuple[int, int, float, float]:
     m = row.metrics
-    return (0 if m.passed else 1, 1 if m.problem else 0, float(m.min_passing_atol), float(m.max_abs))
+    gap = float(m.truth.excess) if m.truth is not None else float(m.min_passing_atol)
+    return (0 if m.passed else 1, 1 if m.problem else 0, gap, float(m.max_abs))
 
 
 @dataclass
@@ -181,13 +200,19 @@ class ParityReport:
     histograms: list[ErrorHistogram] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    rule: str = "absolute"
+    factor: float = DEFAULT_FACTOR
+    floor: float = DEFAULT_FLOOR
+    float64_reason: str | None = None  # why the relative rule had no float64 reference (None: it had one)
+    warnings: list[str] = field(default_factory=list)
+    insensitive_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     fp16_model: Any = field(default=None, repr=False, compare=False)  # the float16 onnx.ModelProto (not serialised)
 
     def worst(self, fp16: bool = False) -> list[ResultRow]:
         """The worst row of each provider × output (× precision), in first-seen order.
 
-        Worst = failed before passed, a NaN/Inf/shape problem before a tolerance miss, then the largest
-        ``min_passing_atol``, then the largest ``max_abs``.
+        Worst = failed before passed, a NaN/Inf/shape problem before a tolerance miss, then the largest excess over the
+        relative rule's allowance (``min_passing_atol`` for rows of the absolute rule), then the largest ``max_abs``.
         """
         rows = self.fp16_results if fp16 else self.results
         best: dict[tuple[str, str, str], ResultRow] = {}
@@ -197,10 +222,19 @@ class ParityReport:
                 best[key] = row
         return list(best.values())
 
+    @property
+    def float64_available(self) -> bool:
+        """The relative rule was asked for and its float64 reference ran."""
+        return self.rule == "relative" and self.float64_reason is None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "passed": bool(self.passed),
+            "rule": self.rule,
+            "factor": float(self.factor),
+            "floor": float(self.floor),
+            "float64": {"available": self.float64_available, "reason": self.float64_reason},
             "atol": float(self.atol),
             "rtol": float(self.rtol),
             "tf32": bool(self.tf32),
@@ -219,6 +253,8 @@ class ParityReport:
             "first_divergent_layer": self.first_divergent_layer,
             "unmatched_layers": dict(self.unmatched_layers),
             "histograms": [h.to_dict() for h in self.histograms],
+            "warnings": list(self.warnings),
+            "insensitive_outputs": _jsonable(self.insensitive_outputs),
             "notes": list(self.notes),
             "environment": _jsonable(self.environment),
             "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
@@ -250,6 +286,12 @@ class ParityReport:
             histograms=[ErrorHistogram.from_dict(h) for h in data.get("histograms", [])],
             settings=dict(data.get("settings", {})),
             model=dict(data.get("model", {})),
+            rule=data.get("rule", "absolute"),
+            factor=float(data.get("factor", DEFAULT_FACTOR)),
+            floor=float(data.get("floor", DEFAULT_FLOOR)),
+            float64_reason=(data.get("float64") or {}).get("reason"),
+            warnings=list(data.get("warnings", [])),
+            insensitive_outputs=dict(data.get("insensitive_outputs", {})),
         )
 
 

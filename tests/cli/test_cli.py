@@ -254,3 +254,15 @@ def test_library_errors_name_api_arguments_and_the_cli_names_flags(demo_artifact
         triton.build_model_config(onnx.load(str(demo_artifacts["onnx"])), options)
     assert str(info.value) == "tensorrt_precision only applies with tensorrt=True"
     assert cli_message(info.value) == "--tensorrt-precision only applies with --tensorrt"
+
+
+def test_explicit_tolerances_select_the_absolute_rule() -> None:
+    """--atol/--rtol given → the absolute rule (as before the float64 verdict); neither → the relative rule; --rule
+    decides when given."""
+    from lambda_export.cli.options import ParityOptions
+
+    assert ParityOptions().config(fixed_batch=False).rule == "relative"
+    given = ParityOptions(atol=1e-3)
+    assert given.config(fixed_batch=False).rule == "absolute"
+    assert given.config(fixed_batch=False).atol == 1e-3 and given.config(fixed_batch=False).rtol == 1e-3
+    assert ParityOptions(rtol=0.0, rule="relative").config(fixed_batch=False).rule == "relative"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from conftest import require
 from onnx import numpy_helper
 
 from lambda_export.errors import InputError
@@ -79,7 +83,7 @@ def test_text_table_has_the_worst_rows(handmade):
     rows = [line for line in lines if line.startswith("CPUExecutionProvider ")]
     assert len(rows) == 2  # worst per provider x output: logits (batch 4 row) and boxes
     logits = next(line for line in rows if "logits" in line)
-    assert "3.00e-05" in logits and "4/uniform" in logits and logits.rstrip().endswith("PASS")
+    assert "3.00e-05" in logits and "batch 4, uniform inputs" in logits and logits.rstrip().endswith("PASS")
     boxes = next(line for line in rows if "boxes" in line)
     assert "FAIL: NaN in ONNX output (1 of 4 values)" in boxes
     assert "skipped CUDA: onnxruntime-gpu not installed" in text
@@ -183,3 +187,175 @@ def test_metrics_failure_serialises_to_null():
     data = Metrics.failure("ONNX Runtime failed").to_dict()
     assert data["max_abs"] is None and data["passed"] is False and data["problem"] == "ONNX Runtime failed"
     assert json.loads(json.dumps(data, allow_nan=False)) == data
+
+
+# -- wording and layout (issue #15) ----------------------------------------------------------------------------------
+
+# what ONNX Runtime 1.32 raises for a Reshape that cannot apply, cut at 300 characters by the parity engine
+ORT_FAILURE = (
+    "ONNX Runtime failed on CPUExecutionProvider: [ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while "
+    "running Reshape node. Name:'bad_reshape' Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/"
+    "reshape_helper.h:91 onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::"
+    "TensorShapeV"
+)
+
+
+def _report(rows, **fields) -> ParityReport:
+    base = {
+        "passed": all(row.metrics.passed for row in rows),
+        "atol": 1e-4,
+        "rtol": 1e-3,
+        "providers_run": ["CPUExecutionProvider"],
+        "providers_skipped": {},
+        "results": rows,
+        "settings": {"batch_sizes": [1, 4], "distributions": ["normal"], "samples": 1, "seed": 0},
+        "model": {"source": "model.h5", "onnx": "model.onnx"},
+        "timings": {"load": 5.6, "total": 9.0},
+    }
+    return ParityReport(**{**base, **fields})
+
+
+def _table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("CPUExecutionProvider ")]
+
+
+def test_table_says_where_in_words_and_atol_to_pass_only_when_it_helps():
+    """ "worst at 4/normal" reads "batch 4, normal inputs"; "atol to pass" appears only when a row missed the tolerance."""
+    passing = _report(
+        [_row("CPUExecutionProvider", "y", 4, "normal", compare(np.ones(4), np.ones(4) + 1e-6, 1e-4, 1e-3))]
+    )
+    text = render_text(passing)
+    assert "batch 4, normal inputs" in text and "4/normal" not in text
+    assert "atol" not in text.splitlines()[1]  # the header: no column of 1e-38s on a passing check
+    assert "min atol" not in text and "1.13e-38" not in text
+    missed = compare(np.ones(4), np.ones(4) + 5e-3, 1e-4, 1e-3)
+    failing = _report([_row("CPUExecutionProvider", "y", 1, "uniform", missed)], passed=False)
+    text = render_text(failing)
+    header = text.splitlines()[1]
+    assert "atol to pass" in header and "worst case" in header
+    assert re.search(r"atol to pass: the smallest atol .* would pass", text)
+    assert "batch 1, uniform inputs" in _table_rows(text)[0]
+
+
+def test_failed_onnx_runtime_run_is_one_short_line_in_the_table():
+    """A failing run shows a short reason in its cell; the full message is printed once, below the table."""
+    report = _report([_row("CPUExecutionProvider", "y", 4, "normal", Metrics.failure(ORT_FAILURE))], passed=False)
+    text = render_text(report)
+    row = _table_rows(text)[0]
+    assert len(row) < 140, row
+    assert "FAIL: ORT run: Reshape node 'bad_reshape' failed" in row
+    assert "onnxruntime_src" not in row and "[ONNXRuntimeError]" not in row
+    assert text.count(ORT_FAILURE) == 1 and f"problem: CPU, y, fp32, batch 4, normal inputs: {ORT_FAILURE}" in text
+    page = render_html(report)
+    cell = re.search(r"<td title='[^']*'>(FAIL[^<]*)</td>", page)
+    assert cell and len(cell.group(1)) < 80 and "ORT run: Reshape node" in cell.group(1)
+    # a MatMul failure keeps ONNX Runtime's own words
+    matmul = (
+        "ONNX Runtime failed on CPUExecutionProvider: [ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned "
+        "while running MatMul node. Name:'mm' Status Message: matmul_helper.h:59 Compute MatMul dimension mismatch"
+    )
+    report = _report([_row("CPUExecutionProvider", "y", 4, "normal", Metrics.failure(matmul))], passed=False)
+    assert "FAIL: ORT run: MatMul node 'mm': Compute MatMul dimension mismatch" in _table_rows(render_text(report))[0]
+
+
+def test_first_diverging_layer_is_said_once(handmade, real_report):
+    handmade.notes.append("first diverging layer: dense <b> (on CPUExecutionProvider, normal inputs)")
+    text = render_text(handmade)
+    assert len(re.findall(r"first diverg", text)) == 1, text
+    assert (
+        "first divergent layer: dense <b> (ONNX tensor MatMul_0, max abs 5.00e-01), found on CPU, normal inputs" in text
+    )
+    assert "note: a note with <html>" in text  # other notes stay
+    page = render_html(handmade)
+    assert len(re.findall(r"first diverg", page, re.I)) == 1
+    real = render_text(real_report)
+    assert len(re.findall(r"first diverg", real)) == 1, real
+
+
+def test_html_header_model_names_conversion_and_timings(handmade):
+    conversion = {
+        "opset": 17,
+        "target": "portable",
+        "optimize": "default",
+        "nodes": 49,
+        "op_histogram": {"Conv": 9, "MatMul": 7},
+        "passes": ["fold_affine_into_matmul", "eliminate_dead_nodes"],
+        "warnings": ["an Einsum was left"],
+        "target_issues": [],
+    }
+    passing = _report([_row("CPUExecutionProvider", "y", 4, "normal", compare(np.ones(4), np.ones(4), 1e-4, 1e-3))])
+    page = render_html(passing, conversion=conversion)
+    assert "PASS PASS" not in re.sub(r"<[^>]+>", " ", page).replace("  ", " ")
+    assert re.search(r"<span class='badge pass'>PASS</span> <span class='muted'>1 comparison", page)
+    assert "<code>model.h5</code> → ONNX model <code>model.onnx</code>" in page
+    assert "<h2>ONNX model</h2>" in page and "Conv × 9, MatMul × 7" in page and "fold_affine_into_matmul" in page
+    assert "<td>17</td>" in page and "an Einsum was left" in page
+    assert "<th>load</th><td>5.600 s</td>" in page
+    assert "<h2>ONNX model</h2>" not in render_html(passing)
+
+
+def test_json_report_carries_the_conversion(handmade, tmp_path):
+    write_report(handmade, tmp_path / "r.json", conversion={"opset": 17, "nodes": 3})
+    assert json.loads((tmp_path / "r.json").read_text())["conversion"] == {"opset": 17, "nodes": 3}
+
+
+def test_svg_labels_do_not_collide(real_report):
+    """The atol label sits below the per-layer chart's title; histogram axis labels are ≥ 40 px apart."""
+    page = render_html(real_report)
+    chart = re.search(r"<svg[^>]*per-layer.*?</svg>", page).group(0)
+    title_y = float(re.search(r"<text x='[\d.]+' y='([\d.]+)' font-size='12'[^>]*>max \|onnx", chart).group(1))
+    atol_y = float(re.search(r"<text x='[\d.]+' y='([\d.]+)' fill='#9a6700'>atol ", chart).group(1))
+    assert atol_y - title_y >= 14  # 12 px title + 11 px label: no overlap
+    histogram = re.search(r"<svg[^>]*error histogram.*?</svg>", page).group(0)
+    labels = [
+        (float(x), text)
+        for x, text in re.findall(
+            r"<text x='([\d.]+)' y='[\d.]+' text-anchor='middle' fill='#5b6472'>([^<]+)</text>", histogram
+        )
+    ]
+    assert [text for _, text in labels][:3] == ["1e-10", "1e-9", "1e-8"]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(labels)]
+    assert min(gaps) >= 40  # a label is at most 5 characters of a 10 px monospace font (~30 px)
+
+
+def _screenshot(page: Path, png: Path, tmp_path: Path) -> None:
+    """Render ``page`` in headless Chromium into ``png`` (1200×2400)."""
+    command = [
+        "/usr/bin/chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--screenshot={png}",
+        "--window-size=1200,2400",
+        page.resolve().as_uri(),
+    ]
+    subprocess.run(command, capture_output=True, timeout=120, check=False)
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"Chromium wrote no screenshot of {page}"
+
+
+def test_report_renders_in_chromium(real_report, tmp_path):
+    """Screenshots of a failing report (per-layer chart, histograms, a failed ORT run) for a person to look at.
+
+    Saved as artifacts/report-fail.png and artifacts/report-pass.png (CI keeps artifacts/; elsewhere tmp_path).
+    """
+    require(Path("/usr/bin/chromium").is_file(), "Debian's chromium (/usr/bin/chromium)", "apt-get install -y chromium")
+    root = Path(__file__).resolve().parents[2]
+    out = root / "artifacts" if (root / "artifacts").is_dir() else tmp_path
+    failed_run = _row("CUDAExecutionProvider", "predictions", 4, "normal", Metrics.failure(ORT_FAILURE))
+    failing = ParityReport.from_dict(real_report.to_dict())
+    failing.results.append(failed_run)
+    failing.model["onnx"] = "demo_model.onnx"
+    conversion = {"opset": 17, "target": "portable", "nodes": 49, "op_histogram": {"Conv": 9}, "passes": ["p"]}
+    passing = _report([_row("CPUExecutionProvider", "y", 4, "normal", compare(np.ones(4), np.ones(4), 1e-4, 1e-3))])
+    for name, report in (("report-fail", failing), ("report-pass", passing)):
+        page = tmp_path / f"{name}.html"
+        write_report(report, page, conversion=conversion)
+        png = out / f"{name}.png"
+        png.unlink(missing_ok=True)
+        _screenshot(page, png, tmp_path)
+        assert png.stat().st_size > 20_000  # a rendered page, not a blank one
