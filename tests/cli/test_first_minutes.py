@@ -87,9 +87,21 @@ def workdir(tmp_path: Path, demo_artifacts: dict) -> Path:
 # -- set-up ----------------------------------------------------------------------------------------------------------
 
 
+def _make_env() -> dict[str, str]:
+    """The environment without what an outer make passes down: inside `make test PYTEST_ARGS=...` (as .ci/run runs
+    it) MAKEFLAGS and the environment carry that override into every nested make, changing what the dry runs print."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PYTEST_ARGS")
+    }
+
+
 def _make_dry_run(folder: Path, target: str) -> list[str]:
     """The commands `make -n TARGET` would run in ``folder``, without the comments."""
-    proc = subprocess.run(["make", "-n", target], cwd=folder, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", target], cwd=folder, capture_output=True, text=True, timeout=60, env=_make_env()
+    )
     assert proc.returncode == 0, proc.stderr
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
@@ -121,6 +133,7 @@ def test_make_installs_base_for_demo_dev_for_test_and_starts_at_once_after(tmp_p
         capture_output=True,
         text=True,
         timeout=60,
+        env=_make_env(),
     )
     assert ci.stdout.strip() == ".venv/bin/python -m pytest -rs -rfEs --junitxml=artifacts/junit.xml"  # .ci/run's
 
