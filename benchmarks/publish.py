@@ -65,17 +65,21 @@ def write_readme_summary(
     if chart_path:
         lines += [f"![ORT/TF latency ratio per configuration]({chart_path})", ""]
     lines += [
-        "| configuration | ORT `--optimize speed` / TF best | ORT `--optimize default` / TF best | target | met |",
-        "|---|---:|---:|---:|:---:|",
+        "| configuration | ORT (default export) / TF best | ORT `--optimize size` / TF best | OpenVINO / TF best "
+        "| ORT / OpenVINO | target | met |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
     ]
     for record in results["entries"]:
         if record.get("status") != "ok":
             continue
         speed = (record["ratios"].get("ort_portable/tf_best") or {}).get("median")
-        default = (record["ratios"].get("ort_convert_only/tf_best") or {}).get("median") or speed
+        size = (record["ratios"].get("ort_convert_only/tf_best") or {}).get("median") or speed
+        openvino = (record["ratios"].get("openvino/tf_best") or {}).get("median")
+        versus = (record["ratios"].get("ort_portable/openvino") or {}).get("median")
         met = record["target"]["met"]
         lines.append(
-            f"| {record['name']} | {format_cell(speed, 3)} | {format_cell(default, 3)} | ≤ {record['target']['ratio']} "
+            f"| {record['name']} | {format_cell(speed, 3)} | {format_cell(size, 3)} | {format_cell(openvino, 3)} "
+            f"| {format_cell(versus, 3)} | ≤ {record['target']['ratio']} "
             f"| {'✅' if met else '❌' if met is not None else '–'} |"
         )
     lines.append("")

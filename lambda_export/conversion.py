@@ -35,7 +35,7 @@ from lambda_export.graph import (
 )
 from lambda_export.io import save_model_atomic, too_large_for_protobuf
 from lambda_export.loading import LoadedModel, load_model
-from lambda_export.passes.pipelines import OPTIMIZE_CHOICES, rewrite_for_target
+from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "OPTIMIZE_CHOICES", "ConvertResult", "convert", "run_tf2onnx"]
@@ -499,7 +499,7 @@ def convert(
     batch_size: int | None = None,
     input_shapes: dict[str, tuple[int | None, ...]] | None = None,
     target: str = "portable",
-    optimize: str = "default",
+    optimize: str = DEFAULT_OPTIMIZE,
     trust_code: bool = False,
     imports: list[str] | tuple[str, ...] = (),
     overwrite: bool = False,
@@ -514,10 +514,10 @@ def convert(
         batch_size: fix the batch dimension; None keeps it dynamic.
         input_shapes: full shapes for inputs with unknown dims, by input name, e.g. ``{"x": (None, 64, 64, 3)}``.
         target: a key of :data:`lambda_export.targets.TARGETS`; the result is checked against it.
-        optimize: ``"default"`` (the smallest graph: fewest nodes) or ``"speed"`` (also the exact ONNX Runtime CPU
-            passes of :mod:`lambda_export.passes.performance`, which regroup the same products into faster kernels;
-            a pass whose result ``target`` would refuse is not applied). Both give the same numbers up to the order
-            of floating-point additions.
+        optimize: ``"speed"`` (the default: the clean-up passes and the exact ONNX Runtime CPU passes of
+            :mod:`lambda_export.passes.performance`, which regroup the same products into faster kernels; a pass whose
+            result ``target`` would refuse is not applied) or ``"size"`` (the clean-up passes only: the fewest
+            nodes). Both give the same numbers up to the order of floating-point additions.
         trust_code: allow ``Lambda`` layers (their loading executes code from the file).
         imports: modules or ``.py`` files registering custom layers, imported before loading.
         overwrite: replace an existing output file.

@@ -14,7 +14,7 @@ How the figures are taken (written into the JSON under ``method`` as well):
   :func:`lambda_export.conversion.convert` with ``optimize="speed"`` (what ``lambda-export MODEL --optimize speed``
   writes: the performance passes of :mod:`lambda_export.passes.performance` under the portable target's rules) and
   the plain tf2onnx export (``tf2onnx.convert.from_keras``, default optimisers, no rewrites of ours) as the anchor;
-  the full suite also times the ``optimize="default"`` export (the fewest-nodes graph ``lambda-export MODEL``
+  the full suite also times the ``optimize="size"`` export (the fewest-nodes graph ``lambda-export MODEL``
   writes). Both sides take host NumPy inputs and return host arrays.
 * **Interleaved rounds.** After warm-up (XLA compiles there) the runners take turns: each round runs every runner for
   a block of about ``block_s`` seconds (the first run of a block is untimed when runs are short, so that a runtime
@@ -82,6 +82,7 @@ from lambda_export.bench.runners import (
     graph_info,
     make_feed,
     matmul_model,
+    openvino_runner,
     portable_export,
     serialize_model,
     tf_function,
@@ -98,6 +99,7 @@ from lambda_export.ort import CUDA, cpu_session, cpu_session_options, recommende
 __all__ = [
     "CEILING_RUNNER",
     "CEILING_TARGET",
+    "OPENVINO_RUNNER",
     "ORT_RUNNERS",
     "RATIO_TARGET_LAYER",
     "RATIO_TARGET_MODEL",
@@ -118,6 +120,7 @@ RATIO_TARGET_MODEL = 0.5
 CEILING_TARGET = 0.6  # 2D global layers: fraction of the plain-MatMul GFLOP/s
 TF_RUNNERS = ("tf_graph", "tf_xla")
 ORT_RUNNERS = ("ort_portable", "ort_convert_only", "ort_tf2onnx")
+OPENVINO_RUNNER = "openvino"  # the portable file on OpenVINO, f32 pinned: what a user would pick instead of ORT
 CEILING_RUNNER = "ort_matmul"
 
 
@@ -305,6 +308,12 @@ def bench_entry(
         names = [value.name for value in session.get_inputs()]
         session_feed = dict(zip(names, feed_arrays, strict=True))
         runners[name] = lambda s=session, f=session_feed: s.run(None, f)
+    if settings.openvino:
+        try:
+            run_openvino = openvino_runner(path, inputs, settings.threads)
+            runners[OPENVINO_RUNNER] = lambda run=run_openvino, x=feed_arrays: run(x)
+        except Exception as exc:  # not installed (an optional extra), or the file does not load there
+            errors[OPENVINO_RUNNER] = _short(exc)
     ceiling_shape = None
     if settings.ceiling:
         ceiling_model, ceiling_shape = matmul_model(int(flops["total"]))
@@ -316,7 +325,7 @@ def bench_entry(
     reference = first_output(runners["tf_graph"]()) if "tf_graph" in runners else None
     agreement = {}
     if reference is not None:
-        for name in ("tf_xla", *sessions):
+        for name in ("tf_xla", *sessions, OPENVINO_RUNNER):
             if name in runners:
                 out = first_output(runners[name]())
                 agreement[name] = float(np.max(np.abs(out.astype(np.float64) - reference))) if out.size else 0.0
@@ -341,6 +350,11 @@ def bench_entry(
             ratios[f"{ort_name}/{tf_name}"] = paired_ratio(measured["rounds"], ort_name, tf_name)
         if tf_best:
             ratios[f"{ort_name}/tf_best"] = paired_ratio(measured["rounds"], ort_name, tf_best)
+    if OPENVINO_RUNNER in record["latency"]:
+        # the same file on both runtimes: how close ONNX Runtime comes to OpenVINO (issue target: ≤ 1.25)
+        ratios[f"ort_portable/{OPENVINO_RUNNER}"] = paired_ratio(measured["rounds"], "ort_portable", OPENVINO_RUNNER)
+        if tf_best:
+            ratios[f"{OPENVINO_RUNNER}/tf_best"] = paired_ratio(measured["rounds"], OPENVINO_RUNNER, tf_best)
     record["ratios"] = ratios
     record["min_latency_ratio"] = min_latency_ratio(record)
 

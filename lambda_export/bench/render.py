@@ -97,14 +97,15 @@ def format_cell(value: Any, digits: int = 2) -> str:
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as Markdown: the latency/ratio table, then GFLOP/s, memory, export and GPU sections."""
     lines = [
-        "| configuration | TF graph ms | TF XLA ms | ORT portable ms | ORT tf2onnx ms | ORT/TF best (p10–p90) "
-        "| min-latency ratio | --optimize default / TF best | tf2onnx/TF best | target | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        "| configuration | TF graph ms | TF XLA ms | ORT portable ms | ORT tf2onnx ms | OpenVINO ms "
+        "| ORT/TF best (p10–p90) | min-latency ratio | --optimize size / TF best | tf2onnx/TF best "
+        "| ORT/OpenVINO (p10–p90) | target | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for record in results["entries"]:
         if record.get("status") != "ok":
             reason = record.get("reason", "")
-            lines.append(f"| {record['name']} | {record.get('status')}: {reason} | | | | | | | | | |")
+            lines.append(f"| {record['name']} | {record.get('status')}: {reason} | | | | | | | | | | | |")
             continue
         lat = record["latency"]
 
@@ -120,10 +121,17 @@ def markdown_table(results: dict[str, Any]) -> str:
         best = record.get("tf_best") or ""
         best_case = min_latency_ratio(record)
         mark = {"tf_graph": "ᴳ", "tf_xla": "ˣ"}.get(best, "")
+        versus = record["ratios"].get("ort_portable/openvino") or {}
+        versus_text = (
+            f"{format_cell(versus.get('median'), 3)} ({format_cell(versus.get('p10'))}–{format_cell(versus.get('p90'))})"
+            if versus
+            else "–"
+        )
         lines.append(
             f"| {record['name']} | {ms('tf_graph')} | {ms('tf_xla')} | {ms('ort_portable')} | {ms('ort_tf2onnx')} "
+            f"| {ms('openvino')} "
             f"| **{format_cell(ratio, 3)}**{mark}{spread} | {format_cell(best_case)} | {format_cell(raw)} | {format_cell(anchor)} "
-            f"| ≤ {record['target']['ratio']} "
+            f"| {versus_text} | ≤ {record['target']['ratio']} "
             f"| {'✅' if met else '❌' if met is not None else '–'} |"
         )
     lines.append("")
@@ -131,8 +139,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         "Latency: medians over all timed runs. Ratios: median (p10–p90) of the paired per-round ratios against the "
         "better TF (ᴳ graph mode, ˣ XLA); the targets are judged on it. *min-latency ratio*: fastest ORT run over "
         "fastest TF run, a best case that other work on the machine disturbs least. *ORT portable*: the "
-        "`--optimize speed` export (`lambda-export MODEL --optimize speed`); *--optimize default*: the fewest-nodes "
-        "export of the same target, which `lambda-export MODEL` writes (– where the two are the same graph)."
+        "default export (`lambda-export MODEL`, `--optimize speed`); *--optimize size*: the fewest-nodes export of the "
+        "same target (– where the two are the same graph). *OpenVINO*: the same portable file on OpenVINO's CPU "
+        "plugin, f32 inference precision pinned, the same thread count, latency hint; *ORT/OpenVINO*: paired "
+        "per-round ratio on that file (target ≤ 1.25)."
     )
     lines.append("")
     lines.append(

@@ -2,7 +2,7 @@
 
 * TensorFlow: :func:`configure_tensorflow` (thread pools, before TF runs anything) and :func:`tf_function` (a
   concrete ``tf.function`` in graph mode or with XLA).
-* ONNX: :func:`portable_export` (the export that is timed: ``optimize="speed"``, plus the ``optimize="default"``
+* ONNX: :func:`portable_export` (the export that is timed: ``optimize="speed"``, the default, plus the ``optimize="size"``
   graph), :func:`export_tf2onnx_plain` (the plain tf2onnx anchor) and :func:`matmul_model` (the GEMM ceiling); ONNX
   Runtime sessions come from :func:`lambda_export.ort.cpu_session`.
 * Inputs and outputs: :func:`make_feed` (seeded inputs), :func:`as_numpy` / :func:`first_output`.
@@ -17,7 +17,7 @@ import contextlib
 import io
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "graph_info",
     "make_feed",
     "matmul_model",
+    "openvino_runner",
     "portable_export",
     "serialize_model",
     "tf_function",
@@ -131,10 +132,10 @@ def export_tf2onnx_plain(model: Any, inputs: Sequence[Any], opset: int) -> tuple
 
 def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The export that is timed: the ``portable`` export with the performance passes that ``convert(...,
-    optimize="speed")`` runs (``lambda-export MODEL --optimize speed``), and, with ``settings.compare_raw``, the
-    ``optimize="default"`` graph (the fewest nodes) when the passes changed anything.
+    optimize="speed")`` runs (the default: ``lambda-export MODEL``), and, with ``settings.compare_raw``, the
+    ``optimize="size"`` graph (the fewest nodes) when the passes changed anything.
 
-    The model is converted once (``optimize="default"``) and the passes run on a copy, exactly as ``convert`` runs
+    The model is converted once (``optimize="size"``) and the passes run on a copy, exactly as ``convert`` runs
     them (same function, same target, after the same clean-up); only node names differ from a separate
     ``optimize="speed"`` conversion. Converting twice would cost a second memory peak (≈ 20× the position embedding;
     before ``conversion._collecting`` a second conversion of the 268 MB T=1024, u=4 embedding was OOM-killed).
@@ -145,7 +146,7 @@ def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str,
     from lambda_export.passes import optimize_for_ort
 
     started = time.perf_counter()
-    result = convert(model, opset=settings.opset, target=settings.target, input_shapes=input_shapes)
+    result = convert(model, opset=settings.opset, target=settings.target, input_shapes=input_shapes, optimize="size")
     speed = copy.deepcopy(result.model)
     performance = optimize_for_ort(speed, target=settings.target)
     convert_s = time.perf_counter() - started
@@ -159,6 +160,32 @@ def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str,
         "convert_s": convert_s,
         "performance_passes": performance,
     }
+
+
+def openvino_runner(path: str, inputs: Sequence[Any], threads: int) -> Callable[[Sequence[np.ndarray]], Any]:
+    """The ``.onnx`` file at ``path`` compiled by OpenVINO for the CPU, as a function of the input arrays.
+
+    What a user who picks OpenVINO for the same file would run: f32 inference precision pinned (OpenVINO 2026
+    compiles in bf16 by default on CPUs with AVX-512 BF16, which is not the same numbers), ``threads`` inference
+    threads, the latency hint (one stream). The arrays are fed by position, in the order of ``inputs``.
+
+    Raises:
+        ImportError: OpenVINO is not installed (the ``openvino`` extra).
+    """
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        path,
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+    )
+    request = compiled.create_infer_request()
+    positions = range(len(inputs))
+
+    def run(arrays: Sequence[np.ndarray]) -> Any:
+        return [result.copy() for result in request.infer(dict(zip(positions, arrays, strict=True))).values()]
+
+    return run
 
 
 def matmul_model(flops: int) -> tuple[Any, tuple[int, int, int]]:

@@ -33,6 +33,7 @@ class BenchSettings:
     xla: bool = True
     anchor: bool = True
     ceiling: bool = True
+    openvino: bool = True  # also time the portable file on OpenVINO (f32 pinned) where the extra is installed
     compare_raw: bool = True  # also time convert()'s output without the performance passes (when they change it)
     opset: int = 17
     target: str = "portable"

@@ -14,6 +14,7 @@ from lambda_export.passes.einsum import rewrite_einsum
 from lambda_export.passes.einsum_spec import EinsumSpec, parse_einsum_equation
 from lambda_export.passes.pipelines import (
     CLEANUP,
+    DEFAULT_OPTIMIZE,
     OPTIMIZE_CHOICES,
     PERFORMANCE,
     RewriteResult,
@@ -24,6 +25,7 @@ from lambda_export.passes.pipelines import (
 
 __all__ = [
     "CLEANUP",
+    "DEFAULT_OPTIMIZE",
     "OPTIMIZE_CHOICES",
     "PERFORMANCE",
     "EinsumSpec",

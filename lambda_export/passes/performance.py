@@ -1,7 +1,8 @@
 """Exact ONNX rewrites that make exported lambda layers run faster on ONNX Runtime's CPU provider.
 
 Every pass moves data or regroups the same products; nothing is approximated. All passes but
-``conv_as_dense_matmul`` give results bit-identical to the graph before them; that one sums the same products (plus
+``conv_as_dense_matmul`` compute exactly what the graph before them computes (ORT may run a rewritten consumer with
+another GEMM kernel, so the last bits can differ); that one sums the same products (plus
 products with exact zeros) in another order, ~1e-7 relative (tests/bench/test_bench.py). The passes keep the ``portable`` target's
 rules (static shapes apart from the batch, constant MatMul operands 2D and second, equal-rank non-broadcast MatMuls);
 :func:`optimize_for_ort` undoes any pass that would add a node the target refuses.
@@ -13,6 +14,9 @@ Found with ONNX Runtime's profiler on the lambda layers (``benchmarks/RESULTS.md
   16×16 map took 35 % of the network's time). When the map is small next to the kernel (n ≤ 2·r², every output
   sees most of the map) the convolution is written as one GEMM with its dense (n·u, n·k) matrix; with the layer's
   (b, v, k, n) → (b, n, k, v) transpose folded into the matrix layout only a single-axis transpose is left.
+* ``conv_output_channels_last`` – where the local lambda convolution stays a Conv, its (b, v, k, n) → (b, n, k, v)
+  transpose (two axes move: two passes over the layer's largest tensor) starts with the NCHW → NHWC move of the Conv
+  output, which ORT folds into its NCHWc convolution for free; one single-axis move is left.
 * ``unmerge_split_matmul`` – the clean-up pass ``merge_sibling_matmuls`` turns the query/key/value projections into
   one GEMM + ``Split``; ORT's Split is a single-threaded strided copy that costs more than the GEMM it saves once the
   product is large (56×56, u=4, batch 8: Split 16 ms for a 9.7 ms GEMM). Large products get their three GEMMs back.
@@ -50,7 +54,9 @@ from lambda_export.passes.base import PassContext, graph_pass
 from lambda_export.passes.cleanup import eliminate_dead_nodes
 
 __all__ = [
+    "NCHWC_BLOCK",
     "conv_as_dense_matmul",
+    "conv_output_channels_last",
     "dense_conv_matrix",
     "flatten_transposed_matmul",
     "reshape_before_output_add",
@@ -578,6 +584,94 @@ def conv_as_dense_matmul(
     return changed
 
 
+# ORT's NCHWc convolutions (ORT_ENABLE_ALL, x86) work in blocks of 16 output channels with AVX-512 (8 with AVX2):
+# with a multiple of 16 the block layout is channels-last already, and ORT fuses a following NCHW → NHWC Transpose
+# into the ReorderOutput that leaves the block layout (``channels_last=1``): the Transpose costs nothing
+NCHWC_BLOCK = 16
+
+
+def _is_fused_nhwc_transpose(g: GraphIndex, node: onnx.NodeProto) -> bool:
+    """True for ``Conv → Transpose(0, 2, …, 1)`` (NCHW → NHWC) where ORT folds the Transpose into the Conv's output
+    reorder: other passes must leave such a Transpose alone."""
+    perm = transpose_perm(node)
+    producer = g.producer.get(node.input[0])
+    if perm is None or producer is None or producer.op_type != "Conv":
+        return False
+    weight = g.const(producer.input[1])
+    return (
+        perm == [0, *range(2, len(perm)), 1]
+        and weight is not None
+        and weight.shape[0] % NCHWC_BLOCK == 0
+        and attribute(producer, "group", 1) == 1
+    )
+
+
+@graph_pass
+def conv_output_channels_last(ctx: PassContext) -> bool:
+    """The local λp's ``Conv → Reshape(N→(B, V), K, S) → Transpose(0, 3, 2, 1)`` (to (b, n, k, v)) →
+    ``Conv → Transpose(NCHW → NHWC) → Reshape (b, V, S·K) → Transpose(0, 2, 1) → Reshape (b, S, K, V)``.
+
+    The generic (0, 3, 2, 1) permutation moves two axes: ``split_slow_transposes`` writes it as two single-axis
+    moves, two passes over λp (the largest tensor of a local layer: b·n·k·v floats, 25 MB at 56×56, batch 8). Here the
+    first move is the NCHW → NHWC Transpose of the Conv output, which ORT fuses into the reorder out of its NCHWc
+    block layout (free when the K output channels are a multiple of the block, :data:`NCHWC_BLOCK`), so one move
+    is left (56×56, u=1, batch 8: 9 % faster; 1D T=1024, u=4: 17 %). Pure data movement; the values are the same
+    (ONNX Runtime may pick another GEMM kernel for the consumer, so the last bits can differ).
+    Only for a group-1 Conv with K a multiple of the block whose dims after the batch are static.
+    """
+
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Conv" or attribute(node, "group", 1) != 1:
+            return False
+        weight = g.const(node.input[1])
+        shape = g.shapes.get(node.output[0])
+        if weight is None or weight.shape[0] % NCHWC_BLOCK or shape is None or len(shape) < 3:
+            return False
+        if any(d is None for d in shape[1:]) or node.output[0] in g.graph_outputs:
+            return False
+        consumers = g.consumers.get(node.output[0], [])
+        if len(consumers) != 1 or consumers[0].op_type != "Reshape":
+            return False
+        reshape = consumers[0]
+        target = g.const(reshape.input[1])
+        out_channels, positions = int(shape[1]), int(np.prod(shape[2:]))
+        if target is None or len(target) != 4 or int(target[0]) != -1 or int(target[1]) <= 0:
+            return False
+        if int(target[2]) != out_channels or int(target[3]) != positions or reshape.output[0] in g.graph_outputs:
+            return False
+        after = g.consumers.get(reshape.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Transpose" or transpose_perm(after[0]) != [0, 3, 2, 1]:
+            return False
+        transpose, values = after[0], int(target[1])
+        base = node.name or node.output[0]
+        names = [g.fresh(base + suffix) for suffix in ("/nhwc", "/rows", "/moved")]
+        rank = len(shape)
+        new_nodes = [
+            helper.make_node(
+                "Transpose", [node.output[0]], [names[0]], name=g.fresh(base + "/nhwc"), perm=[0, *range(2, rank), 1]
+            ),  # (b v), *spatial, k
+            helper.make_node(
+                "Reshape",
+                [names[0], g.shape_constant(base + "/rows_shape", [-1, values, positions * out_channels])],
+                [names[1]],
+                name=g.fresh(base + "/rows"),
+            ),  # b, v, (n k)
+            helper.make_node("Transpose", [names[1]], [names[2]], name=g.fresh(base + "/move"), perm=[0, 2, 1]),
+            helper.make_node(
+                "Reshape",
+                [names[2], g.shape_constant(base + "/out_shape", [-1, positions, out_channels, values])],
+                [transpose.output[0]],
+                name=g.fresh(base + "/out"),
+            ),  # b, n, k, v
+        ]
+        insert_before(g.graph, transpose, new_nodes)
+        g.graph.node.remove(reshape)
+        g.graph.node.remove(transpose)
+        return True
+
+    return ctx.rewrite_nodes(rewrite, shapes=True)
+
+
 def _elem_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
     """The element type of tensor ``name`` (shape inference on the weight-free skeleton; float32 if unknown)."""
     inferred = onnx.shape_inference.infer_shapes(skeleton(model))
@@ -600,7 +694,7 @@ def transpose_as_identity_matmul(ctx: PassContext, max_axis: int = 32, min_eleme
     """
 
     def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
-        if node.op_type != "Transpose" or node.output[0] in g.graph_outputs:
+        if node.op_type != "Transpose" or node.output[0] in g.graph_outputs or _is_fused_nhwc_transpose(g, node):
             return False
         view = _large_transpose(g, node, min_elements)
         if view is None:

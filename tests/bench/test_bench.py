@@ -21,12 +21,15 @@ def _check_entry(record: dict) -> None:
     assert record["status"] == "ok", record.get("reason")
     for key in ("latency", "ratios", "flops", "gflops", "export", "target", "tf_best", "max_abs_diff_vs_tf_graph"):
         assert key in record, key
-    for name in ("tf_graph", "ort_portable"):
+    # openvino: the same portable file on OpenVINO (installed by the dev extra, so never missing here)
+    assert "openvino" not in record.get("errors", {}), record["errors"]["openvino"]
+    for name in ("tf_graph", "ort_portable", "openvino"):
         stats = record["latency"][name]
         assert stats["n"] > 0
         assert 0 < stats["median_ms"] <= stats["p90_ms"]
-    ratio = record["ratios"]["ort_portable/tf_best"]
-    assert ratio["median"] > 0 and ratio["n"] >= 1
+    for key in ("ort_portable/tf_best", "ort_portable/openvino", "openvino/tf_best"):
+        ratio = record["ratios"][key]
+        assert ratio["median"] > 0 and ratio["n"] >= 1
     assert all(value is None or value["median"] > 0 for value in record["ratios"].values())
     assert record["flops"]["total"] > 0
     assert record["export"]["portable"]["nodes"] > 0 and record["export"]["portable"]["file_bytes"] > 0
@@ -175,7 +178,7 @@ def test_performance_passes_are_exact_and_portable(config_args: tuple) -> None:
 
     mode, spatial, channels, extra = config_args
     config = LayerConfig(mode, spatial, channels, d=16, k=4, h=4, **extra)
-    original = convert(config.build()).model
+    original = convert(config.build(), optimize="size").model
     optimized = copy.deepcopy(original)
     applied = []
     # thresholds at 0 so that the small test graphs take every rewrite the real sizes take
@@ -203,7 +206,7 @@ def test_split_slow_transposes_is_exact() -> None:
     from lambda_export.passes import performance
 
     config = LayerConfig("local", (24, 24), 8, d=16, k=4, h=4, u=4, r=3)
-    original = convert(config.build()).model
+    original = convert(config.build(), optimize="size").model
     optimized = copy.deepcopy(original)
     slow = sum(node.op_type == "Transpose" for node in optimized.graph.node)
     assert performance.split_slow_transposes(optimized, min_elements=0)
@@ -226,22 +229,6 @@ def test_transpose_decomposition_realises_the_permutation() -> None:
         for step in moves:
             y = np.transpose(y, step)
         np.testing.assert_array_equal(y, np.transpose(x, perm))
-
-
-def force_performance_passes(model) -> list[str]:
-    """Every performance pass on ``model`` in place with its size thresholds off (small test graphs then take the
-    rewrites that real sizes take); returns the names of the passes that changed the graph."""
-    import inspect
-
-    from lambda_export.passes.pipelines import PERFORMANCE
-
-    forced = {"min_elements": 0, "max_density_loss": 1e9}
-    applied = []
-    for name, fn in ((p.name, p) for p in PERFORMANCE):
-        parameters = inspect.signature(fn).parameters
-        if fn(model, **{key: value for key, value in forced.items() if key in parameters}):
-            applied.append(name)
-    return applied
 
 
 def _direct_conv(x: np.ndarray, w: np.ndarray, pads: list[int]) -> np.ndarray:
@@ -310,7 +297,7 @@ def test_conv_as_dense_matmul_on_local_lambda_layers(spatial, extra, data_format
     model = keras.Model(inputs, layer(inputs))
     x = np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
     reference = np.asarray(model(x))
-    original = convert(model).model
+    original = convert(model, optimize="size").model
     optimized = convert(model, optimize="speed").model
     assert "Conv" in {node.op_type for node in original.graph.node}
     assert "Conv" not in {node.op_type for node in optimized.graph.node}  # rewritten with the default thresholds
@@ -328,6 +315,52 @@ def test_conv_as_dense_matmul_on_local_lambda_layers(spatial, extra, data_format
         assert all(performance._is_single_move(perm) for perm in perms), perms
 
 
+@pytest.mark.parametrize(("spatial", "u", "k", "applies"), [((12, 12), 1, 16, True), ((40,), 4, 32, True), ((12, 12), 2, 8, False)])
+def test_conv_output_channels_last_is_exact(spatial, u, k, applies) -> None:
+    """The local λp chain with its first transpose moved onto the Conv output: the same values out of ONNX Runtime (the
+    pass only moves data; ORT may then pick another GEMM kernel for the consumer, so agreement is to float32 rounding,
+    1e-5 absolute + 1e-5 relative on outputs up to ~20: a few float32 ulps), one generic Transpose fewer; the NCHW → NHWC Transpose is left for ORT to fuse (no other pass rewrites it). Refused
+    when the K output channels are not a multiple of ORT's NCHWc block (ORT could not fuse the Transpose)."""
+    import copy
+
+    import keras
+
+    from lambda_export.conversion import convert
+    from lambda_export.passes import performance
+    from lambda_export.passes.base import PassContext
+    from lambda_export.targets import check_target
+    from lambda_layers.layers import LambdaNetwork1DConv, LambdaNetwork2DConv
+
+    keras.utils.set_random_seed(6)
+    cls = LambdaNetwork2DConv if len(spatial) == 2 else LambdaNetwork1DConv
+    inputs = keras.Input((*spatial, 8))
+    model = keras.Model(inputs, cls(32, key_depth=k, heads=2, intra_depth=u, receptive_kernel=5)(inputs))
+    x = np.random.default_rng(2).standard_normal((3, *spatial, 8)).astype(np.float32)
+    original = convert(model, optimize="size").model
+    rewritten = copy.deepcopy(original)
+    assert performance.conv_output_channels_last(rewritten) is applies
+    if not applies:
+        return
+    np.testing.assert_allclose(_run(rewritten, x), _run(original, x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_run(rewritten, x), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    def perms(graph) -> list[list[int]]:
+        return [list(a.ints) for n in graph.graph.node if n.op_type == "Transpose" for a in n.attribute]
+
+    # the λp transpose (one of the layer's (0, 3, 2, 1) permutations; u > 1 has another) became the NHWC move + one
+    assert perms(rewritten).count([0, 3, 2, 1]) == perms(original).count([0, 3, 2, 1]) - 1, perms(rewritten)
+    assert [0, 2, 3, 1] in perms(rewritten)
+    # the rest of the pipeline leaves the NHWC transpose on the Conv output alone
+    for other in (performance.transpose_as_identity_matmul, performance.split_slow_transposes):
+        other(PassContext(rewritten), min_elements=0)
+    conv = next(n for n in rewritten.graph.node if n.op_type == "Conv")
+    after = [n for n in rewritten.graph.node if conv.output[0] in n.input]
+    assert [n.op_type for n in after] == ["Transpose"] and list(after[0].attribute[0].ints) == [0, 2, 3, 1]
+    np.testing.assert_allclose(_run(rewritten, x), _run(original, x), rtol=0, atol=1e-5)
+    assert check_target(rewritten, "portable") == []
+    props = {p.key: p.value for p in convert(model).model.metadata_props}  # the default export takes it
+    assert "conv_output_channels_last" in props["rewrite_passes"]
+
+
 def test_conv_as_dense_matmul_generic_conv_and_refusals() -> None:
     """A plain Keras Conv2D without the lambda pattern takes the generic (N, K, H, W) form; bias, stride and large
     maps are left alone."""
@@ -342,7 +375,7 @@ def test_conv_as_dense_matmul_generic_conv_and_refusals() -> None:
     outputs = keras.layers.ReLU()(hidden)
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(1).standard_normal((2, 5, 5, 2)).astype(np.float32)
-    original = convert(model).model
+    original = convert(model, optimize="size").model
     import copy
 
     optimized = copy.deepcopy(original)
@@ -357,7 +390,7 @@ def test_conv_as_dense_matmul_generic_conv_and_refusals() -> None:
     ):
         keras.utils.set_random_seed(5)
         inputs = keras.Input((5, 5, 2))
-        graph = convert(keras.Model(inputs, layer(inputs))).model
+        graph = convert(keras.Model(inputs, layer(inputs)), optimize="size").model
         assert not conv_as_dense_matmul(graph), layer.get_config()
 
 

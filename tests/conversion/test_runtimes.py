@@ -230,7 +230,7 @@ def variant_exports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """Each 2D position-lambda variant, u=1 channels last and u=4 channels first, exported with target="portable",
     and the same graph after every performance pass (``--optimize speed``, thresholds off so that these small layers
     take the rewrites that large ones take): the passes must keep the graph loadable and exact on every runtime."""
-    from test_bench import force_performance_passes
+    from performance_helpers import force_performance_passes
     from test_conversion import VARIANTS, _layer_model
 
     from lambda_export.conversion import convert

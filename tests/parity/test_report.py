@@ -276,7 +276,7 @@ def test_html_header_model_names_conversion_and_timings(handmade):
     conversion = {
         "opset": 17,
         "target": "portable",
-        "optimize": "default",
+        "optimize": "speed",
         "nodes": 49,
         "op_histogram": {"Conv": 9, "MatMul": 7},
         "passes": ["fold_affine_into_matmul", "eliminate_dead_nodes"],
