@@ -55,6 +55,7 @@ from lambda_export.passes.cleanup import eliminate_dead_nodes
 
 __all__ = [
     "NCHWC_BLOCK",
+    "conv_along_width",
     "conv_as_dense_matmul",
     "conv_output_channels_last",
     "dense_conv_matrix",
@@ -582,6 +583,81 @@ def conv_as_dense_matmul(
     if changed:
         eliminate_dead_nodes(ctx)
     return changed
+
+
+@graph_pass
+def conv_along_width(ctx: PassContext) -> bool:
+    """A 2D ``Conv`` over an (H, 1) map with an (r, 1) kernel (a 1D convolution along the height) → the same Conv
+    over the (1, H) map with the (1, r) kernel: ``Reshape`` (N, C, H, 1) → (N, C, 1, H), kernel transposed.
+
+    The local lambda convolution of a 1D layer runs on the (T, 1) grid. ORT's NCHWc kernels walk the output one row
+    at a time, vectorised along the width: with a width of 1 each of the T rows is a call with one output pixel.
+    Along the width the same products are one long row (1D local T=1024, u=4, batch 8: the Conv 50 % → …). The
+    memory layout of (N, C, H, 1) and (N, C, 1, H) is the same, so the Reshapes copy nothing, and each output is the
+    same sum of the same products. Only where C and H are static; grouped, strided and dilated along H are kept as
+    they are (stride/dilation move with the axis).
+    """
+
+    def rewrite(g: GraphIndex, node: onnx.NodeProto) -> bool:
+        if node.op_type != "Conv" or attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return False
+        weight = g.const(node.input[1])
+        shape = g.shapes.get(node.input[0])
+        out_shape = g.shapes.get(node.output[0])
+        if weight is None or weight.ndim != 4 or shape is None or len(shape) != 4 or out_shape is None:
+            return False
+        if shape[3] != 1 or weight.shape[3] != 1 or any(d is None for d in shape[1:3]) or int(shape[2]) < 2:
+            return False
+        if any(d is None for d in out_shape[1:]) or node.output[0] in g.graph_outputs:
+            return False
+        strides = list(attribute(node, "strides", [1, 1]))
+        dilations = list(attribute(node, "dilations", [1, 1]))
+        pads = list(attribute(node, "pads", [0, 0, 0, 0]))
+        if strides[1] != 1 or dilations[1] != 1 or pads[1] != 0 or pads[3] != 0:
+            return False
+        base = node.name or node.output[0]
+        channels, height, group = int(shape[1]), int(shape[2]), int(attribute(node, "group", 1))
+        wide_in = g.fresh(base + "/wide_in")
+        new_nodes = [
+            helper.make_node(
+                "Reshape",
+                [node.input[0], g.shape_constant(base + "/wide_in_shape", [-1, channels, 1, height])],
+                [wide_in],
+                name=g.fresh(base + "/to_wide"),
+            )  # N, C, 1, H
+        ]
+        kernel = g.fresh(base + "/wide_kernel")
+        g.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(0, 1, 3, 2)), kernel))
+        output = node.output[0]
+        wide_out = g.fresh(base + "/wide_out")
+        node.input[0], node.input[1], node.output[0] = wide_in, kernel, wide_out
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                helper.make_attribute("kernel_shape", [1, int(weight.shape[2])]),
+                helper.make_attribute("strides", [1, strides[0]]),
+                helper.make_attribute("dilations", [1, dilations[0]]),
+                helper.make_attribute("pads", [0, pads[0], 0, pads[2]]),
+                helper.make_attribute("group", group),
+            ]
+        )
+        insert_before(g.graph, node, new_nodes)
+        consumers = g.consumers.get(output, [])
+        if consumers and all(c.op_type == "Reshape" and c.input[0] == output for c in consumers):
+            for consumer in consumers:  # a Reshape reads (N, K, 1, H') as it read (N, K, H', 1): the same layout
+                consumer.input[0] = wide_out
+        else:
+            back = [-1, *[int(d) for d in out_shape[1:]]]  # N, K, H', 1: the Conv's old output shape, no copy
+            last = helper.make_node(
+                "Reshape",
+                [wide_out, g.shape_constant(base + "/tall_shape", back)],
+                [output],
+                name=g.fresh(base + "/to_tall"),
+            )
+            g.graph.node.insert(list(g.graph.node).index(node) + 1, last)
+        return True
+
+    return ctx.rewrite_nodes(rewrite, shapes=True)
 
 
 # ORT's NCHWc convolutions (ORT_ENABLE_ALL, x86) work in blocks of 16 output channels with AVX-512 (8 with AVX2):

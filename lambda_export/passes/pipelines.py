@@ -38,6 +38,7 @@ from lambda_export.passes.cleanup import (
 )
 from lambda_export.passes.einsum import rewrite_einsum_nodes
 from lambda_export.passes.performance import (
+    conv_along_width,
     conv_as_dense_matmul,
     conv_output_channels_last,
     flatten_transposed_matmul,
@@ -90,6 +91,9 @@ PERFORMANCE: tuple[Pass, ...] = (
     # first: it matches the Conv → Reshape → Transpose chain of the local lambda layer before the transpose passes
     # below rewrite that Transpose
     conv_as_dense_matmul,
+    # a 1D layer's (T, 1) convolution that stays a Conv runs along the width; before conv_output_channels_last, which
+    # then finds the same Conv → Reshape chain on the (1, T) map
+    conv_along_width,
     # the same chain where the Conv stays (larger maps); before split_slow_transposes, which would split its
     # (0, 3, 2, 1) Transpose into two moves, and transpose_as_identity_matmul, which leaves the NHWC move alone
     conv_output_channels_last,

@@ -315,7 +315,9 @@ def test_conv_as_dense_matmul_on_local_lambda_layers(spatial, extra, data_format
         assert all(performance._is_single_move(perm) for perm in perms), perms
 
 
-@pytest.mark.parametrize(("spatial", "u", "k", "applies"), [((12, 12), 1, 16, True), ((40,), 4, 32, True), ((12, 12), 2, 8, False)])
+@pytest.mark.parametrize(
+    ("spatial", "u", "k", "applies"), [((12, 12), 1, 16, True), ((40,), 4, 32, True), ((12, 12), 2, 8, False)]
+)
 def test_conv_output_channels_last_is_exact(spatial, u, k, applies) -> None:
     """The local λp chain with its first transpose moved onto the Conv output: the same values out of ONNX Runtime (the
     pass only moves data; ORT may then pick another GEMM kernel for the consumer, so agreement is to float32 rounding,
@@ -343,6 +345,7 @@ def test_conv_output_channels_last_is_exact(spatial, u, k, applies) -> None:
         return
     np.testing.assert_allclose(_run(rewritten, x), _run(original, x), rtol=0, atol=1e-5)
     np.testing.assert_allclose(_run(rewritten, x), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
     def perms(graph) -> list[list[int]]:
         return [list(a.ints) for n in graph.graph.node if n.op_type == "Transpose" for a in n.attribute]
 
@@ -359,6 +362,53 @@ def test_conv_output_channels_last_is_exact(spatial, u, k, applies) -> None:
     assert check_target(rewritten, "portable") == []
     props = {p.key: p.value for p in convert(model).model.metadata_props}  # the default export takes it
     assert "conv_output_channels_last" in props["rewrite_passes"]
+
+
+def test_conv_along_width_is_exact() -> None:
+    """A convolution over an (H, 1) map runs over the (1, H) map: the 1D local lambda layer (through the whole default
+    pipeline) and plain Keras convolutions on a tall map (strided, grouped, with bias): ORT gives the same values as
+    before the rewrite and as TensorFlow (same products, same sums: 1e-5 absolute + relative on O(1–10) outputs)."""
+    import copy
+
+    import keras
+
+    from lambda_export.conversion import convert
+    from lambda_export.passes import performance
+    from lambda_export.targets import check_target
+    from lambda_layers.layers import LambdaNetwork1DConv
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((64, 8))
+    model = keras.Model(
+        inputs, LambdaNetwork1DConv(32, key_depth=16, heads=2, intra_depth=2, receptive_kernel=7)(inputs)
+    )
+    x = np.random.default_rng(3).standard_normal((3, 64, 8)).astype(np.float32)
+    default = convert(model).model
+    props = {p.key: p.value for p in default.metadata_props}
+    assert "conv_along_width" in props["rewrite_passes"] and "conv_output_channels_last" in props["rewrite_passes"]
+    conv = next(n for n in default.graph.node if n.op_type == "Conv")
+    assert [a.ints for a in conv.attribute if a.name == "kernel_shape"] == [[1, 7]]
+    assert check_target(default, "portable") == []
+    np.testing.assert_allclose(_run(default, x), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+    image = keras.Input((20, 1, 4))
+    hidden = keras.layers.Conv2D(8, (5, 1), strides=(2, 1), padding="same")(image)  # strided, with bias
+    hidden = keras.layers.Conv2D(8, (3, 1), padding="valid", groups=2, use_bias=False)(hidden)  # grouped
+    plain = keras.Model(image, keras.layers.ReLU()(hidden))
+    y = np.random.default_rng(4).standard_normal((2, 20, 1, 4)).astype(np.float32)
+    original = convert(plain, optimize="size").model
+    rewritten = copy.deepcopy(original)
+    assert performance.conv_along_width(rewritten)
+    kernels = [
+        list(a.ints)
+        for n in rewritten.graph.node
+        if n.op_type == "Conv"
+        for a in n.attribute
+        if a.name == "kernel_shape"
+    ]
+    assert kernels == [[1, 5], [1, 3]], kernels
+    np.testing.assert_allclose(_run(rewritten, y), _run(original, y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_run(rewritten, y), np.asarray(plain(y)), rtol=1e-5, atol=1e-5)
 
 
 def test_conv_as_dense_matmul_generic_conv_and_refusals() -> None:

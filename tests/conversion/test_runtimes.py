@@ -227,7 +227,8 @@ LAYER_TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def variant_exports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Each 2D position-lambda variant, u=1 channels last and u=4 channels first, exported with target="portable",
+    """Each 2D position-lambda variant, u=1 channels last and u=4 channels first, and the 1D local layer, exported with
+    target="portable",
     and the same graph after every performance pass (``--optimize speed``, thresholds off so that these small layers
     take the rewrites that large ones take): the passes must keep the graph loadable and exact on every runtime."""
     from performance_helpers import force_performance_passes
@@ -237,20 +238,24 @@ def variant_exports(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
     folder = tmp_path_factory.mktemp("variants")
     exports = []
-    for variant in VARIANTS:
-        for u, data_format in ((1, "channels_last"), (4, "channels_first")):
-            model, x, reference = _layer_model("2d", variant, u, data_format)
-            name = f"{variant}_u{u}_{data_format}"
-            path = folder / f"{name}.onnx"
-            result = convert(model, path)
-            np.save(folder / f"{name}.x.npy", x)
-            exports.append(
-                {"name": name, "onnx": str(path), "x": x, "x_npy": folder / f"{name}.x.npy", "reference": reference}
-            )
-            if force_performance_passes(result.model):
-                fast = folder / f"{name}_speed.onnx"
-                onnx.save(result.model, fast)
-                exports.append({**exports[-1], "name": f"{name}_speed", "onnx": str(fast)})
+    # the 2D variants, plus the 1D local layer (its (T, 1) convolution runs along the width: conv_along_width)
+    cases = [
+        ("2d", variant, u, fmt) for variant in VARIANTS for u, fmt in ((1, "channels_last"), (4, "channels_first"))
+    ]
+    cases.append(("1dconv", "local", 2, "channels_last"))
+    for kind, variant, u, data_format in cases:
+        model, x, reference = _layer_model(kind, variant, u, data_format)
+        name = f"{kind}_{variant}_u{u}_{data_format}"
+        path = folder / f"{name}.onnx"
+        result = convert(model, path)
+        np.save(folder / f"{name}.x.npy", x)
+        exports.append(
+            {"name": name, "onnx": str(path), "x": x, "x_npy": folder / f"{name}.x.npy", "reference": reference}
+        )
+        if force_performance_passes(result.model):
+            fast = folder / f"{name}_speed.onnx"
+            onnx.save(result.model, fast)
+            exports.append({**exports[-1], "name": f"{name}_speed", "onnx": str(fast)})
     assert sum(item["name"].endswith("_speed") for item in exports) >= len(VARIANTS)
     return exports
 
@@ -283,9 +288,12 @@ def test_variants_opencv5(variant_exports: list[dict], record_property) -> None:
 
 
 def test_variants_opencv46_debian(variant_exports: list[dict], tmp_path: Path, record_property) -> None:
-    jobs = [(item["onnx"], item["x_npy"], tmp_path / f"{item['name']}.y.npy") for item in variant_exports]
+    # 2D layers only: OpenCV 4.6 reads a (b, T, c) input blob as 2D and fails at the 1D layer's first projection
+    # (InnerProduct "axis 2 out of range"), before any lambda-specific node; a limitation of OpenCV 4.6, not of a pass
+    exports = [item for item in variant_exports if item["name"].startswith("2d_")]
+    jobs = [(item["onnx"], item["x_npy"], tmp_path / f"{item['name']}.y.npy") for item in exports]
     timings = _run_system_opencv(jobs, tmp_path)
-    for item, job, (version, seconds) in zip(variant_exports, jobs, timings, strict=True):
+    for item, job, (version, seconds) in zip(exports, jobs, timings, strict=True):
         error = _max_error(np.load(job[2]), item["reference"])
         _report(record_property, f"opencv_{version}_debian_{item['name']}", error, seconds)
         assert error <= LAYER_TOLERANCE, item["name"]
