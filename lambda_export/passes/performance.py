@@ -14,6 +14,8 @@ Found with ONNX Runtime's profiler on the lambda layers (``benchmarks/RESULTS.md
   16×16 map took 35 % of the network's time). When the map is small next to the kernel (n ≤ 2·r², every output
   sees most of the map) the convolution is written as one GEMM with its dense (n·u, n·k) matrix; with the layer's
   (b, v, k, n) → (b, n, k, v) transpose folded into the matrix layout only a single-axis transpose is left.
+* ``conv_along_width`` – a 1D layer's convolution on the (T, 1) grid: ORT's NCHWc kernel is vectorised along the
+  width, so each of the T rows was a call for one output pixel; the same Conv over the (1, T) grid is one long row.
 * ``conv_output_channels_last`` – where the local lambda convolution stays a Conv, its (b, v, k, n) → (b, n, k, v)
   transpose (two axes move: two passes over the layer's largest tensor) starts with the NCHW → NHWC move of the Conv
   output, which ORT folds into its NCHWc convolution for free; one single-axis move is left.
@@ -592,7 +594,8 @@ def conv_along_width(ctx: PassContext) -> bool:
 
     The local lambda convolution of a 1D layer runs on the (T, 1) grid. ORT's NCHWc kernels walk the output one row
     at a time, vectorised along the width: with a width of 1 each of the T rows is a call with one output pixel.
-    Along the width the same products are one long row (1D local T=1024, u=4, batch 8: the Conv 50 % → …). The
+    Along the width the same products are one long row (1D local T=1024, u=4, batch 8: the Conv went
+    from 51 % to 16 % of the layer's time, the layer 38 % faster; OpenVINO 3× faster on the same file). The
     memory layout of (N, C, H, 1) and (N, C, 1, H) is the same, so the Reshapes copy nothing, and each output is the
     same sum of the same products. Only where C and H are static; grouped, strided and dilated along H are kept as
     they are (stride/dilation move with the axis).
