@@ -13,8 +13,9 @@ import io
 import logging
 import os
 import re
+import tempfile
 import warnings as pywarnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import onnx
 
 from lambda_export import env, ort
 from lambda_export.errors import ConversionError, InputError
+from lambda_export.folding import attach_weights, squeeze_matmul_weights
 from lambda_export.graph import (
     TensorInfo,
     UniqueNames,
@@ -34,6 +36,7 @@ from lambda_export.graph import (
     toposort,
 )
 from lambda_export.io import save_model_atomic, too_large_for_protobuf
+from lambda_export.lean import write_model
 from lambda_export.loading import LoadedModel, load_model
 from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
@@ -41,6 +44,10 @@ from lambda_export.targets import TARGETS, check_target
 __all__ = ["MAX_OPSET", "MIN_OPSET", "OPTIMIZE_CHOICES", "ConvertResult", "convert", "run_tf2onnx"]
 
 MIN_OPSET, MAX_OPSET = 13, 18
+WEIGHT_INPUT_BYTES: int | None = 64 * 1024
+"""Weights of this many bytes or more are traced as graph inputs and attached as initializers after tf2onnx (see
+:func:`_convert_with_weight_inputs`); smaller ones (batch-norm statistics, biases) are frozen constants that TensorFlow
+and tf2onnx fold as before. None: every weight frozen (tf2onnx's own way)."""
 
 
 @dataclass
@@ -238,7 +245,14 @@ def _erfc_as_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
     )
 
 
-def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool = False) -> onnx.ModelProto:
+def run_tf2onnx(
+    function: Any,
+    signature: list[Any],
+    opset: int,
+    *,
+    plain: bool = False,
+    weights: Sequence[Callable[[], np.ndarray]] = (),
+) -> onnx.ModelProto:
     """Convert a ``tf.function`` with tf2onnx (what ``tf2onnx.convert.from_function`` does), per call configured.
 
     With ``plain`` the conversion is tf2onnx's own (its full optimizer list, equations as tf2onnx reads them), for
@@ -247,6 +261,11 @@ def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool 
     ``Erfc`` (exact gelu) is converted as ``1 − Erf``. Constants the function captured become initializers. Both
     keep the conversion's memory bounded (:func:`tf2onnx_optimizers`). Nothing global in tf2onnx is modified, so
     conversions in other threads are not affected.
+
+    ``weights``: the last ``len(weights)`` entries of ``signature`` are weights the function takes as arguments (see
+    :func:`_tf2onnx_convert`), each given here as a function returning its value. tf2onnx converts them as graph
+    inputs (nothing to freeze, fold or deep-copy); then what the graph computes from them alone is folded and they
+    become initializers (:func:`lambda_export.folding.attach_weights`).
     """
     import tensorflow as tf
     from tf2onnx import convert as tf2onnx_convert
@@ -283,6 +302,12 @@ def run_tf2onnx(function: Any, signature: list[Any], opset: int, *, plain: bool 
             optimizers=tf2onnx_optimizers(einsum=plain),
         )
     _inline_captured(proto, captured)
+    if weights:
+        before = {init.name for init in proto.graph.initializer}
+        names = [spec.name for spec in signature[len(signature) - len(weights) :]]
+        attach_weights(proto.graph, dict(zip(names, weights, strict=True)))
+        new = {init.name for init in proto.graph.initializer} - before
+        squeeze_matmul_weights(proto, new)
     return proto
 
 
@@ -338,8 +363,13 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
         result = keras.tree.flatten(model(feed, training=False))
         return [tf.identity(t) for t in result]
 
-    function = tf.function(forward, input_signature=signature)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    variables = weight_inputs(model)
+    if variables:
+        proto = _convert_with_weight_inputs(forward, signature, variables, opset)
+        if proto is not None:
+            return proto
+    function = tf.function(forward, input_signature=signature)
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink), pywarnings.catch_warnings():
@@ -356,6 +386,81 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
             raise ConversionError(_too_large_message(model)) from exc
         raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {first}") from exc
     return proto
+
+
+def weight_inputs(model: Any, min_bytes: int | None = None) -> list[Any]:
+    """The model's variables traced as graph inputs rather than frozen constants: those of ``min_bytes`` or more
+    (default :data:`WEIGHT_INPUT_BYTES`; None there switches the weight inputs off), in ``model.weights`` order."""
+    threshold = WEIGHT_INPUT_BYTES if min_bytes is None else min_bytes
+    if threshold is None:
+        return []
+    chosen, seen = [], set()
+    for variable in getattr(model, "weights", []):
+        if id(variable) in seen:
+            continue
+        seen.add(id(variable))
+        size = int(np.prod(variable.shape, dtype=np.int64)) * np.dtype(variable.dtype).itemsize
+        if size >= threshold:
+            chosen.append(variable)
+    return chosen
+
+
+def _convert_with_weight_inputs(
+    forward: Callable[..., Any], signature: list[Any], variables: list[Any], opset: int
+) -> onnx.ModelProto | None:
+    """``forward`` traced with ``variables`` as extra arguments (a ``keras.StatelessScope`` maps each variable to its
+    argument), converted by :func:`run_tf2onnx` with their values attached as initializers after the conversion.
+
+    TensorFlow freezes captured variables into constants (a full copy), its grappler and tf2onnx's graph copy them
+    again and tf2onnx's optimizers deep-copy the whole graph before each of them: ResNet50's 102 MB of weights
+    made a conversion peak at 2.9 GB, and TensorFlow refuses to freeze a tensor over 2 GB at all. As arguments they
+    are placeholders: the graph that TensorFlow and tf2onnx process holds no weight data. What tf2onnx would have
+    folded on them (kernel transposes, reshapes, the gather of a relative position table) is folded afterwards, exactly
+    (:mod:`lambda_export.folding`).
+
+    Returns None when this trace or its conversion fails, or leaves an operation unconverted (a tf2onnx handler that
+    needs a constant operand): the caller then converts the ordinary way, with the weights frozen.
+    """
+    import keras
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec(tuple(variable.shape), tf.as_dtype(variable.dtype), name=f"weight_{index}")
+        for index, variable in enumerate(variables)
+    ]
+    taken = len(signature)
+
+    @tf.autograph.experimental.do_not_convert
+    def with_weights(*args: Any) -> list[Any]:
+        with keras.StatelessScope(state_mapping=list(zip(variables, args[taken:], strict=True))):
+            return forward(*args[:taken])
+
+    def value(variable: Any) -> Callable[[], np.ndarray]:
+        # the backend variable's buffer (a read of a CPU resource variable is not a copy), not Keras' np.array copy
+        return lambda: np.asarray(getattr(variable, "value", variable))
+
+    function = tf.function(with_weights, input_signature=[*signature, *specs])
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), pywarnings.catch_warnings():
+            pywarnings.simplefilter("ignore")
+            proto = run_tf2onnx(function, [*signature, *specs], opset, weights=[value(v) for v in variables])
+    except Exception as exc:  # any failure here means: convert the ordinary way
+        logging.getLogger(__name__).debug("weights as graph inputs failed, freezing them instead: %s", exc)
+        return None
+    if _unconverted_ops(proto) or len(proto.graph.input) != len(signature):
+        return None
+    return proto
+
+
+def _unconverted_ops(model: onnx.ModelProto) -> list[str]:
+    """``op (node)`` for each node that is not a standard ONNX op (tf2onnx leaves TensorFlow ops it cannot convert)."""
+    from onnx import defs
+
+    return [
+        f"{node.op_type} ({node.name})"
+        for node in all_nodes(model.graph)
+        if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type)
+    ]
 
 
 def _too_large_message(model: Any) -> str:
@@ -381,13 +486,21 @@ def _check_converted(model: onnx.ModelProto) -> None:
         raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}")
     large = too_large_for_protobuf(model)
     try:
-        # onnx.checker refuses in-memory models over 2 GiB: check the graph without the weight data instead
-        onnx.checker.check_model(_without_weights(model) if large else model, full_check=True)
+        # the graph without the weight data: onnx.checker serializes what it checks (refusing models over 2 GiB) and
+        # its shape inference copies it again; ONNX Runtime below reads every initializer anyway
+        onnx.checker.check_model(_without_weights(model), full_check=True)
     except Exception as exc:
         raise ConversionError(f"the exported graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
     if not large:
         try:
-            ort.session(model.SerializeToString())
+            # from a file written tensor by tensor, so that ONNX Runtime holds the only serialized copy, and without
+            # its layout optimizations (NCHWc copies of the convolution weights): a load check that costs ~1.8x the
+            # weights, not ~4x (ResNet50: +171 MB, not +381 MB); the parity check runs every optimization
+            with tempfile.TemporaryDirectory(prefix="lambda_export_check.") as folder:
+                path = os.path.join(folder, "model.onnx")
+                with open(path, "wb") as handle:
+                    write_model(model, handle)
+                ort.session(path, layout=False)
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime refuses the exported graph: {str(exc).strip()[:300]}") from exc
 
@@ -472,10 +585,9 @@ def _canonical_names(model: onnx.ModelProto) -> None:
                 dim.dim_param = "batch" if axis == 0 else f"{value.name}_dim{axis}"
     graph.doc_string = "exported by lambda-export"
     graph.name = "lambda_export"
-    # initializers in a stable order (name), nodes keep their topological order
-    inits = sorted(graph.initializer, key=lambda t: t.name)
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
+    # initializers in a stable order (name), nodes keep their topological order; sorted in place (a new list would
+    # copy every tensor into the model again)
+    graph.initializer.sort(key=lambda t: t.name)
 
 
 def _versions() -> dict[str, str | None]:

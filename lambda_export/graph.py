@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lambda_export.lean import tensor_digest
+
 __all__ = [
     "GraphIndex",
     "Shapes",
@@ -215,7 +217,7 @@ class GraphIndex:
     def add_initializer(self, base: str, value: np.ndarray) -> str:
         """Add ``value`` as a new initializer named after ``base``; return its (fresh) name."""
         name = self.fresh(base)
-        self.graph.initializer.append(numpy_helper.from_array(value, name))
+        self.graph.initializer.add().CopyFrom(numpy_helper.from_array(value, name))  # append() refuses 2 GB
         return name
 
     def shape_constant(self, base: str, dims: Sequence[int]) -> str:
@@ -339,8 +341,7 @@ def canonical_order(graph: onnx.GraphProto, base_name: Callable[[str], str] = la
             return f"{key(node)}:{list(node.output).index(name)}"
         if name in initializers:
             init = initializers[name]
-            digest = hashlib.sha1(init.SerializeToString(deterministic=True).replace(init.name.encode(), b""))
-            return "init:" + digest.hexdigest()
+            return "init:" + tensor_digest(init)
         return "input:" + name
 
     def attribute_text(attr: onnx.AttributeProto) -> str:

@@ -23,6 +23,7 @@ import onnx
 from onnx import external_data_helper
 
 from lambda_export.errors import InputError
+from lambda_export.lean import serialized_size, write_model
 
 __all__ = [
     "PROTOBUF_LIMIT",
@@ -38,8 +39,11 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2  # leave headroom below protobuf's 2 GiB 
 
 
 def too_large_for_protobuf(model: onnx.ModelProto) -> bool:
-    """True when ``model`` cannot be serialised as one protobuf message (it needs external data)."""
-    return model.ByteSize() >= PROTOBUF_LIMIT
+    """True when ``model`` cannot be serialised as one protobuf message (it needs external data).
+
+    The size is computed without encoding the weights (``ByteSize()`` would, at a peak of several times the model).
+    """
+    return serialized_size(model) >= PROTOBUF_LIMIT
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -213,7 +217,9 @@ def save_model_atomic(
     Models too large for one protobuf (> 2 GiB), or any model with ``external_data=True``, are saved with ONNX external
     data next to the file (``<name>.data``, tensors of 1 KiB and more), also written to a temporary name first. The
     data file is renamed into place before the model file; if that last rename fails, a data file this call created is
-    removed again. Nothing is left behind under temporary names. Returns the final path.
+    removed again. Nothing is left behind under temporary names. Returns the final path. The model is written tensor
+    by tensor (:func:`lambda_export.lean.write_model`: the same bytes as protobuf's, without a serialized copy of it
+    in memory); ``model`` is not modified.
 
     Raises:
         InputError: the file exists and ``overwrite`` is False, or the folder is not writable / the disk is full.
@@ -233,27 +239,16 @@ def save_model_atomic(
         if external_data:
             fd, tmp_data = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=folder)
             os.close(fd)
-            os.unlink(tmp_data)  # onnx appends to the data file: it must start empty
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            external_data_helper.convert_model_to_external_data(
-                copy, all_tensors_to_one_file=True, location=os.path.basename(tmp_data), size_threshold=1024
-            )
-            # writes the tensors to tmp_data (relative to the model file's folder) and clears their raw data
-            external_data_helper.write_external_data_tensors(copy, str(folder))
-            if not os.path.exists(tmp_data):  # no tensor reached the threshold: onnx wrote no data file
-                open(tmp_data, "wb").close()
-            with open(tmp_data, "rb+") as handle:
-                os.fsync(handle.fileno())
-            # point the model at the final data file name
-            for tensor in _all_tensors(copy):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_path.name
-            serialized = copy.SerializeToString()
+
+            def write(handle: object) -> None:
+                with open(tmp_data, "wb") as data:  # type: ignore[arg-type]
+                    write_model(model, handle, data=data, location=data_path.name, threshold=1024)  # type: ignore[arg-type]
+                    data.flush()
+                    os.fsync(data.fileno())
+
+            tmp_model = _write_temporary(folder, path.name, write, mode)
         else:
-            serialized = model.SerializeToString()
-        tmp_model = _write_temporary(folder, path.name, lambda handle: handle.write(serialized), mode)
+            tmp_model = _write_temporary(folder, path.name, lambda handle: write_model(model, handle), mode)  # type: ignore[arg-type]
         if tmp_data is not None:
             created_data = None if data_path.exists() else data_path
             os.replace(tmp_data, data_path)

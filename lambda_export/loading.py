@@ -28,7 +28,15 @@ from lambda_export.graph import TensorInfo, UniqueNames
 MAX_ARCHIVE_BYTES = 16 * 1024**3  # a .keras entry declaring more than this uncompressed is refused
 MAX_COMPRESSION_RATIO = 2000  # ... and so is one that would expand more than this (zip bomb)
 
-__all__ = ["LoadedModel", "TensorInfo", "import_user_code", "load_model", "sha256_of", "walk_layers"]
+__all__ = [
+    "LoadedModel",
+    "TensorInfo",
+    "import_user_code",
+    "input_value_ranges",
+    "load_model",
+    "sha256_of",
+    "walk_layers",
+]
 
 
 @dataclass
@@ -41,6 +49,8 @@ class LoadedModel:
     source: str | None = None  # path, or None for an in-memory model
     sha256: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # input name -> [low, high) of the values it may take: an Embedding's vocabulary, {0, 1} for a mask
+    input_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -260,7 +270,7 @@ def load_model(
             if lambdas:
                 raise UnsafeModelError(_lambda_message("the model", lambdas), argument="trust_code=True")
         inputs, outputs = describe(source)
-        return LoadedModel(model=source, inputs=inputs, outputs=outputs)
+        return LoadedModel(model=source, inputs=inputs, outputs=outputs, input_ranges=_ranges(source, inputs))
 
     if path.is_dir():
         return _load_saved_model(path, trust_code=trust_code)
@@ -269,7 +279,14 @@ def load_model(
     except Exception as exc:
         raise _explain_load_error(path, exc) from exc
     inputs, outputs = describe(model)
-    return LoadedModel(model=model, inputs=inputs, outputs=outputs, source=str(path), sha256=sha256_of(path))
+    return LoadedModel(
+        model=model,
+        inputs=inputs,
+        outputs=outputs,
+        source=str(path),
+        sha256=sha256_of(path),
+        input_ranges=_ranges(model, inputs),
+    )
 
 
 def _file_config(path: Path) -> dict[str, Any]:
@@ -376,6 +393,116 @@ def walk_layers(model: Any) -> list[Any]:
         out.append(layer)
         out.extend(walk_layers(layer))
     return out
+
+
+# operations whose outputs hold their inputs' values (moved, sliced, joined, cast): an id or a mask stays one
+_VALUE_PRESERVING = frozenset(
+    {
+        "InputLayer", "Identity", "Reshape", "Flatten", "Permute", "RepeatVector", "Cropping1D", "Cropping2D",
+        "Cropping3D", "GetItem", "Slice", "Concatenate", "Stack", "Squeeze", "ExpandDims", "Transpose", "Cast",
+        "Tile", "BroadcastTo", "Repeat", "Take", "TakeAlongAxis", "LogicalAnd", "LogicalOr", "LogicalNot",
+        "LogicalXor",
+    }
+)  # fmt: skip
+
+
+def input_value_ranges(model: Any) -> dict[int, tuple[int, int]]:
+    """[low, high) of the values each input of a functional Keras model may take, by position in ``model.inputs``.
+
+    An input that feeds ``Embedding`` layers (directly or through operations that only move, slice, join or cast
+    values, or a custom layer holding an ``Embedding``) takes ids below the smallest of their ``input_dim``; one
+    that a layer receives as a mask (a call argument whose name contains "mask": ``mask=``, ``attention_mask=``,
+    ``query_mask=``...) takes 0 and 1; both: the narrower. Nested functional models are followed into. Inputs with
+    neither use are left out (any value of their dtype is valid as far as the model's structure tells).
+    """
+    consumers = _consumers(model)
+    ranges: dict[int, tuple[int, int]] = {}
+    for position, tensor in enumerate(getattr(model, "inputs", None) or []):
+        highs = _value_limits(tensor, consumers, set())
+        if highs:
+            ranges[position] = (0, min(highs))
+    return ranges
+
+
+def _consumers(model: Any) -> dict[int, list[tuple[Any, Any, bool]]]:
+    """id(KerasTensor) → (operation, node, used as a mask) for every node of ``model`` and the models nested in it."""
+    found: dict[int, list[tuple[Any, Any, bool]]] = {}
+    seen: set[int] = set()
+    pending = [model]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for operation in getattr(current, "_operations", None) or []:
+            if hasattr(operation, "_operations"):
+                pending.append(operation)
+            for node in getattr(operation, "_inbound_nodes", []):
+                arguments = node.arguments
+                for value in _keras_tensors(arguments.args):
+                    found.setdefault(id(value), []).append((operation, node, False))
+                for key, argument in arguments.kwargs.items():
+                    for value in _keras_tensors(argument):
+                        found.setdefault(id(value), []).append((operation, node, "mask" in key.lower()))
+    return found
+
+
+def _keras_tensors(structure: Any) -> list[Any]:
+    import keras
+
+    return [value for value in keras.tree.flatten(structure) if isinstance(value, keras.KerasTensor)]
+
+
+def _value_limits(tensor: Any, consumers: dict[int, list[tuple[Any, Any, bool]]], visited: set[int]) -> list[int]:
+    """The exclusive upper bounds that the uses of ``tensor`` put on its values (see :func:`input_value_ranges`)."""
+    if id(tensor) in visited:
+        return []
+    visited.add(id(tensor))
+    limits: list[int] = []
+    for operation, node, as_mask in consumers.get(id(tensor), []):
+        name = type(operation).__name__
+        if as_mask:
+            limits.append(2)
+        elif name == "Embedding" and getattr(operation, "input_dim", None):
+            limits.append(int(operation.input_dim))
+        elif hasattr(operation, "_operations") and getattr(operation, "inputs", None):
+            # a nested functional model: follow the tensor to the inner input at the same position
+            flat = _keras_tensors((node.arguments.args, node.arguments.kwargs))
+            inner = list(operation.inputs)
+            for index, value in enumerate(flat):
+                if value is tensor and index < len(inner):
+                    limits += _value_limits(inner[index], consumers, visited)
+        elif name in _VALUE_PRESERVING:
+            for output in node.outputs:
+                limits += _value_limits(output, consumers, visited)
+        else:
+            sizes = [
+                int(layer.input_dim)
+                for layer in _sublayers(operation)
+                if type(layer).__name__ == "Embedding" and getattr(layer, "input_dim", None)
+            ]
+            if sizes:  # a custom layer that embeds its input (token + position embeddings)
+                limits.append(min(sizes))
+    return limits
+
+
+def _sublayers(operation: Any) -> list[Any]:
+    flatten = getattr(operation, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    try:
+        return list(flatten(include_self=False, recursive=True))
+    except Exception:  # a custom layer's own tracking can be anything
+        return []
+
+
+def _ranges(model: Any, inputs: list[TensorInfo]) -> dict[str, tuple[int, int]]:
+    """:func:`input_value_ranges` by input name (empty when the model's graph cannot be walked)."""
+    try:
+        by_position = input_value_ranges(model)
+    except Exception:  # a subclassed or unusual model: no structure to read, no ranges
+        return {}
+    return {inputs[position].name: bounds for position, bounds in by_position.items() if position < len(inputs)}
 
 
 def _load_saved_model(path: Path, *, trust_code: bool) -> LoadedModel:

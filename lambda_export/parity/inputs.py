@@ -1,6 +1,7 @@
 """The inputs of a parity check: seeded random ones, or the user's own, checked against the model's inputs.
 
-* :func:`make_inputs`: one seeded draw from a distribution of :data:`DISTRIBUTIONS` (integers in [0, :data:`INT_HIGH`)).
+* :func:`make_inputs`: one seeded draw from a distribution of :data:`DISTRIBUTIONS` (integers in [0, :data:`INT_HIGH`)),
+  each input kept within its own value range where the model says what it is (an Embedding's vocabulary, a mask).
 * :func:`load_inputs` (``.npz``/``.npy`` files, no pickle) and :func:`check_arrays` (arrays in memory): names, shapes,
   dtypes, NaN/Inf and one batch size for all, each problem as one line naming the input.
 * :func:`merge_inputs`: the Keras input descriptions with the dims the ONNX graph fixes.
@@ -10,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ def make_inputs(
     seed: int,
     *,
     int_high: int = INT_HIGH,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs, one array per input, keyed by input name.
 
@@ -72,6 +74,9 @@ def make_inputs(
             ("zeros" gives zeros): a safe range for index-like inputs (an embedding input needs ``int_high`` ≤ its
             vocabulary size). Boolean inputs get random booleans.
         seed: NumPy ``default_rng`` seed; inputs are drawn in order from one generator.
+        ranges: input name → [low, high): the values that input may take (its Embeddings' vocabulary, {0, 1} for a
+            mask; :attr:`lambda_export.loading.LoadedModel.input_ranges`). Such an input gets uniform integers in
+            that range, in its own dtype, whatever the distribution ("zeros" gives ``low``), instead of ``int_high``'s.
 
     Raises:
         InputError: unknown distribution, unknown non-batch dims, bad batch size.
@@ -79,12 +84,33 @@ def make_inputs(
     check_distribution(distribution)
     if int(int_high) < 1:
         raise InputError(f"int_high {int_high}: must be >= 1", argument="int_high")
+    for name, (low, high) in (ranges or {}).items():
+        if int(high) <= int(low):
+            raise InputError(f"input {name!r}: empty value range [{low}, {high})", argument="ranges")
     rng = np.random.default_rng(seed)
     out = {}
     for info in inputs:
         shape = _batch_shape(info, batch_size)
-        out[info.name] = np.ascontiguousarray(_draw(rng, info, shape, distribution, int_high))
+        bounds = (ranges or {}).get(info.name)
+        if bounds is not None and np.dtype(info.dtype).kind in "iubf":
+            out[info.name] = np.ascontiguousarray(_draw_in_range(rng, info, shape, distribution, bounds))
+        else:
+            out[info.name] = np.ascontiguousarray(_draw(rng, info, shape, distribution, int_high))
     return out
+
+
+def _draw_in_range(
+    rng: np.random.Generator, info: TensorInfo, shape: list[int], distribution: str, bounds: tuple[int, int]
+) -> np.ndarray:
+    """Uniform integers in [low, high) as ``info.dtype`` (booleans for a {0, 1} range); "zeros" gives ``low``."""
+    low, high = int(bounds[0]), int(bounds[1])
+    dtype = np.dtype(info.dtype)
+    if distribution == "zeros":
+        return np.full(shape, low).astype(dtype)
+    if dtype.kind in "iu":  # the dtype's own range bounds the draw too
+        limits = np.iinfo(dtype)
+        low, high = max(low, int(limits.min)), min(high, int(limits.max) + 1)
+    return rng.integers(low, max(high, low + 1), shape).astype(dtype)
 
 
 def _batch_shape(info: TensorInfo, batch_size: int | None) -> list[int]:

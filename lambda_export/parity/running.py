@@ -1,7 +1,8 @@
 """Running the two sides of a parity check: the Keras reference and the ONNX model handed to ONNX Runtime.
 
 * :func:`load_onnx_model`: an ``onnx.ModelProto`` as given, or read from a file with :func:`lambda_export.io.load_onnx`.
-* :func:`model_bytes`: the serialized model for an ONNX Runtime session (refused above protobuf's 2 GiB limit).
+* :func:`model_bytes`: the serialized model for an ONNX Runtime session (refused above protobuf's 2 GiB limit);
+  :func:`session_source`: a temporary file for one instead (with external data for a larger model).
 * :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
   traced function calls it.
 * :func:`first_line`: the first line of an exception's message, for one-line problems in reports.
@@ -11,7 +12,10 @@ Sessions themselves come from :func:`lambda_export.ort.session`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,10 @@ import onnx
 
 from lambda_export.errors import InputError
 from lambda_export.io import load_onnx, too_large_for_protobuf
+from lambda_export.lean import serialize, write_model
 from lambda_export.loading import LoadedModel
 
-__all__ = ["first_line", "keras_feed", "load_onnx_model", "model_bytes", "run_keras"]
+__all__ = ["first_line", "keras_feed", "load_onnx_model", "model_bytes", "run_keras", "session_source"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -51,7 +56,23 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     """
     if too_large_for_protobuf(model):
         raise InputError("the ONNX model is larger than 2 GiB: verify the saved file (with its external data) instead")
-    return model.SerializeToString()
+    return serialize(model)  # tensor by tensor: SerializeToString() peaks at several times the model
+
+
+@contextlib.contextmanager
+def session_source(model: onnx.ModelProto) -> Iterator[str]:
+    """A temporary file that ``ort.session`` loads ``model`` from (removed afterwards), written tensor by tensor: ONNX
+    Runtime then holds the only serialized copy (bytes in memory would be one more). A model over protobuf's 2 GiB
+    limit gets its weights beside it as ONNX external data."""
+    with tempfile.TemporaryDirectory(prefix="lambda_export_parity.") as folder:
+        path = os.path.join(folder, "model.onnx")
+        with open(path, "wb") as out:
+            if too_large_for_protobuf(model):
+                with open(path + ".data", "wb") as data:
+                    write_model(model, out, data=data, location="model.onnx.data")
+            else:
+                write_model(model, out)
+        yield path
 
 
 def keras_feed(loaded: LoadedModel, feed: dict[str, np.ndarray]) -> Any:

@@ -55,7 +55,14 @@ from lambda_export.parity.metrics import (
 )
 from lambda_export.parity.reference import float64_model, run_float64
 from lambda_export.parity.results import ParityReport, ResultRow, environment
-from lambda_export.parity.running import first_line, keras_feed, load_onnx_model, model_bytes, run_keras
+from lambda_export.parity.running import (
+    first_line,
+    keras_feed,
+    load_onnx_model,
+    model_bytes,
+    run_keras,
+    session_source,
+)
 
 __all__ = ["ParityConfig", "verify"]
 
@@ -217,7 +224,7 @@ def verify(
     timings["load"] = time.perf_counter() - step
 
     infos, keras_out = _matching_io(loaded, proto)
-    sets, inputs_label = _input_sets(config, infos, notes)
+    sets, inputs_label = _input_sets(config, infos, notes, loaded.input_ranges)
     report = ParityReport(
         passed=False,
         atol=float(config.atol),
@@ -311,10 +318,18 @@ class _InputSet:
     baseline: list[tuple[float, float]] | None = None  # per output: TensorFlow's (max, rms) error, see _baselines
 
 
-def _input_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str]) -> tuple[list[_InputSet], str]:
-    """The input sets to compare on, and how the report names them ("random", "user (in memory)" or the file)."""
+def _input_sets(
+    config: ParityConfig,
+    infos: list[TensorInfo],
+    notes: list[str],
+    ranges: dict[str, tuple[int, int]] | None = None,
+) -> tuple[list[_InputSet], str]:
+    """The input sets to compare on, and how the report names them ("random", "user (in memory)" or the file).
+
+    ``ranges``: each input's value range read from the Keras model (``LoadedModel.input_ranges``) for random draws.
+    """
     if config.inputs is None:
-        return _random_sets(config, infos, notes), "random"
+        return _random_sets(config, infos, notes, ranges), "random"
     if isinstance(config.inputs, dict):
         feed = check_arrays(config.inputs, infos, "inputs")
         inputs_label = "user (in memory)"
@@ -325,7 +340,12 @@ def _input_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str])
     return [_InputSet(int(first.shape[0]) if first.ndim else 1, "user", 0, None, feed)], inputs_label
 
 
-def _random_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str]) -> list[_InputSet]:
+def _random_sets(
+    config: ParityConfig,
+    infos: list[TensorInfo],
+    notes: list[str],
+    ranges: dict[str, tuple[int, int]] | None = None,
+) -> list[_InputSet]:
     """One seeded draw per batch size × distribution × sample (the graph's batch, when it fixes one)."""
     fixed = sorted({info.shape[0] for info in infos if info.shape and info.shape[0] is not None})
     if fixed:
@@ -341,7 +361,7 @@ def _random_sets(config: ParityConfig, infos: list[TensorInfo], notes: list[str]
         for distribution in config.distributions:
             for sample in range(int(config.samples)):
                 derived = derived_seed(config.seed, size, DISTRIBUTIONS.index(distribution), sample)
-                feed = make_inputs(infos, size, distribution, derived, int_high=config.int_high)
+                feed = make_inputs(infos, size, distribution, derived, int_high=config.int_high, ranges=ranges)
                 sets.append(_InputSet(size, distribution, sample, derived, feed))
     return sets
 
@@ -413,9 +433,10 @@ def _run_checks(
     _insensitive_outputs(report, sets, keras_out, config)
 
     rule = _Rule(config.atol, config.rtol, config.factor, config.floor, config.tf32)
-    report.results, fp32_hist = _run_candidates(
-        model_bytes(proto), run, sets, keras_out, rule, "fp32", timings, say, report.notes
-    )
+    with session_source(proto) as source:  # a temporary file: no serialized copy here (external data over 2 GiB)
+        report.results, fp32_hist = _run_candidates(
+            source, run, sets, keras_out, rule, "fp32", timings, say, report.notes
+        )
     report.histograms.extend(fp32_hist)
 
     fp32_passed = bool(report.results) and all(row.metrics.passed for row in report.results)
@@ -527,7 +548,7 @@ class _Rule:
 
 
 def _run_candidates(
-    serialized: bytes,
+    serialized: bytes | str,
     providers: list[str],
     sets: list[_InputSet],
     output_names: list[str],

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import onnx
 
 from lambda_export.graph import GraphIndex, Shapes, static_shapes
+from lambda_export.lean import Snapshot
 from lambda_export.targets import check_target
 
 __all__ = ["GraphPass", "Pass", "PassContext", "PassManager", "PassRecord", "PassResult", "graph_pass"]
@@ -212,8 +213,7 @@ class PassManager:
 
     def _step(self, ctx: PassContext, one: Pass, round_index: int, *, record: bool = True) -> PassResult:
         started = time.perf_counter()
-        before = onnx.ModelProto()
-        before.CopyFrom(ctx.model)
+        before = Snapshot(ctx.model)  # not a copy of the weights: a pass step would otherwise hold two models
         undone = None
         try:
             result = one.run(ctx)
@@ -225,7 +225,7 @@ class PassManager:
         except Exception as exc:
             undone = f"it failed ({type(exc).__name__}: {_first_line(exc)})"
         if undone is not None:
-            ctx.model.CopyFrom(before)
+            before.restore(ctx.model)
             result = PassResult(False, (f"pass {one.name} was skipped: {undone}; the graph from before it is kept",))
         if result.changed or undone is not None:
             ctx.invalidate()
@@ -251,14 +251,13 @@ class PassManager:
     def _run_guarded(self, ctx: PassContext) -> list[str]:
         target = ctx.target
         before = len(check_target(ctx.model, target))
-        original = onnx.ModelProto()
-        original.CopyFrom(ctx.model)
+        original = Snapshot(ctx.model)
         applied = self._rounds(ctx, self.passes)
         if not applied or len(check_target(ctx.model, target)) <= before:
             return applied
         # find the pass(es) responsible: replay one at a time from the original, keeping only the harmless ones (the
         # model object stays the same: callers of a bare-model pass keep their reference)
-        ctx.model.CopyFrom(original)
+        original.restore(ctx.model)
         ctx.invalidate()
         applied = []
         for one in self.passes:

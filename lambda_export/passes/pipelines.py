@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from lambda_export.lean import Snapshot
 from lambda_export.passes.base import Pass, PassContext, PassManager, PassRecord
 from lambda_export.passes.cleanup import (
     eliminate_dead_nodes,
@@ -142,16 +143,16 @@ def rewrite_for_target(
             the pipeline runs again from ``model`` as it was, checking after every pass and skipping the passes
             whose result fails.
     """
-    original = None
-    if check is not None:
-        original = onnx.ModelProto()
-        original.CopyFrom(model)
+    # the model as it was, for the retry: without a copy of the weights (passes never change an initializer in place)
+    snapshot = Snapshot(model) if check is not None else None
     result = _run_pipeline(PassContext(model, target, _target_options(target)), optimize)
-    if check is None:
+    if snapshot is None or check is None:
         return result
     try:
         check(result.model)
     except Exception:
+        original = onnx.ModelProto()
+        snapshot.restore(original)
         retry = _run_pipeline(PassContext(original, target, _target_options(target), check), optimize)
         retry.log = result.log + retry.log
         return retry

@@ -217,8 +217,10 @@ print(config.embedding_bytes, before, status("VmHWM:"))
 def test_conversion_peak_memory_stays_a_small_multiple_of_the_weights():
     """tf2onnx's optimizer loop deep-copies the graph before every optimizer; without the collection between them
     (``conversion._collecting``) converting a 39 MB embedding grew the process by 2.1 GB (55×), and a 630 MB one was
-    OOM-killed at 24 GB. With it: 19–24× (most of it in TensorFlow's grappler, which lambda-export does not control).
-    The bar of 35× leaves room for allocator noise and still fails on the old behaviour."""
+    OOM-killed at 24 GB. With it: 19–24× (most of it in TensorFlow's grappler). With the weight traced as a graph
+    input and attached after tf2onnx (``conversion.WEIGHT_INPUT_BYTES``) and the model written tensor by tensor
+    (:mod:`lambda_export.lean`): 4.6× (+182 MB, of which ~80 MB are tf2onnx, onnx and ONNX Runtime being imported).
+    The bar of 8× leaves room for allocator noise and fails on both older behaviours."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, timeout=300, env=env, check=False
@@ -229,7 +231,7 @@ def test_conversion_peak_memory_stays_a_small_multiple_of_the_weights():
     print(
         f"\nconversion peak: +{(peak - before) / 1e6:.0f} MB for a {embedding / 1e6:.0f} MB embedding = {growth:.1f}x"
     )
-    assert growth < 35, f"converting grew the process by {growth:.1f}x the embedding"
+    assert growth < 8, f"converting grew the process by {growth:.1f}x the embedding"
 
 
 def test_memory_bound_optimizers_are_per_call_and_leave_tf2onnx_unchanged():
@@ -248,9 +250,11 @@ def test_memory_bound_optimizers_are_per_call_and_leave_tf2onnx_unchanged():
 
 
 def test_tensor_over_2gb_gets_a_clear_error(monkeypatch):
-    """A 56×56, u=4 global layer has a 2.5 GB embedding. Verified on those layers: TensorFlow refuses to freeze the
-    absolute one ("Cannot create a tensor proto whose content is larger than 2GB"); for the relative one tf2onnx folds
-    the gather and protobuf fails with a DecodeError. Simulated here: the message must say so and name the weight."""
+    """A 56×56, u=4 global layer has a 2.5 GB embedding. Verified on those layers with frozen weights: TensorFlow
+    refuses to freeze the absolute one ("Cannot create a tensor proto whose content is larger than 2GB"); for the
+    relative one tf2onnx folds the gather and protobuf fails with a DecodeError. Weights traced as graph inputs
+    (``conversion.WEIGHT_INPUT_BYTES``) convert both (``benchmarks/conversion_memory.py``); the frozen path remains
+    the fallback. Simulated here, tf2onnx failing on both paths: the message must say so and name the weight."""
     import tf2onnx
     from google.protobuf.message import DecodeError
 

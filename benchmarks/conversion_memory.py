@@ -1,0 +1,249 @@
+"""Peak memory of a conversion against the bound of issue 13: TensorFlow's own footprint + 4x the weight bytes.
+
+    python benchmarks/conversion_memory.py                      # every model below, a table on stdout
+    python benchmarks/conversion_memory.py --only resnet50      # entries whose name contains TEXT
+    python benchmarks/conversion_memory.py --skip-large         # without the 2.5 GB lambda layer (~10 GB of RAM)
+
+Every measurement runs in a fresh subprocess and reads its own peak resident set (``VmHWM`` in
+``/proc/self/status``) at the end, so one model's heap never counts for another:
+
+* ``build``: the model with seeded random weights, saved as ``.keras``; prints its weight bytes.
+* ``footprint``: TensorFlow's own footprint for the model: ``lambda_export.loading.load_model`` and one forward pass
+  (batch 1, ``training=False``).
+* ``convert``: ``lambda_export.conversion.convert(MODEL.keras, OUT.onnx)`` (the Python API: load, tf2onnx, rewrite,
+  checks, save).
+* ``export``: the real command, ``lambda-export MODEL.keras -o OUT.onnx --json --force`` (conversion and parity
+  check), run in-process by the worker through ``lambda_export.cli.main``.
+
+* ``libraries``: the footprint again, with what a conversion imports besides TensorFlow (tf2onnx, onnx, ONNX Runtime)
+  loaded first: the part of every peak below that no model size changes.
+
+The bound is ``footprint + 4 × weight bytes`` (the Keras model's weights); "within" compares each peak with it. The
+"ONNX weights" column is what the export holds: for a relative position embedding, the gathered table, far larger
+than the Keras weight it is computed from (TensorFlow's own forward pass materialises it too, which the footprint
+includes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MB = 1024**2
+
+MODELS = ("resnet50_64", "mobilenetv2", "efficientnetb0", "demo", "lambda_relative_56_u4")
+LARGE = ("lambda_relative_56_u4",)
+
+
+# -- the models --------------------------------------------------------------------------------------------------------
+
+
+def build(name: str) -> tuple[Any, tuple[int, ...]]:
+    """The model ``name`` with seeded random weights, and its input shape (without the batch)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    if name == "resnet50_64":
+        shape = (64, 64, 3)
+        model = keras.applications.ResNet50(weights=None, input_shape=shape)
+    elif name == "mobilenetv2":
+        shape = (96, 96, 3)
+        model = keras.applications.MobileNetV2(weights=None, input_shape=shape)
+    elif name == "efficientnetb0":
+        shape = (64, 64, 3)
+        model = keras.applications.EfficientNetB0(weights=None, input_shape=shape)
+    elif name == "demo":
+        from lambda_layers import models
+
+        model = models.build_demo_model(seed=0)
+        shape = tuple(model.inputs[0].shape[1:])
+    elif name == "lambda_relative_56_u4":
+        from lambda_layers import LambdaNetwork2DConv
+
+        shape = (56, 56, 16)
+        inputs = keras.Input(shape)
+        layer = LambdaNetwork2DConv(64, key_depth=16, heads=4, intra_depth=4, relative=True)
+        model = keras.Model(inputs, layer(inputs))
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose among {', '.join(MODELS)}")
+    return model, shape
+
+
+# -- the workers (each in its own process) -----------------------------------------------------------------------------
+
+
+def _vm_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _worker(step: str, name: str, folder: Path) -> dict[str, Any]:
+    import numpy as np
+
+    path = folder / f"{name}.keras"
+    out = folder / f"{name}.onnx"
+    started = time.perf_counter()
+    result: dict[str, Any] = {}
+    if step == "build":
+        model, shape = build(name)
+        model.save(path)
+        sizes = [int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights]
+        result.update(weight_bytes=sum(sizes), largest_bytes=max(sizes), input_shape=list(shape))
+    elif step == "footprint":
+        from lambda_export.loading import load_model
+
+        loaded = load_model(path)
+        shape = [1 if d is None else d for d in loaded.inputs[0].shape]
+        np.asarray(loaded.model(np.random.default_rng(0).standard_normal(shape).astype("float32"), training=False))
+    elif step == "libraries":  # the footprint with what a conversion imports besides TensorFlow
+        import onnx
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+
+        from lambda_export import conversion  # noqa: F401
+        from lambda_export.loading import load_model
+
+        loaded = load_model(path)
+        shape = [1 if d is None else d for d in loaded.inputs[0].shape]
+        np.asarray(loaded.model(np.random.default_rng(0).standard_normal(shape).astype("float32"), training=False))
+    elif step == "convert":
+        import onnx
+
+        from lambda_export.conversion import convert
+
+        converted = convert(path, out, overwrite=True)
+        onnx_bytes = sum(
+            int(np.prod(t.dims, dtype=np.int64)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            for t in converted.model.graph.initializer
+        )
+        result.update(nodes=converted.node_count, onnx_weight_bytes=onnx_bytes)
+    elif step == "export":
+        import contextlib
+        import io
+
+        from lambda_export.cli import main
+
+        sink = io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(sink):
+            try:
+                main([str(path), "-o", str(out), "--json", "--force"])
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+        verdict = json.loads(sink.getvalue() or "{}")
+        result.update(
+            exit_code=code,
+            nodes=verdict.get("conversion", {}).get("nodes"),
+            parity=verdict.get("parity", {}).get("passed"),
+            error=verdict.get("error"),
+        )
+    result.update(peak_mb=_vm_hwm_mb(), seconds=time.perf_counter() - started)
+    return result
+
+
+def _run_worker(step: str, name: str, folder: Path, timeout: float) -> dict[str, Any]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    argv = [sys.executable, str(Path(__file__).resolve()), "_worker", step, name, str(folder)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"failed": f"{step} exit {done.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+# -- the table ---------------------------------------------------------------------------------------------------------
+
+
+def measure(name: str, folder: Path, timeout: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": name}
+    for step in ("build", "footprint", "libraries", "convert", "export"):
+        result = _run_worker(step, name, folder, timeout)
+        row[step] = result
+        if "failed" in result:
+            break
+    built, foot = row.get("build", {}), row.get("footprint", {})
+    if "weight_bytes" in built and "peak_mb" in foot:
+        row["bound_mb"] = foot["peak_mb"] + 4 * built["weight_bytes"] / MB
+    return row
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    def mb(value: Any) -> str:
+        return "—" if value is None else f"{value:.0f}"
+
+    def within(peak: Any, bound: Any) -> str:
+        return "—" if bound is None or peak is None else ("yes" if peak <= bound else "NO")
+
+    lines = [
+        "| model | weights MB | ONNX weights MB | TF footprint MB | + libraries MB | bound MB | convert peak MB "
+        "| within | lambda-export peak MB | within | exit | parity | nodes |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---|---:|",
+    ]
+    for row in rows:
+        built, foot, libs = row.get("build", {}), row.get("footprint", {}), row.get("libraries", {})
+        conv, export = row.get("convert", {}), row.get("export", {})
+        bound = row.get("bound_mb")
+        weights = built.get("weight_bytes")
+        onnx_weights = conv.get("onnx_weight_bytes")
+        failed = next((r["failed"] for r in (built, foot, libs, conv, export) if "failed" in r), "")
+        lines.append(
+            f"| {row['model']} | {mb(weights / MB if weights else None)} "
+            f"| {mb(onnx_weights / MB if onnx_weights else None)} | {mb(foot.get('peak_mb'))} "
+            f"| {mb(libs.get('peak_mb'))} | {mb(bound)} | {mb(conv.get('peak_mb'))} "
+            f"| {within(conv.get('peak_mb'), bound)} | {mb(export.get('peak_mb'))} "
+            f"| {within(export.get('peak_mb'), bound)} | {export.get('exit_code', '—')} | {export.get('parity', '—')} "
+            f"| {export.get('nodes') or conv.get('nodes') or '—'} |" + (f" {failed}" if failed else "")
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["_worker"]:
+        step, name, folder = args[1:4]
+        print(json.dumps(_worker(step, name, Path(folder))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=[], help="models whose name contains TEXT")
+    parser.add_argument("--skip-large", action="store_true", help=f"leave out {', '.join(LARGE)}")
+    parser.add_argument("--folder", help="where the models and exports go (default: a temporary folder)")
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per step")
+    options = parser.parse_args(args)
+    names = [n for n in MODELS if not options.only or any(text in n for text in options.only)]
+    if options.skip_large:
+        names = [n for n in names if n not in LARGE]
+    with tempfile.TemporaryDirectory(prefix="conversion_memory.") as scratch:
+        folder = Path(options.folder or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for name in names:
+            rows.append(measure(name, folder, options.timeout))
+            print(f"{name}: {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    print(render(rows))
+    if options.json:
+        Path(options.json).write_text(json.dumps(rows, indent=2) + "\n")
+    ok = all(
+        "failed" not in r.get("export", {"failed": 1})
+        and r["export"].get("exit_code") == 0
+        and r["convert"].get("peak_mb", 0) <= r.get("bound_mb", 0)
+        for r in rows
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
