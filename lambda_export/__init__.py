@@ -7,6 +7,7 @@ The public API (data flows one way: load → convert → rewrite → check → v
     result = convert("model.keras", "model.onnx")          # ConvertResult: the model, passes, warnings, ...
     report = verify(result.loaded.model, result.model)      # ParityReport: per provider, batch and input kind
     report.passed
+    q = quantize("model.keras", "model.int8.onnx", calibration="samples.npz")  # QuantizeResult: int8 + verdict
 
 Layout of the package (one job per module):
 
@@ -15,6 +16,7 @@ Layout of the package (one job per module):
 * ``loading`` Keras files in (safe by default) · ``conversion`` tf2onnx and the checks · ``passes/`` the graph
   rewrites and their pipeline · ``targets`` what each runtime accepts · ``fp16`` float16 exports
 * ``parity/`` inputs, metrics, results, divergence locator, ``verify`` · ``report`` text/HTML/JSON reports
+* ``quantization/`` int8 (QDQ) with a measured float exclusion list and an accuracy verdict against TensorFlow
 * ``bench/`` the ``lambda-export bench`` machinery · ``triton`` Triton model repositories · ``cli/`` the command line
 
 The heavy names are imported on first use, so ``import lambda_export`` stays cheap.
@@ -43,6 +45,10 @@ _LAZY = {
     "ParityReport": "lambda_export.parity",
     "load_model": "lambda_export.loading",
     "load_onnx": "lambda_export.io",
+    "quantize": "lambda_export.quantization",
+    "QuantizeResult": "lambda_export.quantization",
+    "int8_verdict": "lambda_export.quantization",
+    "Int8Verdict": "lambda_export.quantization",
 }
 
 if TYPE_CHECKING:
@@ -50,20 +56,25 @@ if TYPE_CHECKING:
     from lambda_export.io import load_onnx
     from lambda_export.loading import load_model
     from lambda_export.parity import ParityConfig, ParityReport, verify
+    from lambda_export.quantization import Int8Verdict, QuantizeResult, int8_verdict, quantize
 
 __all__ = [
     "ConversionError",
     "ConvertResult",
     "InputError",
+    "Int8Verdict",
     "LambdaExportError",
     "ParityConfig",
     "ParityReport",
     "ProviderUnavailableError",
+    "QuantizeResult",
     "UnsafeModelError",
     "__version__",
     "convert",
+    "int8_verdict",
     "load_model",
     "load_onnx",
+    "quantize",
     "verify",
 ]
 

@@ -7,6 +7,9 @@
   environment and timings; inline CSS and hand-drawn inline SVG, no script and no external reference, so the file
   opens offline and can be attached to a CI run.
 * :func:`write_report` – ``.json`` (schema ``lambda-export/parity-report/v1``) or ``.html``/``.htm``, atomically.
+* :func:`render_quantization_text`, :func:`render_quantization_html` – the int8 section (``--quantize int8``): the
+  verdict per runtime, set and output, the groups of nodes kept in float and why, the file sizes; from the
+  ``quantization`` record of the JSON verdict (:meth:`lambda_export.quantization.QuantizeResult.summary`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from lambda_export.errors import InputError
 from lambda_export.io import write_text_atomic
 from lambda_export.parity import ParityReport, ResultRow
 
-__all__ = ["render_html", "render_text", "write_report"]
+__all__ = ["render_html", "render_quantization_html", "render_quantization_text", "render_text", "write_report"]
 
 _GREEN, _RED, _YELLOW, _DIM, _RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
 
@@ -404,20 +407,27 @@ def _histogram_svg(hist: Any, atol: float) -> str:
 
 
 def render_html(
-    report: ParityReport, title: str = "lambda-export parity report", *, conversion: dict[str, Any] | None = None
+    report: ParityReport,
+    title: str = "lambda-export parity report",
+    *,
+    conversion: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> str:
     """One self-contained HTML page (inline CSS and SVG, no script, no network reference).
 
     Args:
         conversion: what the conversion produced (the ``conversion`` part of the command line's JSON verdict: opset,
             target, nodes, op histogram, passes, warnings, target issues), shown in its own section.
+        quantization: the int8 record (``--quantize int8``), shown as the "INT8 quantization" section.
     """
-    status = "pass" if report.passed else "fail"
+    int8_failed = bool(quantization and quantization.get("passed") is False)
+    status = "pass" if report.passed and not int8_failed else "fail"
     verdict = _verdict(report).split(": ", 1)[-1]  # the badge says PASS/FAIL
+    if int8_failed:
+        verdict += "; the int8 verdict FAILED (see INT8 quantization)"
     body = [
         f"<h1>{_e(title)}</h1>",
-        f"<p><span class='badge {status}'>{'PASS' if report.passed else 'FAIL'}</span> "
-        f"<span class='muted'>{_e(verdict)}</span></p>",
+        f"<p><span class='badge {status}'>{status.upper()}</span> <span class='muted'>{_e(verdict)}</span></p>",
         _html_rule(report),
         f"<p class=muted>Keras model <code>{_e(report.model.get('source', '?'))}</code> → ONNX model "
         f"<code>{_e(report.model.get('onnx', '?'))}</code></p>",
@@ -504,6 +514,8 @@ def render_html(
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in _notes(report)) + "</ul>")
     if conversion:
         body.append(_conversion_html(conversion))
+    if quantization:
+        body.append(render_quantization_html(quantization))
     body.append(
         "<h2>All comparisons</h2><details><summary>"
         + f"{len(report.results) + len(report.fp16_results)} rows</summary>"
@@ -577,10 +589,12 @@ def write_report(
     *,
     title: str | None = None,
     conversion: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> str:
     """Write ``report`` as JSON (``.json``) or HTML (``.html``/``.htm``), atomically (temporary file + rename).
 
-    ``conversion`` (see :func:`render_html`) is shown in the HTML and, in JSON, added under the key ``conversion``.
+    ``conversion`` and ``quantization`` (see :func:`render_html`) are shown in the HTML and, in JSON, added under the
+    keys ``conversion`` and ``quantization``.
 
     The file gets the mode of the report it replaces, or the umask's default
     (:func:`lambda_export.io.write_text_atomic`).
@@ -594,9 +608,181 @@ def write_report(
         data = report.to_dict()
         if conversion:
             data["conversion"] = conversion
+        if quantization:
+            data["quantization"] = quantization
         text = json.dumps(data, indent=2, allow_nan=False, default=str) + "\n"
     elif suffix in (".html", ".htm"):
-        text = render_html(report, title=title or "lambda-export parity report", conversion=conversion)
+        text = render_html(
+            report, title=title or "lambda-export parity report", conversion=conversion, quantization=quantization
+        )
     else:
         raise InputError(f"{path}: a report must end in .json or .html, not {suffix or 'no suffix'!r}")
     return write_text_atomic(path, text, what="the report")
+
+
+# -- int8 ------------------------------------------------------------------------------------------------------------
+
+
+def _fixed(value: Any, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _int8_rows(verdict: dict[str, Any]) -> list[list[str]]:
+    """One row per runtime × set × output of an int8 verdict record."""
+    rows = []
+    for row in verdict.get("results", []):
+        status = "PASS" if row["passed"] else "FAIL: " + "; ".join(row.get("failures") or [])
+        rows.append(
+            [
+                row["runtime"],
+                row["set"].replace("_", "-"),
+                row["output"],
+                str(row.get("samples") or "—"),
+                _fixed(row.get("top1_agreement"), 4),
+                _fixed(row.get("cosine"), 6) + (" (logits)" if row.get("cosine_on") == "logits" else ""),
+                _fixed(row.get("output_cosine_min"), 6),
+                _num(row.get("max_abs")),
+                status,
+            ]
+        )
+    return rows
+
+
+_INT8_HEADER = ["runtime", "set", "output", "n", "top-1 agree", "cosine (mean)", "worst cosine", "max abs", "result"]
+
+
+def _size_text(size: dict[str, Any]) -> str:
+    if not size or not size.get("float32_bytes"):
+        return "size: —"
+    return (
+        f"size: {size['int8_bytes'] / 1e6:.3f} MB int8 vs {size['float32_bytes'] / 1e6:.3f} MB float32 "
+        f"({size['ratio']:.1%})"
+    )
+
+
+def render_quantization_text(quantization: dict[str, Any], color: bool = False) -> str:
+    """The int8 section for the terminal: verdict table, groups kept in float (and why), size, worst layers."""
+    verdict = quantization.get("verdict")
+    calibration = quantization.get("calibration") or {}
+    method = (quantization.get("settings") or {}).get("calibration_method", "?")
+    lines = [
+        f"int8 (QDQ, {method} calibration on {calibration.get('samples', '?')} samples"
+        + (", GENERATED" if calibration.get("generated") else "")
+        + f"; held out: {calibration.get('held_out_samples', '?')}) vs TensorFlow float32"
+        + (f": {verdict['rule']}" if verdict else "")
+    ]
+    if verdict:
+        lines.extend(_table(_int8_rows(verdict), _INT8_HEADER))
+        for runtime, reason in (verdict.get("runtimes_skipped") or {}).items():
+            lines.append(_paint(f"skipped {runtime}: {reason}", _YELLOW, color))
+        for layer in verdict.get("worst_layers") or []:
+            lines.append(
+                _paint(
+                    f"worst layer: {layer['layer']} ({layer.get('class_name') or '?'}): relative error "
+                    f"{_num(layer.get('relative_error'))}, +{_num(layer.get('added'))} over the layer before it",
+                    _RED,
+                    color,
+                )
+            )
+    kept = [group for group in (quantization.get("sensitivity") or {}).get("groups", []) if group.get("kept_float")]
+    if kept:
+        lines.append("kept in float:")
+        lines.extend(f"  {group['group']} ({group['nodes']} node(s)): {group.get('reason')}" for group in kept)
+    else:
+        lines.append("kept in float: nothing")
+    lines.append(_size_text(quantization.get("size") or {}))
+    for warning in quantization.get("warnings") or []:
+        lines.append(_paint(f"warning: {warning}", _YELLOW, color))
+    if verdict is None:
+        lines.append("int8 verdict: not taken (--skip-verify)")
+    else:
+        text = f"int8 verdict: {'PASS' if verdict['passed'] else 'FAIL'} on {', '.join(verdict['runtimes_run'])}"
+        lines.append(_paint(text, _GREEN if verdict["passed"] else _RED, color))
+    return "\n".join(lines)
+
+
+def render_quantization_html(quantization: dict[str, Any]) -> str:
+    """The "INT8 quantization" section of the HTML report."""
+    verdict = quantization.get("verdict")
+    calibration = quantization.get("calibration") or {}
+    settings = quantization.get("settings") or {}
+    parts = ["<h2>INT8 quantization</h2>"]
+    if verdict is not None:
+        status = "pass" if verdict["passed"] else "fail"
+        parts.append(
+            f"<p><span class='badge {status}'>{status.upper()}</span> <span class='muted'>{_e(verdict['rule'])}, "
+            "against TensorFlow float32 on the calibration and held-out samples</span></p>"
+        )
+    for warning in quantization.get("warnings") or []:
+        parts.append(f"<p class='warn'>⚠ {_e(warning)}</p>")
+    facts = {
+        "format": settings.get("format"),
+        "weights": settings.get("weights") + (" (7-bit range)" if settings.get("reduce_range") else ""),
+        "activations": settings.get("activations"),
+        "calibration": f"{settings.get('calibration_method')} on {calibration.get('samples')} samples of "
+        f"{calibration.get('source')}",
+        "held out": f"{calibration.get('held_out_samples')} samples: {calibration.get('held_out_source')}",
+        "size": _size_text(quantization.get("size") or {}).removeprefix("size: "),
+        "nodes": quantization.get("nodes"),
+        "quantizer": settings.get("tool"),
+    }
+    parts.append(_kv_table(facts))
+    if verdict is not None:
+        parts.append("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in _INT8_HEADER) + "</tr>")
+        for cells, row in zip(_int8_rows(verdict), verdict.get("results", []), strict=True):
+            parts.append(
+                f"<tr class='{'' if row['passed'] else 'bad'}'>"
+                + "".join(
+                    f"<td class=num>{_e(c)}</td>" if 3 <= i <= 7 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
+                )
+                + "</tr>"
+            )
+        parts.append("</table>")
+        parts.append(
+            "<p class=muted><i>top-1 agree</i>: share of samples whose highest-scoring class is TensorFlow's "
+            "(classifier outputs); <i>cosine</i>: mean over samples of the cosine similarity with TensorFlow's output "
+            "(on the logits of a softmax output, recovered as log p − mean log p); <i>worst cosine</i>: the lowest "
+            "per-sample cosine of the output itself.</p>"
+        )
+        if verdict.get("runtimes_skipped"):
+            parts.append(
+                "<p>Skipped: " + "; ".join(f"{_e(k)}: {_e(v)}" for k, v in verdict["runtimes_skipped"].items()) + "</p>"
+            )
+        if verdict.get("worst_layers"):
+            parts.append(
+                "<p>Layers that add the most int8 error (matched by the divergence locator; relative error "
+                "‖int8 − float32‖ / ‖float32‖ of the layer's output):</p><table><tr><th>layer</th><th>class</th>"
+                "<th>ONNX tensor</th><th>relative error</th><th>added</th></tr>"
+            )
+            parts += [
+                f"<tr><td>{_e(layer['layer'])}</td><td>{_e(layer.get('class_name'))}</td>"
+                f"<td><code>{_e(layer['onnx_tensor'])}</code></td><td class=num>{_num(layer.get('relative_error'))}"
+                f"</td><td class=num>{_num(layer.get('added'))}</td></tr>"
+                for layer in verdict["worst_layers"]
+            ]
+            parts.append("</table>")
+    sensitivity = quantization.get("sensitivity") or {}
+    goal = sensitivity.get("goal") or {}
+    parts.append(
+        "<h3>Sensitivity: each kind of node quantized alone</h3><p class=muted>Against the float32 export on the "
+        f"calibration samples; goal of the combination: cosine ≥ {goal.get('cosine', '?')}, top-1 agreement ≥ "
+        f"{goal.get('top1_agreement', '?')}.</p>"
+        "<table><tr><th>group</th><th>nodes</th><th>multiply-adds</th><th>top-1 agree</th><th>cosine</th>"
+        "<th>max abs</th><th>int8</th><th>why in float</th></tr>"
+    )
+    for group in sensitivity.get("groups", []):
+        alone = group.get("alone") or {}
+        parts.append(
+            f"<tr class='{'bad' if group.get('kept_float') else ''}'><td>{_e(group['group'])}</td>"
+            f"<td class=num>{group['nodes']}</td><td class=num>{group.get('macs_share', 0):.1%}</td>"
+            f"<td class=num>{_fixed(alone.get('top1_agreement'), 4)}</td>"
+            f"<td class=num>{_fixed(alone.get('cosine'), 6)}</td><td class=num>{_num(alone.get('max_abs'))}</td>"
+            f"<td>{'float' if group.get('kept_float') else 'int8'}</td><td>{_e(group.get('reason') or '')}</td></tr>"
+        )
+    parts.append("</table>")
+    combined = sensitivity.get("combined") or {}
+    parts.append(
+        f"<p class=muted>All int8 groups together: top-1 agreement {_fixed(combined.get('top1_agreement'), 4)}, "
+        f"cosine {_fixed(combined.get('cosine'), 6)} against the float32 export.</p>"
+    )
+    return "".join(parts)

@@ -10,6 +10,9 @@ The tables are what we verified on each runtime (the tests in ``tests/passes/tes
 * ``opencv4``  – OpenCV DNN 4.6 (Debian 12): additionally no broadcasting MatMul / elementwise ops between two
   computed tensors, constant MatMul operands must be the second input and 2D, and no Einsum.
 * ``portable`` – what all of the above accept: the ``opencv4`` rules (the strictest).
+
+int8 QDQ models (``--quantize int8``, :mod:`lambda_export.quantization`) are not accepted everywhere:
+:func:`quantization_problem` says where not, before anything is exported (:data:`QDQ_SUPPORT`, measured).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import onnx
 
 from lambda_export.graph import GraphIndex, static_shapes
 
-__all__ = ["TARGETS", "Offense", "Target", "check_target"]
+__all__ = ["QDQ_SUPPORT", "TARGETS", "Offense", "Target", "check_target", "quantization_problem"]
 
 # Ops OpenCV 4.6's ONNX importer maps to layers (subset relevant to exported Keras models).
 _OPENCV4_OPS = frozenset(
@@ -194,3 +197,30 @@ def _broadcast_problem(node: onnx.NodeProto, index: GraphIndex, shapes: dict) ->
         if sa is not None and sb is not None and sa != sb:
             return f"broadcasting {node.op_type} {sa} with {sb}"
     return None
+
+
+QDQ_SUPPORT: dict[str, str | None] = {
+    "ort": None,
+    "openvino": None,
+    "opencv5": None,
+    "opencv4": "OpenCV DNN 4.6 cannot load int8 QDQ models: its ONNX importer refuses DequantizeLinear on a constant "
+    "(every quantized weight) with 'inputs.size() == 1' (measured with Debian 12's OpenCV 4.6.0)",
+    "portable": "the portable target includes OpenCV DNN 4.6, which cannot load int8 QDQ models (its importer refuses "
+    "DequantizeLinear on a constant weight); ONNX Runtime (CPU, and onnxruntime-web's WASM backend), OpenVINO and "
+    "OpenCV 5 load them",
+}
+"""Target → why it cannot run an int8 QDQ model (None: it runs them). Measured on the demo model quantized with
+``onnxruntime.quantization`` (QDQ, per-channel int8 weights, uint8 activations): ONNX Runtime 1.32 CPU, OpenVINO
+2026.4 (f32 inference precision), OpenCV 5.0 (``opencv-python-headless``) and onnxruntime-web 1.30 (WASM, the browser
+example's backend) load and run it within the int8 verdict; OpenCV 4.6 refuses it."""
+
+
+def quantization_problem(target: str) -> str | None:
+    """Why ``target`` (a key of :data:`TARGETS`) cannot load an int8 QDQ model, or None when it can.
+
+    Raises:
+        ValueError: unknown target name.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    return QDQ_SUPPORT.get(target)

@@ -45,6 +45,12 @@ def _parse_batches(text: str) -> list[int]:
 @click.option("--xla/--no-xla", default=True, show_default=True, help="Also time TF with jit_compile=True.")
 @click.option("--anchor/--no-anchor", default=True, show_default=True, help="Also time the plain tf2onnx export.")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="ORT profiler: the slowest nodes.")
+@click.option(
+    "--int8/--no-int8",
+    default=True,
+    show_default=True,
+    help="Also time the int8 model --quantize int8 makes (generated calibration inputs) and show its file size.",
+)
 @click.option("--export-cost/--no-export-cost", default=False, show_default=True, help="Time `lambda-export MODEL`.")
 @click.option("--gpu/--no-gpu", default=True, show_default=True, help="ORT CUDA vs TF GPU table when a GPU is there.")
 @click.option("--opset", type=click.IntRange(13, 18), default=17, show_default=True)
@@ -68,6 +74,7 @@ def command(
     xla: bool,
     anchor: bool,
     profile: bool,
+    int8: bool,
     export_cost: bool,
     gpu: bool,
     opset: int,
@@ -91,6 +98,7 @@ def command(
         xla=xla,
         anchor=anchor,
         profile=profile,
+        int8=int8,
         opset=opset,
         verbose=not quiet,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from lambda_export.cli.app import STATE, checkpoint, set_state, tensorflow_progress, timed
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed
 from lambda_export.cli.options import (
     EXIT_CODES_HELP,
     RESULT_SCHEMA,
@@ -21,10 +21,12 @@ from lambda_export.cli.options import (
     LoadOptions,
     OutputOptions,
     ParityOptions,
+    QuantizeOptions,
     convert_options,
     load_options,
     output_options,
     parity_options,
+    quantize_options,
 )
 from lambda_export.cli.verify import finish, run_parity
 from lambda_export.errors import InputError
@@ -37,13 +39,19 @@ __all__ = ["command", "default_output", "export", "size_text"]
 @convert_options
 @parity_options
 @load_options
+@quantize_options
 @output_options()
 def command(
-    model: str, convert: ConvertOptions, parity: ParityOptions, load: LoadOptions, output: OutputOptions
+    model: str,
+    convert: ConvertOptions,
+    parity: ParityOptions,
+    load: LoadOptions,
+    quantize: QuantizeOptions,
+    output: OutputOptions,
 ) -> int:
     """Convert MODEL (.h5, .keras, SavedModel folder) to ONNX, verify parity, report."""
     set_state(output)
-    return export(model, convert, parity, load, output)
+    return export(model, convert, parity, load, output, quantize=quantize)
 
 
 def export(
@@ -54,18 +62,33 @@ def export(
     output: OutputOptions,
     *,
     loaded: Any = None,
+    quantize: QuantizeOptions | None = None,
 ) -> int:
     """convert → check → save → verify → report; returns the exit code.
+
+    With ``--quantize int8``: convert → quantize (calibrate, measure, keep in float what breaks accuracy) → the int8
+    verdict against TensorFlow → save the int8 model → parity of the float32 graph it came from → report; exit 1 when
+    either fails.
 
     Args:
         model: the Keras model's path (.h5, .keras, SavedModel folder).
         loaded: the model, already loaded (``demo``); ``model`` then only names it.
+        quantize: ``--quantize`` and its options (None: a float32 export).
     """
     from lambda_export.conversion import convert as convert_model
     from lambda_export.io import save_model_atomic
     from lambda_export.loading import load_model
 
-    input_shapes, output_path = _check(model, convert, parity, output)
+    quantize = quantize or QuantizeOptions()
+    input_shapes, output_path = _check(model, convert, parity, output, quantize)
+    quantize_warnings = quantize.check(convert.target)
+    if quantize.enabled and not quantize.calibration:
+        from lambda_export.quantization.calibration import GENERATED_WARNING
+
+        quantize_warnings.append(GENERATED_WARNING.replace("calibration=FILE.npz", "--calibration FILE.npz"))
+    if quantize_warnings and not STATE.json:  # said before the slow work: the user may want another --target
+        for warning in quantize_warnings:
+            click.echo(f"warning: {warning}", err=True)
     if loaded is None:
         tensorflow_progress()
         with timed("load", f"loading {model}"):
@@ -74,6 +97,10 @@ def export(
         from lambda_export.parity import load_inputs
 
         load_inputs(parity.inputs, loaded.inputs)  # bad inputs fail before the conversion writes anything
+    if quantize.calibration:
+        from lambda_export.quantization import load_calibration
+
+        load_calibration(quantize.calibration, loaded.inputs)  # a bad file fails before anything is written
     checkpoint()
     with timed("convert", f"converting (opset {convert.opset}, target {convert.target})"):
         result = convert_model(
@@ -88,14 +115,21 @@ def export(
             loaded=loaded,
         )
     checkpoint()  # an interruption swallowed inside TensorFlow/tf2onnx must not end in a written file
+    int8 = _quantize(loaded, result.model, quantize, verify=not convert.skip_verify) if quantize.enabled else None
+    checkpoint()
+    written = result.model if int8 is None else int8.model
     with timed("write"):
-        result.path = save_model_atomic(result.model, output_path, overwrite=convert.force)
-    for warning in result.warnings:
+        result.path = save_model_atomic(written, output_path, overwrite=convert.force)
+    said = {warning.split(" (")[0] for warning in quantize_warnings}
+    for warning in [*result.warnings, *(w for w in (int8.warnings if int8 else []) if w.split(" (")[0] not in said)]:
         if not STATE.json:
             click.echo(f"warning: {warning}", err=True)
     STATE.written = result.path
     if not (STATE.json or STATE.quiet):  # said even when piped: the file is the result
-        click.echo(f"wrote {result.path} ({result.node_count} nodes, {size_text(_file_bytes(result.path))})")
+        nodes = len(written.graph.node)
+        size = size_text(_file_bytes(result.path))
+        extra = f", {int8.int8_bytes / int8.float_bytes:.0%} of the float32 graph" if int8 else ""
+        click.echo(f"wrote {result.path} ({'int8, ' if int8 else ''}{nodes} nodes, {size}{extra})")
     summary: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "model": str(model) if model else None,
@@ -104,16 +138,54 @@ def export(
             result, opset=convert.opset, target=convert.target, optimize=convert.optimize
         ),
     }
+    if int8 is not None:
+        summary["quantization"] = int8.summary()
     report = None
     if not convert.skip_verify:
         fixed = all(info.shape and info.shape[0] is not None for info in result.inputs)
         report = run_parity(loaded, result.model, parity, fixed_batch=fixed)
+        if int8 is not None:  # the parity is the float32 graph's, in memory: the file on disk is its int8 form
+            report.model["onnx"] = f"{result.path} (its float32 graph, before int8 quantization)"
     checkpoint()
-    return finish(summary, report, output.report, conversion=summary["conversion"])
+    return finish(
+        summary,
+        report,
+        output.report,
+        conversion=summary["conversion"],
+        quantization=summary.get("quantization"),
+    )
+
+
+def _quantize(loaded: Any, float_model: Any, quantize: QuantizeOptions, *, verify: bool) -> Any:
+    """``--quantize int8``: :func:`lambda_export.quantization.quantize` on the float32 export just made (timed)."""
+    from lambda_export.quantization import quantize as quantize_model
+
+    with timed("quantize", f"quantizing to {quantize.precision} ({quantize.calibration_method} calibration)"):
+        return quantize_model(
+            loaded,
+            None,
+            onnx_model=float_model,
+            calibration=quantize.calibration,
+            calibration_method=quantize.calibration_method,
+            min_agreement=quantize.min_agreement,
+            min_cosine=quantize.min_cosine,
+            verify=verify,
+            loaded=loaded,
+            target=str(_metadata(float_model).get("target", "portable")),
+            progress=progress,
+        )
+
+
+def _metadata(model: Any) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
 
 
 def _check(
-    model: str | None, convert: ConvertOptions, parity: ParityOptions, output: OutputOptions
+    model: str | None,
+    convert: ConvertOptions,
+    parity: ParityOptions,
+    output: OutputOptions,
+    quantize: QuantizeOptions | None = None,
 ) -> tuple[dict[str, tuple[int | None, ...]], Path]:
     """Every check that needs no model: returns the parsed ``--input-shape`` values and the output path.
 
@@ -132,7 +204,8 @@ def _check(
         raise InputError("-o/--output is an empty path")
     if not convert.skip_verify:
         parity.check()
-    output_path = Path(convert.output) if convert.output else default_output(model or "model")
+    quantized = quantize is not None and quantize.enabled
+    output_path = Path(convert.output) if convert.output else default_output(model or "model", int8=quantized)
     if output_path.is_dir():
         raise InputError(f"{output_path}: the output is a folder; give a file name ending in .onnx")
     if output_path.exists() and not convert.force:
@@ -143,12 +216,14 @@ def _check(
     return input_shapes, output_path
 
 
-def default_output(model: str) -> Path:
-    """The output when ``-o`` is not given: MODEL with the suffix ``.onnx`` (a SavedModel folder: ``FOLDER.onnx``)."""
+def default_output(model: str, *, int8: bool = False) -> Path:
+    """The output when ``-o`` is not given: MODEL with the suffix ``.onnx`` (a SavedModel folder: ``FOLDER.onnx``);
+    ``.int8.onnx`` for an int8 model."""
+    suffix = ".int8.onnx" if int8 else ".onnx"
     path = Path(model)
     if path.is_dir():
-        return path.parent / (path.name.rstrip("/") + ".onnx")
-    return path.with_suffix(".onnx")
+        return path.parent / (path.name.rstrip("/") + suffix)
+    return path.with_suffix(suffix)
 
 
 def size_text(size: int) -> str:

@@ -32,15 +32,18 @@ if TYPE_CHECKING:  # imported when used: this module must not import numpy, onnx
     from lambda_export.parity import ParityConfig
 
 __all__ = [
+    "CALIBRATION_METHOD_CHOICES",
     "EXIT_CODES_HELP",
     "FLAGS",
     "OPTIMIZE_CHOICES",
+    "QUANTIZE_CHOICES",
     "RESULT_SCHEMA",
     "TARGET_CHOICES",
     "ConvertOptions",
     "LoadOptions",
     "OutputOptions",
     "ParityOptions",
+    "QuantizeOptions",
     "cli_message",
     "convert_options",
     "load_options",
@@ -49,15 +52,18 @@ __all__ = [
     "parse_batch_sizes",
     "parse_providers",
     "parse_shape",
+    "quantize_options",
 ]
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 parity holds everywhere it ran; 1 parity failed; 2 bad usage or unreadable input; "
-    "3 conversion failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
+    "Exit codes: 0 parity holds everywhere it ran; 1 parity failed (or the int8 verdict); 2 bad usage or "
+    "unreadable input; 3 conversion failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM)."
 )
 # literal copies (the CLI starts without importing onnx); tests/cli/test_cli.py checks them against the library
 TARGET_CHOICES = ["portable", "ort", "openvino", "opencv4", "opencv5"]
 OPTIMIZE_CHOICES = ["speed", "size"]
+QUANTIZE_CHOICES = ["int8"]
+CALIBRATION_METHOD_CHOICES = ["minmax", "entropy", "percentile"]
 RESULT_SCHEMA = "lambda-export/result/v1"
 
 # The Python API's argument names, as library messages write them (LambdaExportError.argument) → the flag.
@@ -97,6 +103,12 @@ FLAGS = {
     "fp16": "--fp16",
     "tf32": "--tf32",
     "locate": "--locate",
+    # lambda_export.quantization
+    "quantize": "--quantize",
+    "calibration": "--calibration",
+    "calibration_method": "--calibration-method",
+    "min_agreement": "--min-agreement",
+    "min_cosine": "--min-cosine",
 }
 
 
@@ -295,6 +307,47 @@ class OutputOptions:
             raise InputError(f"--report {self.report}: the report file must end in .json or .html")
 
 
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """``--quantize int8`` and its settings: ``--calibration``, ``--calibration-method``, ``--min-agreement``,
+    ``--min-cosine`` (see :func:`lambda_export.quantization.quantize`)."""
+
+    precision: str | None = None  # --quantize; None: a float32 export
+    calibration: str | None = None  # .npz / .npy path; None: generated inputs (with a warning)
+    calibration_method: str = "percentile"  # lambda_export.quantization.DEFAULT_CALIBRATION_METHOD
+    min_agreement: float = 0.99
+    min_cosine: float | None = None  # None: 0.999 for outputs that are not classifiers, no cosine rule for these
+
+    @property
+    def enabled(self) -> bool:
+        return self.precision is not None
+
+    def check(self, target: str) -> list[str]:
+        """Refuse bad values (and a target that cannot load QDQ) before the slow work; return the warnings.
+
+        Raises:
+            InputError: a threshold outside [0, 1], target ``opencv4``, ``--calibration`` without ``--quantize``, a
+                calibration file that does not exist.
+        """
+        if not self.enabled:
+            if self.calibration is not None:
+                raise InputError("--calibration is only used with --quantize int8")
+            return []
+        from lambda_export.quantization import check_quantize_arguments
+
+        warnings = check_quantize_arguments(
+            precision=self.precision or "int8",
+            calibration_method=self.calibration_method,
+            min_agreement=self.min_agreement,
+            min_cosine=self.min_cosine,
+            target=target,
+        )
+        if self.calibration is not None and not Path(self.calibration).is_file():
+            what = "not a regular file" if Path(self.calibration).exists() else "no such file"
+            raise InputError(f"--calibration {self.calibration}: {what}")
+        return warnings
+
+
 # -- the decorators ------------------------------------------------------------------------------------------------
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -445,6 +498,51 @@ load_options = _option_group(
     ],
 )
 """How to load the Keras model (``export``, ``verify``) → ``load: LoadOptions``."""
+
+_QUANTIZE = QuantizeOptions()
+
+quantize_options = _option_group(
+    QuantizeOptions,
+    "quantize",
+    [
+        click.option(
+            "--quantize",
+            "precision",
+            type=click.Choice(QUANTIZE_CHOICES),
+            default=None,
+            help="Write an int8 model (static QDQ, per-channel weights) and judge it against TensorFlow: top-1 "
+            "agreement (classifiers) or cosine on the calibration and held-out samples; exit 1 when it fails.",
+        ),
+        click.option(
+            "--calibration",
+            type=click.Path(dir_okay=False),
+            help="Samples for --quantize: .npz (keys = input names) or .npy; the last 20% are held out for the "
+            "verdict (default: generated inputs, with a warning).",
+        ),
+        click.option(
+            "--calibration-method",
+            type=click.Choice(CALIBRATION_METHOD_CHOICES),
+            default=_QUANTIZE.calibration_method,
+            show_default=True,
+            help="How activation ranges are chosen.",
+        ),
+        click.option(
+            "--min-agreement",
+            type=float,
+            default=_QUANTIZE.min_agreement,
+            show_default=True,
+            help="Top-1 agreement with TensorFlow each classifier output needs (--quantize).",
+        ),
+        click.option(
+            "--min-cosine",
+            type=float,
+            default=None,
+            show_default="0.999 for outputs that are not classifiers",
+            help="Mean cosine similarity with TensorFlow each output needs (given: classifiers too, on their logits).",
+        ),
+    ],
+)
+"""``export``'s int8 options → ``quantize: QuantizeOptions``."""
 
 
 def output_options(

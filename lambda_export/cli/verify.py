@@ -134,19 +134,26 @@ def _int_high(loaded: Any) -> int:
 
 
 def finish(
-    result: dict[str, Any], report: Any, report_path: str | None, *, conversion: dict[str, Any] | None = None
+    result: dict[str, Any],
+    report: Any,
+    report_path: str | None,
+    *,
+    conversion: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> int:
     """Print the verdict (table or JSON), write the report, and return the exit code.
 
     Args:
-        result: what the JSON verdict holds besides the parity (schema, model, onnx, conversion).
+        result: what the JSON verdict holds besides the parity (schema, model, onnx, conversion, quantization).
         report: the ``ParityReport``, or None when parity was not checked (``--skip-verify``).
         report_path: ``--report``.
         conversion: the conversion summary (or the ONNX file's, for ``verify``) the report shows.
+        quantization: the int8 record (``--quantize int8``): its verdict fails the command (exit 1) like parity.
     """
     exit_code = EXIT_OK
+    int8_failed = bool(quantization and quantization.get("passed") is False)
     if report is not None:
-        exit_code = EXIT_OK if report.passed else EXIT_PARITY_FAILED
+        exit_code = EXIT_OK if report.passed and not int8_failed else EXIT_PARITY_FAILED
         if result.get("onnx") and report.model.get("onnx") in (None, "in-memory"):
             report.model["onnx"] = str(result["onnx"])  # the file the command wrote or read, not the proto in memory
         report.timings = _command_timings(report.timings)
@@ -154,7 +161,7 @@ def finish(
         if report_path:
             from lambda_export.report import write_report
 
-            write_report(report, report_path, conversion=conversion)
+            write_report(report, report_path, conversion=conversion, quantization=quantization)
             result["report"] = report_path
     result["exit_code"] = exit_code
     result["verdict"] = "pass" if exit_code == EXIT_OK else "fail"
@@ -165,10 +172,14 @@ def finish(
         from lambda_export.report import render_text
 
         click.echo(render_text(report, color=sys.stdout.isatty()))
+    if quantization is not None and not STATE.quiet:
+        from lambda_export.report import render_quantization_text
+
+        click.echo(render_quantization_text(quantization, color=sys.stdout.isatty()))
     if report is None:
         click.echo(f"converted: {result.get('onnx')} (parity not checked)")
     elif STATE.quiet:
-        verdict = "PASS" if report.passed else "FAIL"
+        verdict = "PASS" if exit_code == EXIT_OK else "FAIL"
         click.echo(f"{verdict}: {result.get('onnx', '')}")
     if report_path and not STATE.quiet:
         click.echo(f"report: {report_path}")

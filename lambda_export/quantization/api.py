@@ -1,0 +1,394 @@
+"""``quantize``: a Keras model (or its float32 export) → an int8 QDQ ONNX model, with a measured exclusion list and an
+accuracy verdict against TensorFlow. The command line's ``--quantize int8`` runs the same steps.
+
+Steps: check the arguments (and that the target can load QDQ) → load the Keras model → its float32 export (given, or
+:func:`lambda_export.convert`) → the calibration and held-out sets (:mod:`~lambda_export.quantization.calibration`) →
+calibrate once, measure each kind of node alone, keep in float what breaks accuracy
+(:mod:`~lambda_export.quantization.sensitivity`) → the verdict on both sets in ONNX Runtime and OpenVINO
+(:mod:`~lambda_export.quantization.verdict`) → metadata → an atomic write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from lambda_export.errors import InputError
+from lambda_export.graph import graph_io
+from lambda_export.loading import LoadedModel
+from lambda_export.quantization.calibration import (
+    GENERATED_WARNING,
+    CalibrationData,
+    calibration_data,
+    fixed_batch,
+    sample_arrays,
+)
+from lambda_export.quantization.engine import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    SETTINGS,
+    Quantizer,
+    quantizer_version,
+)
+from lambda_export.quantization.sensitivity import Selection, choose_float_groups
+from lambda_export.quantization.verdict import (
+    DEFAULT_MIN_AGREEMENT,
+    RUNTIMES,
+    Int8Verdict,
+    check_thresholds,
+    judge,
+)
+from lambda_export.targets import TARGETS, quantization_problem
+
+__all__ = ["PRECISIONS", "QuantizeResult", "check_quantize_arguments", "int8_verdict", "quantize"]
+
+PRECISIONS = ("int8",)
+"""What ``--quantize`` accepts."""
+_EVAL_BATCH = 16
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` produced.
+
+    Attributes:
+        model: the int8 QDQ ``onnx.ModelProto`` (its ``metadata_props`` record the settings, the calibration, the
+            groups kept in float and why, and the verdict).
+        float_model: the float32 export it was made from.
+        calibration: the calibration and held-out sets.
+        method: the calibration method.
+        selection: the sensitivity of each group of nodes and the groups kept in float.
+        verdict: the accuracy verdict (None when ``verify=False``).
+        warnings: what the user must know (generated calibration inputs, a target that cannot load QDQ).
+        path: where the model was written, if an output was given.
+        loaded: the Keras model (the verdict's reference).
+    """
+
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    calibration: CalibrationData
+    method: str
+    selection: Selection
+    verdict: Int8Verdict | None = None
+    warnings: list[str] = field(default_factory=list)
+    path: str | None = None
+    loaded: LoadedModel | None = None
+    target: str | None = None
+
+    @property
+    def passed(self) -> bool | None:
+        """The verdict (None when it was not taken)."""
+        return None if self.verdict is None else self.verdict.passed
+
+    @property
+    def float_bytes(self) -> int:
+        return self.float_model.ByteSize()
+
+    @property
+    def int8_bytes(self) -> int:
+        return self.model.ByteSize()
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able record of the quantization (the ``quantization`` part of the command line's JSON verdict and
+        of the report)."""
+        return {
+            "precision": "int8",
+            "settings": {**SETTINGS, "calibration_method": self.method, "tool": quantizer_version()},
+            "calibration": self.calibration.to_dict(),
+            "sensitivity": self.selection.to_dict(),
+            "float_groups": self.selection.float_groups,
+            "size": {
+                "float32_bytes": self.float_bytes,
+                "int8_bytes": self.int8_bytes,
+                "ratio": round(self.int8_bytes / self.float_bytes, 4) if self.float_bytes else None,
+            },
+            "nodes": len(self.model.graph.node),
+            "target": self.target,
+            "warnings": list(self.warnings),
+            "verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "passed": self.passed,
+            "path": self.path,
+        }
+
+
+def check_quantize_arguments(
+    *,
+    precision: str = "int8",
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_cosine: float | None = None,
+    target: str = "portable",
+) -> list[str]:
+    """Refuse bad quantization arguments before any slow work; return the warnings they call for.
+
+    Raises:
+        InputError: an unknown precision, calibration method or target, a threshold outside [0, 1], or a target that
+            cannot load an int8 QDQ model (``opencv4``; ``portable``, which includes OpenCV 4.6, only warns).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"quantize {precision!r}: choose one of {', '.join(PRECISIONS)}", argument="quantize")
+    if calibration_method not in CALIBRATION_METHODS:
+        raise InputError(
+            f"calibration_method {calibration_method!r}: choose one of {', '.join(CALIBRATION_METHODS)}",
+            argument="calibration_method",
+        )
+    check_thresholds(min_agreement, min_cosine)
+    if target not in TARGETS:
+        raise InputError(f"target {target!r}: choose one of {', '.join(TARGETS)}", argument="target")
+    problem = quantization_problem(target)
+    if problem and target != "portable":
+        raise InputError(
+            f"target {target!r} cannot run an int8 model: {problem}; choose target ort, openvino or opencv5",
+            argument="target",
+        )
+    return [f"target {target!r}: {problem}"] if problem else []
+
+
+def _load(source: Any, loaded: LoadedModel | None, trust_code: bool, imports: Sequence[str]) -> LoadedModel:
+    if loaded is not None:
+        return loaded
+    if isinstance(source, LoadedModel):
+        return source
+    from lambda_export.loading import load_model
+
+    return load_model(source, trust_code=trust_code, imports=tuple(imports))
+
+
+def _layer_classes(loaded: LoadedModel) -> dict[str, str]:
+    """Keras layer name → class name, nested models' layers included (the sensitivity groups name the classes)."""
+    from lambda_export.loading import walk_layers
+
+    return {layer.name: type(layer).__name__ for layer in walk_layers(loaded.model)}
+
+
+def _batch(model: onnx.ModelProto) -> tuple[list[Any], int]:
+    inputs = graph_io(model)[0]
+    return inputs, fixed_batch(inputs) or _EVAL_BATCH
+
+
+def _metadata(result: QuantizeResult) -> dict[str, str]:
+    """The ``metadata_props`` entries of an int8 model (strings; JSON where structured)."""
+    data = result.calibration
+    where = "generated N(0, 1) inputs (not representative)" if data.generated else data.source
+    groups = result.selection.groups
+    verdict = result.verdict
+    if verdict is None:
+        verdict_text = "not checked"
+    else:
+        verdict_text = (
+            ("pass" if verdict.passed else "fail")
+            + f" ({verdict.rule}; runtimes: "
+            + (", ".join(verdict.runtimes_run) + ")")
+        )
+    return {
+        "quantization": "int8",
+        "quantization_format": SETTINGS["format"],
+        "quantization_weights": SETTINGS["weights"] + (", 7-bit range" if SETTINGS["reduce_range"] else ""),
+        "quantization_activations": SETTINGS["activations"],
+        "quantization_tool": quantizer_version(),
+        "quantization_calibration": f"{result.method} on {data.n_calibration} samples of {where}",
+        "quantization_held_out": f"{data.n_held_out} samples: {data.held_out_source}",
+        "quantization_float_groups": ",".join(result.selection.float_groups),
+        "quantization_float_nodes": ",".join(result.selection.float_nodes),
+        "quantization_sensitivity": json.dumps(
+            [group.to_dict() for group in groups], separators=(",", ":"), sort_keys=True
+        ),
+        "quantization_verdict": verdict_text,
+    }
+
+
+def _with_metadata(result: QuantizeResult) -> None:
+    """The float32 export's metadata (source hash, versions, target, passes) followed by the int8 entries."""
+    entries = {prop.key: prop.value for prop in result.float_model.metadata_props}
+    entries.update(_metadata(result))
+    del result.model.metadata_props[:]
+    onnx.helper.set_model_props(result.model, entries)
+    result.model.producer_name = result.float_model.producer_name or "lambda-export"
+    result.model.producer_version = result.float_model.producer_version
+
+
+def quantize(
+    source: Any,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    onnx_model: onnx.ModelProto | str | os.PathLike[str] | None = None,
+    calibration: Any = None,
+    held_out: Any = None,
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_cosine: float | None = None,
+    verify: bool = True,
+    runtimes: Sequence[str] = RUNTIMES,
+    sensitivity: bool = True,
+    target: str = "portable",
+    opset: int = 17,
+    optimize: str | None = None,
+    batch_size: int | None = None,
+    input_shapes: dict[str, tuple[int | None, ...]] | None = None,
+    trust_code: bool = False,
+    imports: Sequence[str] = (),
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    """Quantize a Keras model's ONNX export to int8 (static, QDQ) and judge it against TensorFlow.
+
+    Args:
+        source: the Keras model: a ``.h5``/``.keras``/SavedModel path, a ``keras.Model`` or a ``LoadedModel``.
+        output: where to write the int8 ``.onnx`` (atomically); None keeps it in memory.
+        onnx_model: its float32 export (a ``ModelProto`` or a path); None converts ``source`` first with ``target``,
+            ``opset``, ``optimize``, ``batch_size`` and ``input_shapes`` (see :func:`lambda_export.convert`).
+        calibration: samples whose activation ranges the int8 model uses: a ``.npz`` (keys = input names) or ``.npy``
+            path, or arrays by input name, batch first. None calibrates on generated N(0, 1) inputs, with a warning:
+            a trustworthy int8 model needs real samples.
+        held_out: samples the verdict judges on besides the calibration samples (same kinds); None keeps the last
+            20 % of the calibration samples out of calibration for it.
+        calibration_method: ``percentile`` (default: 0.001st–99.999th percentiles), ``minmax`` or ``entropy`` (see
+            :data:`~lambda_export.quantization.engine.CALIBRATION_METHODS`).
+        min_agreement: top-1 agreement with TensorFlow each classifier output needs on each set (default 0.99).
+        min_cosine: mean cosine similarity with TensorFlow each other output needs (None: 0.999); given, it applies to
+            classifiers too (on the logits of a softmax output).
+        verify: take the verdict (TensorFlow reference, ONNX Runtime and OpenVINO runs).
+        runtimes: where the verdict runs the int8 model (``onnxruntime``, ``openvino``: skipped with a reason when not
+            installed).
+        sensitivity: measure each kind of node alone and keep in float what breaks accuracy (False: quantize every
+            kind but those kept in float for speed, unmeasured).
+        target: the float32 export's target; ``opencv4`` is refused (OpenCV 4.6 cannot load QDQ), ``portable`` warns.
+        seed: seed of generated inputs.
+        progress: called with a line per step.
+
+    Raises:
+        InputError: bad arguments, an unreadable calibration file or arrays that do not fit the model's inputs, an
+            existing output without ``overwrite`` (nothing is written then).
+        ConversionError: the conversion or ONNX Runtime's quantizer failed.
+    """
+    say = progress or (lambda message: None)
+    warnings = check_quantize_arguments(
+        calibration_method=calibration_method, min_agreement=min_agreement, min_cosine=min_cosine, target=target
+    )
+    if output is not None and Path(output).exists() and not overwrite:
+        raise InputError(f"{output} exists; pass overwrite=True to replace it", argument="overwrite=True")
+    loaded = _load(source, loaded, trust_code, imports)
+    if onnx_model is None:
+        from lambda_export.conversion import convert
+
+        say(f"converting (target {target})")
+        options: dict[str, Any] = {"optimize": optimize} if optimize is not None else {}
+        converted = convert(
+            loaded.model,
+            opset=opset,
+            target=target,
+            batch_size=batch_size,
+            input_shapes=input_shapes,
+            loaded=loaded,
+            **options,
+        )
+        float_model = converted.model
+    elif isinstance(onnx_model, onnx.ModelProto):
+        float_model = onnx_model
+    else:
+        from lambda_export.io import load_onnx
+
+        float_model = load_onnx(onnx_model)
+    inputs, batch = _batch(float_model)
+    data = calibration_data(inputs, calibration, held_out, seed=seed)
+    if data.generated:
+        warnings.insert(0, GENERATED_WARNING)
+    with Quantizer(float_model, data.calibration, calibration_method, batch) as quantizer:
+        selection = choose_float_groups(
+            quantizer,
+            min_agreement=min_agreement,
+            min_cosine=min_cosine,
+            measure=sensitivity,
+            layers=_layer_classes(loaded),
+            progress=say,
+        )
+    result = QuantizeResult(
+        model=selection.model,
+        float_model=float_model,
+        calibration=data,
+        method=calibration_method,
+        selection=selection,
+        warnings=warnings,
+        loaded=loaded,
+        target=target,
+    )
+    if verify:
+        result.verdict = int8_verdict(
+            loaded,
+            selection.model,
+            data,
+            min_agreement=min_agreement,
+            min_cosine=min_cosine,
+            runtimes=runtimes,
+            float_model=float_model,
+            progress=say,
+        )
+    _with_metadata(result)
+    if output is not None:
+        from lambda_export.io import save_model_atomic
+
+        result.path = save_model_atomic(result.model, output, overwrite=overwrite)
+    return result
+
+
+def int8_verdict(
+    source: Any,
+    int8_model: onnx.ModelProto | str | os.PathLike[str],
+    samples: CalibrationData | dict[str, Any],
+    *,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    min_cosine: float | None = None,
+    runtimes: Sequence[str] = RUNTIMES,
+    float_model: onnx.ModelProto | None = None,
+    locate: bool = True,
+    trust_code: bool = False,
+    imports: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Int8Verdict:
+    """The accuracy verdict of an int8 model against the Keras model (TensorFlow float32).
+
+    Args:
+        source: the Keras model (path, ``keras.Model`` or ``LoadedModel``).
+        int8_model: the int8 model (``ModelProto`` or path).
+        samples: a :class:`CalibrationData` (both of its sets are judged), or set name → arrays by input name (or a
+            ``.npz``/``.npy`` path), e.g. ``{"held_out": "samples.npz"}``.
+        float_model: the float32 export: on failure, the layers that add the most error are named.
+
+    See :mod:`lambda_export.quantization.verdict` for the metrics and the rule.
+
+    Raises:
+        InputError: a threshold outside [0, 1], unreadable samples.
+    """
+    check_thresholds(min_agreement, min_cosine)
+    loaded = _load(source, None, trust_code, imports)
+    if not isinstance(int8_model, onnx.ModelProto):
+        from lambda_export.io import load_onnx
+
+        int8_model = load_onnx(int8_model)
+    inputs, batch = _batch(int8_model)
+    if isinstance(samples, CalibrationData):
+        sets = samples.sets()
+    else:
+        sets = {name: sample_arrays(value, inputs, name)[0] for name, value in samples.items() if value is not None}
+    if not sets:
+        raise InputError("samples: no samples to judge the int8 model on", argument="samples")
+    return judge(
+        loaded,
+        int8_model,
+        sets,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        runtimes=runtimes,
+        batch=batch,
+        float_model=float_model,
+        locate=locate,
+        progress=progress,
+    )
