@@ -44,7 +44,7 @@ from lambda_export.io import write_text_atomic  # noqa: E402
 )
 @click.option("--only", multiple=True, metavar="TEXT", help="Only entries whose name contains TEXT (repeatable).")
 @click.option("--budget", type=float, default=None, help="Seconds of interleaved timing per entry (mode default).")
-@click.option("--memory-budget-gb", type=float, default=1.0, show_default=True, help="Skip larger position embeddings.")
+@click.option("--memory-budget-gb", type=float, default=3.0, show_default=True, help="Skip larger position embeddings.")
 @click.option("--memory/--no-memory", default=True, show_default=True, help="Peak RSS per side (subprocesses).")
 @click.option("--profile/--no-profile", default=True, show_default=True, help="ORT profiler top nodes per entry.")
 @click.option("--export-cost/--no-export-cost", default=None, help="Time `lambda-export` on the demo (not in smoke).")

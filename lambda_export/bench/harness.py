@@ -75,11 +75,13 @@ from lambda_export.bench.memory import export_cost, export_cost_worker, measure_
 from lambda_export.bench.profile import profile_ort
 from lambda_export.bench.render import json_default, summarize, write_json
 from lambda_export.bench.runners import (
+    LARGE_MODEL_BYTES,
     as_numpy,
     configure_tensorflow,
     export_tf2onnx_plain,
     first_output,
     graph_info,
+    int8_export,
     make_feed,
     matmul_model,
     openvino_runner,
@@ -99,6 +101,7 @@ from lambda_export.ort import CUDA, cpu_session, cpu_session_options, recommende
 __all__ = [
     "CEILING_RUNNER",
     "CEILING_TARGET",
+    "INT8_RUNNER",
     "OPENVINO_RUNNER",
     "ORT_RUNNERS",
     "RATIO_TARGET_LAYER",
@@ -119,7 +122,9 @@ RATIO_TARGET_LAYER = 0.7
 RATIO_TARGET_MODEL = 0.5
 CEILING_TARGET = 0.6  # 2D global layers: fraction of the plain-MatMul GFLOP/s
 TF_RUNNERS = ("tf_graph", "tf_xla")
-ORT_RUNNERS = ("ort_portable", "ort_convert_only", "ort_tf2onnx")
+INT8_RUNNER = "ort_int8"  # the int8 QDQ model `lambda-export MODEL --quantize int8` makes of the portable export
+INT8_MAX_BYTES = 256 * 10**6  # larger exports are not quantized by the benchmark (one quantizer pass per node group)
+ORT_RUNNERS = ("ort_portable", "ort_convert_only", "ort_tf2onnx", INT8_RUNNER)
 OPENVINO_RUNNER = "openvino"  # the portable file on OpenVINO, f32 pinned: what a user would pick instead of ORT
 CEILING_RUNNER = "ort_matmul"
 
@@ -193,6 +198,7 @@ def _prepare(entry: Entry, settings: BenchSettings, folder: Path, keras_model: A
     prepared["portable_model"] = portable["model"]
     prepared["raw_bytes"] = portable["raw_bytes"]
     prepared["portable_path"] = path
+    prepared["large"] = size > LARGE_MODEL_BYTES
     prepared["inputs"] = result.inputs
     prepared["portable_info"] = {
         **graph_info(portable["model"], path, size),
@@ -203,8 +209,31 @@ def _prepare(entry: Entry, settings: BenchSettings, folder: Path, keras_model: A
         "target_issues": len(result.target_issues),
     }
     _log(settings, f"{entry.name}: portable export {len(portable['model'].graph.node)} nodes, {size / 1e6:.1f} MB")
+    prepared["int8_model"] = None
+    if settings.int8 and size > INT8_MAX_BYTES:
+        prepared["errors"][INT8_RUNNER] = (
+            f"not measured: the float32 file is over {INT8_MAX_BYTES / 1e6:.0f} MB (quantizing it takes minutes)"
+        )
+    elif settings.int8:
+        try:
+            int8 = int8_export(model, portable["model"], settings.target)
+            ipath, isize = serialize_model(int8["model"], folder, f"{stem}.int8.onnx")
+            prepared["int8_model"] = int8["model"]
+            prepared["int8_info"] = {
+                **graph_info(int8["model"], ipath, isize),
+                "quantize_s": round(int8["quantize_s"], 2),
+                "float_groups": int8["float_groups"],
+                "size_ratio": round(isize / size, 4) if size else None,
+            }
+            _log(settings, f"{entry.name}: int8 export {isize / 1e6:.1f} MB, in float: {int8['float_groups']}")
+        except Exception as exc:
+            prepared["errors"][INT8_RUNNER] = _short(exc)
     prepared["anchor_model"] = None
-    if settings.anchor:
+    if settings.anchor and entry.config is not None and entry.config.embedding_bytes > 2**31:
+        # TensorFlow cannot freeze (absolute) and tf2onnx cannot fold (relative) a tensor over protobuf's 2 GB: the
+        # plain export fails, after a peak of ~20× the tensor that this machine may not have
+        prepared["errors"]["ort_tf2onnx"] = "plain tf2onnx cannot convert a position embedding over 2 GB"
+    elif settings.anchor:
         try:
             anchor_started = time.perf_counter()
             anchor_model, how = export_tf2onnx_plain(model, result.inputs, settings.opset)
@@ -263,6 +292,8 @@ def bench_entry(
     record["export"] = {"portable": prepared["portable_info"]}
     if prepared.get("anchor_info"):
         record["export"]["tf2onnx"] = prepared["anchor_info"]
+    if prepared.get("int8_info"):
+        record["export"]["int8"] = prepared["int8_info"]
     portable = {"model": prepared["portable_model"]}
 
     # FLOPs: analytic for layers (cross-checked against the graph), counted from the graph for models: the tf2onnx
@@ -298,12 +329,15 @@ def bench_entry(
     for name, function in functions.items():
         runners[name] = lambda f=function, x=tf_inputs: as_numpy(f(*x))
 
-    portable_bytes = portable["model"].SerializeToString()
+    # the bytes, or the written file (with its external data) for a model over protobuf's 2 GB
+    portable_bytes = path if prepared["large"] else portable["model"].SerializeToString()
     sessions = {"ort_portable": cpu_session(portable_bytes, settings.threads)}
     if prepared.get("raw_bytes"):
         sessions["ort_convert_only"] = cpu_session(prepared["raw_bytes"], settings.threads)
     if prepared["anchor_model"] is not None:
         sessions["ort_tf2onnx"] = cpu_session(prepared["anchor_model"].SerializeToString(), settings.threads)
+    if prepared.get("int8_model") is not None:
+        sessions[INT8_RUNNER] = cpu_session(prepared["int8_model"].SerializeToString(), settings.threads)
     for name, session in sessions.items():
         names = [value.name for value in session.get_inputs()]
         session_feed = dict(zip(names, feed_arrays, strict=True))
@@ -329,7 +363,11 @@ def bench_entry(
             if name in runners:
                 out = first_output(runners[name]())
                 agreement[name] = float(np.max(np.abs(out.astype(np.float64) - reference))) if out.size else 0.0
+    # int8 is not the same computation: its difference is recorded apart (the --quantize verdict judges it)
+    int8_difference = agreement.pop(INT8_RUNNER, None)
     record["max_abs_diff_vs_tf_graph"] = agreement
+    if int8_difference is not None:
+        record["int8_max_abs_diff_vs_tf_graph"] = int8_difference
 
     _log(settings, f"{entry.name}: measuring {', '.join(runners)}")
     measured = measure_interleaved(runners, **settings.timing())
@@ -350,6 +388,8 @@ def bench_entry(
             ratios[f"{ort_name}/{tf_name}"] = paired_ratio(measured["rounds"], ort_name, tf_name)
         if tf_best:
             ratios[f"{ort_name}/tf_best"] = paired_ratio(measured["rounds"], ort_name, tf_best)
+    if INT8_RUNNER in record["latency"]:  # the int8 speed-up over the float32 file it was made from
+        ratios[f"{INT8_RUNNER}/ort_portable"] = paired_ratio(measured["rounds"], INT8_RUNNER, "ort_portable")
     if OPENVINO_RUNNER in record["latency"]:
         # the same file on both runtimes: how close ONNX Runtime comes to OpenVINO (issue target: ≤ 1.25)
         ratios[f"ort_portable/{OPENVINO_RUNNER}"] = paired_ratio(measured["rounds"], "ort_portable", OPENVINO_RUNNER)

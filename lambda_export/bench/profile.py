@@ -16,7 +16,7 @@ from lambda_export.ort import cpu_session
 __all__ = ["profile_ort"]
 
 
-def profile_ort(model_bytes: bytes, feed: dict[str, np.ndarray], threads: int, runs: int = 5) -> dict[str, Any]:
+def profile_ort(model_bytes: bytes | str, feed: dict[str, np.ndarray], threads: int, runs: int = 5) -> dict[str, Any]:
     """ONNX Runtime's profiler over ``runs`` runs after two warm-up runs: the nodes and op types that take the most
     time (per node: the median of its per-run kernel times, so one preempted run does not decide)."""
     folder = tempfile.mkdtemp(prefix="lambda-bench-profile-")

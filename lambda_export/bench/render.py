@@ -23,6 +23,7 @@ __all__ = [
     "draw_chart",
     "environment_text",
     "format_cell",
+    "int8_lines",
     "json_default",
     "markdown_table",
     "report",
@@ -144,6 +145,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "plugin, f32 inference precision pinned, the same thread count, latency hint; *ORT/OpenVINO*: paired "
         "per-round ratio on that file (target ≤ 1.25)."
     )
+    lines.extend(int8_lines(results))
     lines.append("")
     lines.append(
         "| configuration | GFLOP | ORT GFLOP/s | TF best GFLOP/s | MatMul ceiling GFLOP/s | ORT % of ceiling "
@@ -225,6 +227,46 @@ def markdown_table(results: dict[str, Any]) -> str:
     for item in summary.get("failed", []):
         lines.append(f"Failed: {item['name']} – {item['reason']}")
     return "\n".join(lines)
+
+
+def int8_lines(results: dict[str, Any]) -> list[str]:
+    """The INT8 table (Markdown lines, empty when no entry has an int8 run): the int8 QDQ model that ``--quantize
+    int8`` makes of the portable export, beside that float32 file on ONNX Runtime and the better TensorFlow."""
+    rows = []
+    for record in results["entries"]:
+        if record.get("status") != "ok" or "ort_int8" not in (record.get("latency") or {}):
+            continue
+        lat, ratios = record["latency"], record.get("ratios") or {}
+        export = record.get("export") or {}
+        portable, int8 = export.get("portable") or {}, export.get("int8") or {}
+        speed = ratios.get("ort_int8/ort_portable") or {}
+        versus_tf = ratios.get("ort_int8/tf_best") or {}
+        best = record.get("tf_best") or ""
+        rows.append(
+            f"| {record['name']} | {format_cell((lat.get(best) or {}).get('median_ms'))} "
+            f"| {format_cell(lat['ort_portable']['median_ms'])} | {format_cell(lat['ort_int8']['median_ms'])} "
+            f"| **{format_cell(speed.get('median'), 3)}** ({format_cell(speed.get('p10'))}–{format_cell(speed.get('p90'))}) "
+            f"| {format_cell(versus_tf.get('median'), 3)} "
+            f"| {format_cell(portable.get('file_mb'), 2)} | {format_cell(int8.get('file_mb'), 2)} "
+            f"| {format_cell(int8.get('size_ratio'), 3)} "
+            f"| {format_cell(record.get('int8_max_abs_diff_vs_tf_graph'), 3)} "
+            f"| {', '.join(int8.get('float_groups') or []) or '–'} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "| configuration (int8) | TF best ms | ORT fp32 ms | ORT int8 ms | int8/fp32 (p10–p90) | int8/TF best "
+        "| fp32 MB | int8 MB | size ratio | max abs vs TF | kept in float |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *rows,
+        "",
+        "*ORT int8*: the int8 QDQ model `lambda-export MODEL --quantize int8` makes of the same portable export "
+        "(ONNX Runtime's static quantizer, per-channel weights, generated N(0, 1) calibration inputs, what the "
+        "sensitivity measurement kept in float listed); *int8/fp32*: paired per-round ratio against the float32 file "
+        "it was made from (the speed-up is its inverse); *max abs vs TF*: on the benchmark's random inputs, not a "
+        "verdict (`--quantize int8` judges it on real samples).",
+    ]
 
 
 def environment_text(results: dict[str, Any]) -> str:

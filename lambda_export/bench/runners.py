@@ -26,11 +26,13 @@ import numpy as np
 from lambda_export.bench.timing import BenchSettings
 
 __all__ = [
+    "LARGE_MODEL_BYTES",
     "as_numpy",
     "configure_tensorflow",
     "export_tf2onnx_plain",
     "first_output",
     "graph_info",
+    "int8_export",
     "make_feed",
     "matmul_model",
     "openvino_runner",
@@ -130,6 +132,9 @@ def export_tf2onnx_plain(model: Any, inputs: Sequence[Any], opset: int) -> tuple
     return proto, how
 
 
+LARGE_MODEL_BYTES = 1_900_000_000  # above this a model goes to ONNX Runtime as a file with external data, not bytes
+
+
 def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The export that is timed: the ``portable`` export with the performance passes that ``convert(...,
     optimize="speed")`` runs (the default: ``lambda-export MODEL``), and, with ``settings.compare_raw``, the
@@ -143,14 +148,18 @@ def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str,
     import copy
 
     from lambda_export.conversion import convert
+    from lambda_export.lean import serialized_size
     from lambda_export.passes import optimize_for_ort
 
     started = time.perf_counter()
     result = convert(model, opset=settings.opset, target=settings.target, input_shapes=input_shapes, optimize="size")
-    speed = copy.deepcopy(result.model)
+    # over protobuf's 2 GB (a 56×56, u=4 global layer) the model is neither copied nor serialized in memory: the
+    # passes run in place and the size graph is not timed separately
+    large = serialized_size(result.model) > LARGE_MODEL_BYTES
+    speed = result.model if large else copy.deepcopy(result.model)
     performance = optimize_for_ort(speed, target=settings.target)
     convert_s = time.perf_counter() - started
-    raw_bytes = result.model.SerializeToString() if settings.compare_raw and performance else None
+    raw_bytes = result.model.SerializeToString() if settings.compare_raw and performance and not large else None
     if performance:
         result.passes = [*result.passes, *performance]
     return {
@@ -188,6 +197,24 @@ def openvino_runner(path: str, inputs: Sequence[Any], threads: int) -> Callable[
     return run
 
 
+def int8_export(model: Any, float_model: Any, target: str) -> dict[str, Any]:
+    """The int8 QDQ model that ``lambda-export MODEL --quantize int8`` makes of ``float_model`` (the timed portable
+    export): :func:`lambda_export.quantization.quantize` without ``--calibration`` (generated N(0, 1) inputs, like the
+    benchmark's own), the sensitivity measurement included, no verdict (the benchmark compares outputs itself).
+
+    Returns ``model`` (the int8 ModelProto), ``quantize_s`` and ``float_groups`` (what stayed in float).
+    """
+    from lambda_export.quantization import quantize
+
+    started = time.perf_counter()
+    result = quantize(model, onnx_model=float_model, target=target, verify=False)
+    return {
+        "model": result.model,
+        "quantize_s": time.perf_counter() - started,
+        "float_groups": result.selection.float_groups,
+    }
+
+
 def matmul_model(flops: int) -> tuple[Any, tuple[int, int, int]]:
     """A one-MatMul ONNX model (s×s input, constant s×s weight) with 2·s³ ≈ ``flops``: the GEMM ceiling."""
     import onnx
@@ -212,8 +239,10 @@ def serialize_model(model: Any, folder: Path, name: str) -> tuple[str, int]:
     """Write ``model`` to ``folder/name`` (external data above 1.9 GB); return (path, bytes on disk)."""
     import onnx
 
+    from lambda_export.lean import serialized_size
+
     path = folder / name
-    if model.ByteSize() > 1_900_000_000:
+    if serialized_size(model) > LARGE_MODEL_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, location=name + ".data")
         size = path.stat().st_size + (folder / (name + ".data")).stat().st_size
     else:

@@ -34,6 +34,7 @@ class BenchSettings:
     anchor: bool = True
     ceiling: bool = True
     openvino: bool = True  # also time the portable file on OpenVINO (f32 pinned) where the extra is installed
+    int8: bool = True  # also time the int8 QDQ model that `--quantize int8` makes of the portable export (ORT CPU)
     compare_raw: bool = True  # also time convert()'s output without the performance passes (when they change it)
     opset: int = 17
     target: str = "portable"
