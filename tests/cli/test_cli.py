@@ -12,21 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import run_main
 from click.testing import CliRunner
 from onnx import numpy_helper
 
 from lambda_export import cli as cli_module
 
 EXE = Path(sys.executable).parent / "lambda-export"
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the console-script entry point in-process; return (exit code, stdout, stderr)."""
-    cli_module.STATE.verbose, cli_module.STATE.quiet, cli_module.STATE.json = 0, False, False
-    with pytest.raises(SystemExit) as exit_info:
-        cli_module.main(args)
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
 
 
 def run_exe(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from lambda_export import cli as cli_module
+from cli_helpers import run_main
 
 INPUT = "images"
 
@@ -52,15 +51,6 @@ def small_result(small_model: dict):  # -> lambda_export.QuantizeResult
     from lambda_export import quantize
 
     return quantize(small_model["keras"], small_model["folder"] / "small.int8.onnx", calibration=small_model["samples"])
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """The console-script entry point in-process; (exit code, stdout, stderr)."""
-    cli_module.STATE.verbose, cli_module.STATE.quiet, cli_module.STATE.json = 0, False, False
-    with pytest.raises(SystemExit) as exit_info:
-        cli_module.main(args)
-    captured = capsys.readouterr()
-    return int(exit_info.value.code), captured.out, captured.err
 
 
 # -- the Python API ----------------------------------------------------------------------------------------------------
