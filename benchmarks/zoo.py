@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.zoo_models import TOLERANCE, ZOO, ZooModel, by_name, cli_arguments  # noqa: E402
+from lambda_export.bench.render import format_cell  # noqa: E402
 
 __all__ = [
     "ProcessRun",
@@ -505,14 +506,6 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def _err(check: dict[str, Any], runtime: str, noise: float | None = None) -> str:
     entry = (check or {}).get(runtime) or {}
     if "max_abs" in entry:
@@ -573,12 +566,12 @@ def markdown(results: dict[str, Any]) -> list[str]:
         plain_nodes = plain.get("nodes") if plain.get("exit") in (0, None) else f"fails ({plain.get('exit')})"
         lines.append(
             f"| {r['name']}{' (CI)' if r.get('ci') else ''} | {r['family']} | {shapes or '–'} "
-            f"| {_fmt(build.get('params'))} | {'–' if noise is None else f'{noise:.1e}'} | {_fmt(ours.get('exit'))} "
-            f"| {_fmt(ours.get('nodes'))} | {_err(ours.get('check'), 'ort', noise)} "
-            f"| {_err(ours.get('check'), 'openvino', noise)} | {_fmt(ours.get('convert_s'))} "
-            f"| {_fmt(ours.get('peak_mb'), 0)} | {_fmt(plain_nodes)} | {_err(plain.get('check'), 'ort', noise)} "
-            f"| {_err(plain.get('check'), 'openvino', noise)} | {_fmt(plain.get('convert_s'))} "
-            f"| {_fmt(plain.get('peak_mb'), 0)} "
+            f"| {format_cell(build.get('params'), 1)} | {'–' if noise is None else f'{noise:.1e}'} | {format_cell(ours.get('exit'), 1)} "
+            f"| {format_cell(ours.get('nodes'), 1)} | {_err(ours.get('check'), 'ort', noise)} "
+            f"| {_err(ours.get('check'), 'openvino', noise)} | {format_cell(ours.get('convert_s'), 1)} "
+            f"| {format_cell(ours.get('peak_mb'), 0)} | {format_cell(plain_nodes, 1)} | {_err(plain.get('check'), 'ort', noise)} "
+            f"| {_err(plain.get('check'), 'openvino', noise)} | {format_cell(plain.get('convert_s'), 1)} "
+            f"| {format_cell(plain.get('peak_mb'), 0)} "
             f"| {verdict_cell} | {r.get('vs_tf2onnx') or '–'} |"
         )
     lines.append("")
