@@ -15,10 +15,15 @@ Every measurement runs in a fresh subprocess and reads its own peak resident set
 * ``export``: the real command, ``lambda-export MODEL.keras -o OUT.onnx --json --force`` (conversion and parity
   check), run in-process by the worker through ``lambda_export.cli.main``.
 
-* ``libraries``: the footprint again, with what a conversion imports besides TensorFlow (tf2onnx, onnx, ONNX Runtime)
-  loaded first: the part of every peak below that no model size changes.
+* ``libraries``: the footprint again, with what a conversion imports besides TensorFlow loaded first (tf2onnx's
+  converter and graph loader, ~30 MB: ``import tf2onnx`` alone is lazy and loads almost nothing; onnx; ONNX Runtime,
+  ~20 MB): the part of every peak below that no model size changes.
 
-The bound is ``footprint + 4 × weight bytes`` (the Keras model's weights); "within" compares each peak with it. The
+The bound is ``footprint + 4 × weight bytes`` (the Keras model's weights), issue 13's; "within" compares each peak
+with it. "code-adjusted bound" is ``libraries + 4 × weight bytes``: the same bound with the converter's own code
+counted in the footprint, for small models whose peak is mostly that fixed cost (the demo: ~50 MB of libraries
+against 0.4 MB for 4x its weights). It is shown beside the bound, not instead of it, and the exit status uses the
+issue's bound. The
 "ONNX weights" column is what the export holds: for a relative position embedding, the gathered table, far larger
 than the Keras weight it is computed from (TensorFlow's own forward pass materialises it too, which the footprint
 includes).
@@ -109,7 +114,10 @@ def _worker(step: str, name: str, folder: Path) -> dict[str, Any]:
     elif step == "libraries":  # the footprint with what a conversion imports besides TensorFlow
         import onnx
         import onnxruntime  # noqa: F401
-        import tf2onnx  # noqa: F401
+
+        # the converter and its graph loader: `import tf2onnx` alone loads almost nothing
+        import tf2onnx.convert
+        import tf2onnx.tf_loader  # noqa: F401
 
         from lambda_export import conversion  # noqa: F401
         from lambda_export.loading import load_model
@@ -177,6 +185,9 @@ def measure(name: str, folder: Path, timeout: float) -> dict[str, Any]:
     built, foot = row.get("build", {}), row.get("footprint", {})
     if "weight_bytes" in built and "peak_mb" in foot:
         row["bound_mb"] = foot["peak_mb"] + 4 * built["weight_bytes"] / MB
+    libs = row.get("libraries", {})
+    if "weight_bytes" in built and "peak_mb" in libs:
+        row["code_adjusted_bound_mb"] = libs["peak_mb"] + 4 * built["weight_bytes"] / MB
     return row
 
 
@@ -188,22 +199,24 @@ def render(rows: list[dict[str, Any]]) -> str:
         return "—" if bound is None or peak is None else ("yes" if peak <= bound else "NO")
 
     lines = [
-        "| model | weights MB | ONNX weights MB | TF footprint MB | + libraries MB | bound MB | convert peak MB "
-        "| within | lambda-export peak MB | within | exit | parity | nodes |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---|---:|",
+        "| model | weights MB | ONNX weights MB | TF footprint MB | + libraries MB | bound MB | code-adjusted bound MB "
+        "| convert peak MB | within bound | within code-adjusted | lambda-export peak MB | within bound | exit | parity "
+        "| nodes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|---:|---|---:|",
     ]
     for row in rows:
         built, foot, libs = row.get("build", {}), row.get("footprint", {}), row.get("libraries", {})
         conv, export = row.get("convert", {}), row.get("export", {})
-        bound = row.get("bound_mb")
+        bound, adjusted = row.get("bound_mb"), row.get("code_adjusted_bound_mb")
         weights = built.get("weight_bytes")
         onnx_weights = conv.get("onnx_weight_bytes")
         failed = next((r["failed"] for r in (built, foot, libs, conv, export) if "failed" in r), "")
         lines.append(
             f"| {row['model']} | {mb(weights / MB if weights else None)} "
             f"| {mb(onnx_weights / MB if onnx_weights else None)} | {mb(foot.get('peak_mb'))} "
-            f"| {mb(libs.get('peak_mb'))} | {mb(bound)} | {mb(conv.get('peak_mb'))} "
-            f"| {within(conv.get('peak_mb'), bound)} | {mb(export.get('peak_mb'))} "
+            f"| {mb(libs.get('peak_mb'))} | {mb(bound)} | {mb(adjusted)} | {mb(conv.get('peak_mb'))} "
+            f"| {within(conv.get('peak_mb'), bound)} | {within(conv.get('peak_mb'), adjusted)} "
+            f"| {mb(export.get('peak_mb'))} "
             f"| {within(export.get('peak_mb'), bound)} | {export.get('exit_code', '—')} | {export.get('parity', '—')} "
             f"| {export.get('nodes') or conv.get('nodes') or '—'} |" + (f" {failed}" if failed else "")
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx
 
+from lambda_export import env
 from lambda_export.errors import InputError
 from lambda_export.graph import graph_io
 from lambda_export.loading import LoadedModel
@@ -46,11 +47,35 @@ from lambda_export.quantization.verdict import (
 )
 from lambda_export.targets import TARGETS, quantization_problem
 
-__all__ = ["PRECISIONS", "QuantizeResult", "check_quantize_arguments", "int8_verdict", "quantize"]
+__all__ = [
+    "NO_INT8_DOT_PRODUCT_WARNING",
+    "PRECISIONS",
+    "QuantizeResult",
+    "check_quantize_arguments",
+    "int8_verdict",
+    "quantize",
+    "speed_warnings",
+]
 
 PRECISIONS = ("int8",)
 """What ``--quantize`` accepts."""
 _EVAL_BATCH = 16
+
+NO_INT8_DOT_PRODUCT_WARNING = (
+    "this CPU has no int8 dot-product instructions (no VNNI or AMX: {flags}): ONNX Runtime's int8 kernels gain "
+    "little on it and small convolutions run slower than float32 (the demo model: 0.89x); time both on the "
+    "deployment CPU with `lambda-export bench MODEL --int8`"
+)
+"""Warned by :func:`quantize` on an x86 CPU without VNNI/AMX (:func:`lambda_export.env.int8_dot_product`)."""
+
+
+def speed_warnings(flags: list[str] | None = None) -> list[str]:
+    """What the user must know about int8 speed on this CPU (``flags``: default this CPU's); empty where the CPU has
+    int8 dot-product instructions or it cannot be told."""
+    if env.int8_dot_product(flags) is not False:
+        return []
+    shown = [f for f in (flags if flags is not None else env.cpu_flags()) if f.startswith("avx")]
+    return [NO_INT8_DOT_PRODUCT_WARNING.format(flags=" ".join(shown) or "no AVX")]
 
 
 @dataclass
@@ -301,6 +326,7 @@ def quantize(
     data = calibration_data(inputs, calibration, held_out, seed=seed)
     if data.generated:
         warnings.insert(0, GENERATED_WARNING)
+    warnings.extend(speed_warnings())
     with Quantizer(float_model, data.calibration, calibration_method, batch) as quantizer:
         selection = choose_float_groups(
             quantizer,

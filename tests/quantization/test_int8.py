@@ -72,6 +72,21 @@ def test_quantize_passes_on_both_sets_in_onnx_runtime_and_openvino(small_result)
     assert small_result.calibration.n_calibration == 32 and small_result.calibration.n_held_out == 8
 
 
+def test_size_floor_bounds_what_int8_weights_can_give(small_result) -> None:
+    """benchmarks/quantize.py's size floor: the file with every float32 weight at a quarter of its bytes. The int8
+    file, which adds scales, zero points and QDQ nodes, cannot be smaller."""
+    from benchmarks.quantize import size_floor
+
+    float_model = small_result.float_model
+    from onnx import numpy_helper
+
+    weights = sum(numpy_helper.to_array(i).nbytes for i in float_model.graph.initializer if i.data_type == 1)
+    floor = size_floor(float_model)
+    assert 0.25 < floor < 1 and weights > 0
+    assert floor == pytest.approx(1 - 0.75 * weights / float_model.ByteSize(), abs=1e-9)
+    assert small_result.int8_bytes / small_result.float_bytes >= floor
+
+
 def test_sensitivity_is_measured_and_every_float_group_says_why(small_result) -> None:
     """Every kind of compute node is measured alone (or kept in float by a stated policy); what stays in float has a
     reason; the groups name the Keras layer class (the lambda layer's softmax and position convolution apart)."""
@@ -149,6 +164,10 @@ def test_generated_calibration_warns_loudly(small_model: dict) -> None:
     result = quantize(small_model["keras"], verify=False, sensitivity=False, target="opencv5")
     assert result.calibration.generated and result.calibration.n_calibration == 32
     assert result.warnings[0].startswith("no calibration samples given") and "real samples" in result.warnings[0]
+    from lambda_export import env
+
+    # on a CPU without VNNI/AMX (this repository's AVX2 benchmark machine) int8 can be slower: the user is told
+    assert any("no int8 dot-product" in w for w in result.warnings) == (env.int8_dot_product() is False)
     assert result.verdict is None and result.path is None
     metadata = {prop.key: prop.value for prop in result.model.metadata_props}
     assert "generated N(0, 1) inputs (not representative)" in metadata["quantization_calibration"]

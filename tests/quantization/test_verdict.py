@@ -199,3 +199,20 @@ def test_bench_int8_table() -> None:
     assert "| 20.00 | 10.00 | 5.00 | **0.500** (0.40–0.60) | 0.250 | 4.00 | 1.00 | 0.250 |" in row
     assert row.endswith("| Dense: Add |")
     assert int8_lines({"entries": [{**record, "latency": {"ort_portable": {"median_ms": 1.0}}}]}) == []
+
+
+def test_int8_speed_warning_follows_the_cpus_dot_product_instructions() -> None:
+    from lambda_export import env
+    from lambda_export.quantization.api import speed_warnings
+
+    avx2 = ["avx", "avx2", "fma"]
+    assert env.int8_dot_product(avx2) is False
+    assert env.int8_dot_product([*avx2, "avx512f", "avx512_vnni"]) is True
+    assert env.int8_dot_product([*avx2, "avx_vnni"]) is True  # Alder Lake and later: VNNI without AVX-512
+    assert env.int8_dot_product(["amx_int8", "amx_tile"]) is True
+    (warning,) = speed_warnings(avx2)
+    assert "no VNNI" in warning and "avx avx2" in warning and "lambda-export bench" in warning
+    assert speed_warnings([*avx2, "avx512_vnni"]) == []
+    # this machine: the warning is given exactly when its flags lack the instructions
+    here = env.int8_dot_product()
+    assert (speed_warnings() != []) == (here is False)
