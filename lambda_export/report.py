@@ -660,6 +660,12 @@ def _size_text(size: dict[str, Any]) -> str:
     )
 
 
+def _speed_text(speed: dict[str, Any] | None) -> str:
+    from lambda_export.quantization.speed import speed_line
+
+    return "speed: not timed (--skip-verify)" if not speed else f"speed: {speed_line(speed)}"
+
+
 def render_quantization_text(quantization: dict[str, Any], color: bool = False) -> str:
     """The int8 section for the terminal: verdict table, groups kept in float (and why), size, worst layers."""
     verdict = quantization.get("verdict")
@@ -691,6 +697,7 @@ def render_quantization_text(quantization: dict[str, Any], color: bool = False) 
     else:
         lines.append("kept in float: nothing")
     lines.append(_size_text(quantization.get("size") or {}))
+    lines.append(_speed_text(quantization.get("speed")))
     for warning in quantization.get("warnings") or []:
         lines.append(_paint(f"warning: {warning}", _YELLOW, color))
     if verdict is None:
@@ -723,6 +730,7 @@ def render_quantization_html(quantization: dict[str, Any]) -> str:
         f"{calibration.get('source')}",
         "held out": f"{calibration.get('held_out_samples')} samples: {calibration.get('held_out_source')}",
         "size": _size_text(quantization.get("size") or {}).removeprefix("size: "),
+        "speed": _speed_text(quantization.get("speed")).removeprefix("speed: "),
         "nodes": quantization.get("nodes"),
         "quantizer": settings.get("tool"),
     }

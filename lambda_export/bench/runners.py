@@ -207,7 +207,7 @@ def int8_export(model: Any, float_model: Any, target: str) -> dict[str, Any]:
     from lambda_export.quantization import quantize
 
     started = time.perf_counter()
-    result = quantize(model, onnx_model=float_model, target=target, verify=False)
+    result = quantize(model, onnx_model=float_model, target=target, verify=False, timing=False)
     return {
         "model": result.model,
         "quantize_s": time.perf_counter() - started,

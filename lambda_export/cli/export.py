@@ -170,6 +170,7 @@ def _quantize(loaded: Any, float_model: Any, quantize: QuantizeOptions, *, verif
             min_agreement=quantize.min_agreement,
             min_cosine=quantize.min_cosine,
             verify=verify,
+            timing=verify,
             loaded=loaded,
             target=str(_metadata(float_model).get("target", "portable")),
             progress=progress,

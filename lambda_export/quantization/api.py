@@ -19,7 +19,6 @@ from typing import Any
 
 import onnx
 
-from lambda_export import env
 from lambda_export.errors import InputError
 from lambda_export.graph import graph_io
 from lambda_export.loading import LoadedModel
@@ -38,6 +37,13 @@ from lambda_export.quantization.engine import (
     quantizer_version,
 )
 from lambda_export.quantization.sensitivity import Selection, choose_float_groups
+from lambda_export.quantization.speed import (
+    DEFAULT_TIMING_BUDGET_S,
+    SpeedCheck,
+    cpu_warning,
+    int8_speed,
+    speed_warning,
+)
 from lambda_export.quantization.verdict import (
     DEFAULT_MIN_AGREEMENT,
     RUNTIMES,
@@ -48,34 +54,16 @@ from lambda_export.quantization.verdict import (
 from lambda_export.targets import TARGETS, quantization_problem
 
 __all__ = [
-    "NO_INT8_DOT_PRODUCT_WARNING",
     "PRECISIONS",
     "QuantizeResult",
     "check_quantize_arguments",
     "int8_verdict",
     "quantize",
-    "speed_warnings",
 ]
 
 PRECISIONS = ("int8",)
 """What ``--quantize`` accepts."""
 _EVAL_BATCH = 16
-
-NO_INT8_DOT_PRODUCT_WARNING = (
-    "this CPU has no int8 dot-product instructions (no VNNI or AMX: {flags}): ONNX Runtime's int8 kernels gain "
-    "little on it and small convolutions run slower than float32 (the demo model: 0.89x); time both on the "
-    "deployment CPU with `lambda-export bench MODEL --int8`"
-)
-"""Warned by :func:`quantize` on an x86 CPU without VNNI/AMX (:func:`lambda_export.env.int8_dot_product`)."""
-
-
-def speed_warnings(flags: list[str] | None = None) -> list[str]:
-    """What the user must know about int8 speed on this CPU (``flags``: default this CPU's); empty where the CPU has
-    int8 dot-product instructions or it cannot be told."""
-    if env.int8_dot_product(flags) is not False:
-        return []
-    shown = [f for f in (flags if flags is not None else env.cpu_flags()) if f.startswith("avx")]
-    return [NO_INT8_DOT_PRODUCT_WARNING.format(flags=" ".join(shown) or "no AVX")]
 
 
 @dataclass
@@ -90,6 +78,7 @@ class QuantizeResult:
         method: the calibration method.
         selection: the sensitivity of each group of nodes and the groups kept in float.
         verdict: the accuracy verdict (None when ``verify=False``).
+        speed: int8 against float32 in ONNX Runtime CPU on this machine (None when ``timing=False``).
         warnings: what the user must know (generated calibration inputs, a target that cannot load QDQ).
         path: where the model was written, if an output was given.
         loaded: the Keras model (the verdict's reference).
@@ -101,6 +90,7 @@ class QuantizeResult:
     method: str
     selection: Selection
     verdict: Int8Verdict | None = None
+    speed: SpeedCheck | None = None
     warnings: list[str] = field(default_factory=list)
     path: str | None = None
     loaded: LoadedModel | None = None
@@ -134,6 +124,7 @@ class QuantizeResult:
                 "ratio": round(self.int8_bytes / self.float_bytes, 4) if self.float_bytes else None,
             },
             "nodes": len(self.model.graph.node),
+            "speed": None if self.speed is None else self.speed.to_dict(),
             "target": self.target,
             "warnings": list(self.warnings),
             "verdict": None if self.verdict is None else self.verdict.to_dict(),
@@ -197,6 +188,17 @@ def _batch(model: onnx.ModelProto) -> tuple[list[Any], int]:
     return inputs, fixed_batch(inputs) or _EVAL_BATCH
 
 
+def _timing_feed(arrays: dict[str, Any], batch: int) -> dict[str, Any]:
+    """The first ``batch`` calibration samples per input (repeated when there are fewer): one run's feed."""
+    import numpy as np
+
+    feed = {}
+    for name, array in arrays.items():
+        reps = -(-batch // len(array))
+        feed[name] = np.ascontiguousarray(np.concatenate([array] * reps)[:batch] if reps > 1 else array[:batch])
+    return feed
+
+
 def _metadata(result: QuantizeResult) -> dict[str, str]:
     """The ``metadata_props`` entries of an int8 model (strings; JSON where structured)."""
     data = result.calibration
@@ -249,6 +251,8 @@ def quantize(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     min_cosine: float | None = None,
     verify: bool = True,
+    timing: bool = True,
+    timing_budget_s: float = DEFAULT_TIMING_BUDGET_S,
     runtimes: Sequence[str] = RUNTIMES,
     sensitivity: bool = True,
     target: str = "portable",
@@ -281,6 +285,9 @@ def quantize(
         min_cosine: mean cosine similarity with TensorFlow each other output needs (None: 0.999); given, it applies to
             classifiers too (on the logits of a softmax output).
         verify: take the verdict (TensorFlow reference, ONNX Runtime and OpenVINO runs).
+        timing: time the int8 model against the float32 export in ONNX Runtime CPU on a batch of the calibration
+            samples for ``timing_budget_s`` seconds (:mod:`~lambda_export.quantization.speed`), and warn when int8 is
+            slower. False: no timing, and a warning from the CPU's flags alone where it lacks VNNI/AMX.
         runtimes: where the verdict runs the int8 model (``onnxruntime``, ``openvino``: skipped with a reason when not
             installed).
         sensitivity: measure each kind of node alone and keep in float what breaks accuracy (False: quantize every
@@ -326,7 +333,6 @@ def quantize(
     data = calibration_data(inputs, calibration, held_out, seed=seed)
     if data.generated:
         warnings.insert(0, GENERATED_WARNING)
-    warnings.extend(speed_warnings())
     with Quantizer(float_model, data.calibration, calibration_method, batch) as quantizer:
         selection = choose_float_groups(
             quantizer,
@@ -357,6 +363,16 @@ def quantize(
             float_model=float_model,
             progress=say,
         )
+    if timing:
+        say(f"timing int8 against float32 in ONNX Runtime CPU ({timing_budget_s:g} s)")
+        result.speed = int8_speed(
+            float_model, selection.model, _timing_feed(data.calibration, batch), budget_s=timing_budget_s
+        )
+        slower = speed_warning(result.speed)
+        warnings.extend([slower] if slower else [])
+    else:
+        unmeasured = cpu_warning()
+        warnings.extend([unmeasured] if unmeasured else [])
     _with_metadata(result)
     if output is not None:
         from lambda_export.io import save_model_atomic

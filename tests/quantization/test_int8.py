@@ -72,6 +72,20 @@ def test_quantize_passes_on_both_sets_in_onnx_runtime_and_openvino(small_result)
     assert small_result.calibration.n_calibration == 32 and small_result.calibration.n_held_out == 8
 
 
+def test_int8_is_timed_against_float32_and_a_slower_int8_is_said(small_result) -> None:
+    """The speed check: both models run in ONNX Runtime CPU on the same batch, and the warning follows the measured
+    speed-up (whichever way this machine's int8 kernels go)."""
+    speed = small_result.speed
+    assert speed is not None and speed.rounds >= 5 and speed.batch == 16
+    assert speed.float32_ms > 0 and speed.int8_ms > 0 and speed.speedup_p10 <= speed.speedup <= speed.speedup_p90
+    # the paired median and the ratio of medians agree roughly (both from the same interleaved rounds)
+    assert 0.5 < speed.speedup / (speed.float32_ms / speed.int8_ms) < 2.0
+    record = small_result.summary()["speed"]
+    assert record["runtime"] == "onnxruntime-cpu" and record["speedup"] == speed.speedup
+    slower = [w for w in small_result.warnings if w.startswith("int8 ran slower than float32 here")]
+    assert bool(slower) == (speed.speedup < 1.0)
+
+
 def test_size_floor_bounds_what_int8_weights_can_give(small_result) -> None:
     """benchmarks/quantize.py's size floor: the file with every float32 weight at a quarter of its bytes. The int8
     file, which adds scales, zero points and QDQ nodes, cannot be smaller."""
@@ -161,14 +175,15 @@ def test_int8_verdict_function_and_an_impossible_threshold(small_result, small_m
 def test_generated_calibration_warns_loudly(small_model: dict) -> None:
     from lambda_export import quantize
 
-    result = quantize(small_model["keras"], verify=False, sensitivity=False, target="opencv5")
+    result = quantize(small_model["keras"], verify=False, sensitivity=False, timing=False, target="opencv5")
     assert result.calibration.generated and result.calibration.n_calibration == 32
     assert result.warnings[0].startswith("no calibration samples given") and "real samples" in result.warnings[0]
     from lambda_export import env
 
-    # on a CPU without VNNI/AMX (this repository's AVX2 benchmark machine) int8 can be slower: the user is told
+    # not timed, on a CPU without VNNI/AMX (this repository's AVX2 benchmark machine), where int8 can be slower: the
+    # CPU's flags alone say so
     assert any("no int8 dot-product" in w for w in result.warnings) == (env.int8_dot_product() is False)
-    assert result.verdict is None and result.path is None
+    assert result.verdict is None and result.path is None and result.speed is None
     metadata = {prop.key: prop.value for prop in result.model.metadata_props}
     assert "generated N(0, 1) inputs (not representative)" in metadata["quantization_calibration"]
     assert metadata["quantization_verdict"] == "not checked"
@@ -192,6 +207,8 @@ def test_cli_quantize_passes_with_exit_0_and_json_fields(
     assert quantization["calibration"]["samples"] == 32 and quantization["calibration"]["held_out_samples"] == 8
     assert quantization["settings"]["calibration_method"] == "percentile"
     assert quantization["size"]["int8_bytes"] > 0 and quantization["float_groups"]
+    # a dynamic-batch export: timed at the verdict's evaluation batch (16)
+    assert quantization["speed"]["speedup"] > 0 and quantization["speed"]["batch"] == 16
     assert {row["runtime"] for row in quantization["verdict"]["results"]} == {"onnxruntime", "openvino"}
     assert "INT8 quantization" in report.read_text() and "Sensitivity" in report.read_text()
     metadata = {prop.key: prop.value for prop in onnx.load(out).metadata_props}
@@ -199,6 +216,7 @@ def test_cli_quantize_passes_with_exit_0_and_json_fields(
     # the same as a table: the verdict and the float groups are printed
     code, stdout, _ = run_main([*args, "--force"], capsys)
     assert code == 0 and "int8 verdict: PASS on onnxruntime, openvino" in stdout and "kept in float:" in stdout
+    assert "speed: int8 " in stdout and "x the float32 speed in ONNX Runtime CPU" in stdout
 
 
 def test_cli_impossible_threshold_exits_1_and_names_the_worst_layers(

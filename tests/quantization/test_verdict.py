@@ -201,18 +201,27 @@ def test_bench_int8_table() -> None:
     assert int8_lines({"entries": [{**record, "latency": {"ort_portable": {"median_ms": 1.0}}}]}) == []
 
 
-def test_int8_speed_warning_follows_the_cpus_dot_product_instructions() -> None:
+def test_int8_speed_warnings_follow_the_measurement_and_the_cpus_dot_product_instructions() -> None:
     from lambda_export import env
-    from lambda_export.quantization.api import speed_warnings
+    from lambda_export.quantization.speed import SpeedCheck, cpu_warning, speed_warning
 
     avx2 = ["avx", "avx2", "fma"]
     assert env.int8_dot_product(avx2) is False
     assert env.int8_dot_product([*avx2, "avx512f", "avx512_vnni"]) is True
     assert env.int8_dot_product([*avx2, "avx_vnni"]) is True  # Alder Lake and later: VNNI without AVX-512
     assert env.int8_dot_product(["amx_int8", "amx_tile"]) is True
-    (warning,) = speed_warnings(avx2)
-    assert "no VNNI" in warning and "avx avx2" in warning and "lambda-export bench" in warning
-    assert speed_warnings([*avx2, "avx512_vnni"]) == []
+    warning = cpu_warning(avx2)
+    assert warning and "no VNNI" in warning and "avx avx2" in warning and "lambda-export bench" in warning
+    assert cpu_warning([*avx2, "avx512_vnni"]) is None
     # this machine: the warning is given exactly when its flags lack the instructions
-    here = env.int8_dot_product()
-    assert (speed_warnings() != []) == (here is False)
+    assert (cpu_warning() is not None) == (env.int8_dot_product() is False)
+
+    slower = SpeedCheck(8, 2, float32_ms=6.84, int8_ms=7.75, speedup=0.89, speedup_p10=0.75, speedup_p90=0.92, rounds=9)
+    text = speed_warning(slower, avx2)
+    assert text and text.startswith("int8 ran slower than float32 here: int8 0.89x the float32 speed")
+    assert "7.75 vs 6.84 ms per batch of 8, 2 thread(s)" in text and "no VNNI" in text
+    assert "no VNNI" not in (speed_warning(slower, [*avx2, "avx_vnni"]) or "")  # slower for another reason
+    faster = SpeedCheck(
+        8, 2, float32_ms=260.1, int8_ms=140.2, speedup=1.83, speedup_p10=1.63, speedup_p90=2.53, rounds=9
+    )
+    assert speed_warning(faster, avx2) is None
