@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from lambda_export import env, ort
-from lambda_export.errors import ConversionError, InputError
+from lambda_export.errors import ConversionError, InputError, described, first_line
 from lambda_export.folding import attach_weights, squeeze_matmul_weights
 from lambda_export.graph import (
     TensorInfo,
@@ -384,7 +384,7 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
         # embedding gathered to 2.5 GB) fails inside protobuf with a DecodeError of the ONNX attribute instead
         if "larger than 2GB" in first or (type(exc).__name__ == "DecodeError" and "onnx.AttributeProto" in first):
             raise ConversionError(_too_large_message(model)) from exc
-        raise ConversionError(f"tf2onnx failed: {type(exc).__name__}: {first}") from exc
+        raise ConversionError(f"tf2onnx failed: {described(exc, None)}") from exc
     return proto
 
 
@@ -490,7 +490,7 @@ def _check_converted(model: onnx.ModelProto) -> None:
         # its shape inference copies it again; ONNX Runtime below reads every initializer anyway
         onnx.checker.check_model(_without_weights(model), full_check=True)
     except Exception as exc:
-        raise ConversionError(f"the exported graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
+        raise ConversionError(f"the exported graph is invalid: {first_line(exc, None)}") from exc
     if not large:
         try:
             # from a file written tensor by tensor, so that ONNX Runtime holds the only serialized copy, and without

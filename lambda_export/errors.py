@@ -7,6 +7,21 @@ Exit codes (documented in ``lambda-export --help`` and the README):
 
 from __future__ import annotations
 
+__all__ = [
+    "EXIT_CONVERSION",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PARITY_FAILED",
+    "EXIT_USAGE",
+    "ConversionError",
+    "InputError",
+    "LambdaExportError",
+    "ProviderUnavailableError",
+    "UnsafeModelError",
+    "described",
+    "first_line",
+]
+
 EXIT_OK = 0
 EXIT_PARITY_FAILED = 1
 EXIT_USAGE = 2
@@ -47,3 +62,21 @@ class ConversionError(LambdaExportError):
 
 class ProviderUnavailableError(InputError):
     """An ONNX Runtime execution provider was asked for but is not available (exit code 2)."""
+
+
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """The first line of ``exc``'s message (at most ``limit`` characters; None: all of it), or its type name when it
+    has no message: how an exception from a library becomes part of a one-line error."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return line if limit is None else line[:limit]
+
+
+def described(exc: BaseException, limit: int | None = 300) -> str:
+    """``TypeName: first line of the message`` (just ``TypeName`` when there is no message): an unexpected exception
+    from a library, in one line."""
+    line = first_line(exc, limit)
+    name = type(exc).__name__
+    return name if line == name and not str(exc).strip() else f"{name}: {line}"

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lambda_export.errors import ConversionError
+from lambda_export.errors import ConversionError, first_line
 
 __all__ = ["DEFAULT_OP_BLOCK_LIST", "FP16_MAX", "emulate_fp16_rounding", "tensor_elem_types", "to_float16"]
 
@@ -324,7 +324,7 @@ def to_float16(
     try:
         onnx.checker.check_model(out)
     except Exception as exc:
-        raise ConversionError(f"the float16 graph is invalid: {str(exc).strip().splitlines()[0]}") from exc
+        raise ConversionError(f"the float16 graph is invalid: {first_line(exc, None)}") from exc
     return out
 
 

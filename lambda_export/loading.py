@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lambda_export.errors import InputError, UnsafeModelError
+from lambda_export.errors import InputError, UnsafeModelError, described, first_line
 from lambda_export.graph import TensorInfo, UniqueNames
 
 MAX_ARCHIVE_BYTES = 16 * 1024**3  # a .keras entry declaring more than this uncompressed is refused
@@ -91,12 +91,7 @@ def import_user_code(items: list[str] | tuple[str, ...]) -> None:
         except InputError:
             raise
         except Exception as exc:  # user code can raise anything
-            raise InputError(f"imports {item}: {type(exc).__name__}: {_first_line(exc)}", argument="imports") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+            raise InputError(f"imports {item}: {described(exc, None)}", argument="imports") from exc
 
 
 def _find_lambda_layers(config: Any) -> list[str]:
@@ -141,7 +136,7 @@ def _check_keras_archive(path: Path) -> dict[str, Any]:
     except InputError:
         raise
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise InputError(f"{path}: cannot read .keras archive (corrupted?): {_first_line(exc)}") from exc
+        raise InputError(f"{path}: cannot read .keras archive (corrupted?): {first_line(exc, None)}") from exc
     if not isinstance(config, dict):
         raise InputError(f"{path}: config.json is not a Keras model config")
     return config
@@ -164,7 +159,7 @@ def _h5_config(path: Path) -> dict[str, Any]:
     except InputError:
         raise
     except Exception as exc:  # h5py raises OSError/KeyError/... on truncated files
-        raise InputError(f"{path}: cannot read .h5 file (truncated or corrupt?): {_first_line(exc)}") from exc
+        raise InputError(f"{path}: cannot read .h5 file (truncated or corrupt?): {first_line(exc, None)}") from exc
 
 
 _UNKNOWN_CLASS = re.compile(r"(?:Could not locate (?:class|function) |Unknown layer: |Unknown \w+: )'?([\w.>]+)'?")
@@ -180,7 +175,7 @@ def _explain_load_error(path: Path, exc: BaseException) -> InputError:
             f"imports=[MODULE_OR_FILE]; the class must be decorated with @keras.saving.register_keras_serializable()",
             argument="imports=[MODULE_OR_FILE]",
         )
-    return InputError(f"{path}: cannot load the Keras model: {type(exc).__name__}: {_first_line(exc)}")
+    return InputError(f"{path}: cannot load the Keras model: {described(exc, None)}")
 
 
 def _tensor_infos(tensors: list[Any], names: list[str]) -> list[TensorInfo]:
@@ -513,7 +508,7 @@ def _load_saved_model(path: Path, *, trust_code: bool) -> LoadedModel:
         with contextlib.redirect_stderr(open(os.devnull, "w")):
             layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
     except Exception as exc:
-        raise InputError(f"{path}: cannot load the SavedModel: {_first_line(exc)}") from exc
+        raise InputError(f"{path}: cannot load the SavedModel: {first_line(exc, None)}") from exc
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))

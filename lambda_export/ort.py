@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from lambda_export import env
-from lambda_export.errors import InputError, ProviderUnavailableError
+from lambda_export.errors import InputError, ProviderUnavailableError, first_line
 
 __all__ = [
     "CPU",
@@ -51,11 +51,6 @@ def _onnxruntime() -> Any:
     if first:
         onnxruntime.set_default_logger_severity(QUIET)
     return onnxruntime
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _tiny_model() -> bytes:
@@ -105,7 +100,7 @@ def provider_problem(provider: str) -> str | None:
     try:
         probe = ort.InferenceSession(_tiny_model(), options, providers=session_providers(provider))
     except Exception as exc:
-        return f"cannot create a session: {_first_line(exc)}"
+        return f"cannot create a session: {first_line(exc, None)}"
     if provider not in probe.get_providers():
         if provider in GPU_PROVIDERS and not env.nvidia_device_present():
             return "no CUDA device"

@@ -29,7 +29,7 @@ import click
 from click.utils import make_default_short_help
 
 from lambda_export.cli.options import EXIT_CODES_HELP, RESULT_SCHEMA, OutputOptions, cli_message
-from lambda_export.errors import EXIT_CONVERSION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, LambdaExportError
+from lambda_export.errors import EXIT_CONVERSION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, LambdaExportError, described
 from lambda_export.version import __version__
 
 __all__ = [
@@ -296,8 +296,7 @@ def _run(argv: list[str] | None) -> Any:
             code = _report_interruption(STATE.interrupted)
         else:
             _error(
-                f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                " (run with -v for the traceback and please report it)",
+                f"internal error: {described(exc, None)} (run with -v for the traceback and please report it)",
                 EXIT_CONVERSION,
             )
             code = EXIT_CONVERSION

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lambda_export.errors import InputError
+from lambda_export.errors import InputError, first_line
 from lambda_export.graph import TensorInfo
-from lambda_export.parity.running import first_line
 
 __all__ = [
     "DISTRIBUTIONS",

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from lambda_export import ort
+from lambda_export.errors import first_line
 from lambda_export.loading import LoadedModel
 from lambda_export.ort import CPU
 from lambda_export.parity.metrics import (
@@ -38,7 +39,7 @@ from lambda_export.parity.metrics import (
 )
 from lambda_export.parity.reference import run_float64
 from lambda_export.parity.results import LayerDivergence
-from lambda_export.parity.running import first_line, keras_feed, model_bytes, run_keras
+from lambda_export.parity.running import keras_feed, model_bytes, run_keras
 
 __all__ = ["LOCATE_MAX_BATCH", "LOCATE_MODES", "locate_divergence"]
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from lambda_export.errors import first_line
 from lambda_export.loading import LoadedModel
-from lambda_export.parity.running import first_line, keras_feed, run_keras
+from lambda_export.parity.running import keras_feed, run_keras
 
 __all__ = ["float64_model", "run_float64"]
 

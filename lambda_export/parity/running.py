@@ -5,7 +5,6 @@
   :func:`session_source`: a temporary file for one instead (with external data for a larger model).
 * :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
   traced function calls it.
-* :func:`first_line`: the first line of an exception's message, for one-line problems in reports.
 
 Sessions themselves come from :func:`lambda_export.ort.session`.
 """
@@ -27,13 +26,7 @@ from lambda_export.io import load_onnx, too_large_for_protobuf
 from lambda_export.lean import serialize, write_model
 from lambda_export.loading import LoadedModel
 
-__all__ = ["first_line", "keras_feed", "load_onnx_model", "model_bytes", "run_keras", "session_source"]
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (at most 300 characters), or its type name when it has no message."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+__all__ = ["keras_feed", "load_onnx_model", "model_bytes", "run_keras", "session_source"]
 
 
 def load_onnx_model(onnx_model: Any) -> tuple[onnx.ModelProto, str | None]:

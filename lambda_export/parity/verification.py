@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from lambda_export import ort
-from lambda_export.errors import InputError, ProviderUnavailableError
+from lambda_export.errors import InputError, ProviderUnavailableError, first_line
 from lambda_export.graph import TensorInfo, graph_io
 from lambda_export.io import save_model_atomic
 from lambda_export.loading import LoadedModel, load_model
@@ -56,7 +56,6 @@ from lambda_export.parity.metrics import (
 from lambda_export.parity.reference import float64_model, run_float64
 from lambda_export.parity.results import ParityReport, ResultRow, environment
 from lambda_export.parity.running import (
-    first_line,
     keras_feed,
     load_onnx_model,
     model_bytes,

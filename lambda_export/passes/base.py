@@ -34,16 +34,12 @@ from typing import Any, Protocol
 
 import onnx
 
+from lambda_export.errors import described, first_line
 from lambda_export.graph import GraphIndex, Shapes, static_shapes
 from lambda_export.lean import Snapshot
 from lambda_export.targets import check_target
 
 __all__ = ["GraphPass", "Pass", "PassContext", "PassManager", "PassRecord", "PassResult", "graph_pass"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -221,9 +217,9 @@ class PassManager:
                 try:
                     ctx.check(ctx.model)
                 except Exception as exc:
-                    undone = f"its result failed the checks ({_first_line(exc)})"
+                    undone = f"its result failed the checks ({first_line(exc, 200)})"
         except Exception as exc:
-            undone = f"it failed ({type(exc).__name__}: {_first_line(exc)})"
+            undone = f"it failed ({described(exc, 200)})"
         if undone is not None:
             before.restore(ctx.model)
             result = PassResult(False, (f"pass {one.name} was skipped: {undone}; the graph from before it is kept",))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lambda_export.errors import ConversionError, InputError
+from lambda_export.errors import ConversionError, InputError, described
 from lambda_export.quantization.calibration import batches
 
 __all__ = [
@@ -363,10 +363,7 @@ class Quantizer:
         except MemoryError:
             raise
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise ConversionError(
-                f"ONNX Runtime's quantizer failed: {type(exc).__name__}: {text[0][:300] if text else ''}"
-            ) from exc
+            raise ConversionError(f"ONNX Runtime's quantizer failed: {described(exc)}") from exc
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -405,10 +402,7 @@ class Quantizer:
         except MemoryError:
             raise
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise ConversionError(
-                f"ONNX Runtime's calibrator failed: {type(exc).__name__}: {text[0][:300] if text else ''}"
-            ) from exc
+            raise ConversionError(f"ONNX Runtime's calibrator failed: {described(exc)}") from exc
         finally:
             with contextlib.suppress(OSError):
                 augmented.unlink()

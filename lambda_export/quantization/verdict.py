@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lambda_export.errors import InputError
+from lambda_export.errors import InputError, first_line
 from lambda_export.loading import LoadedModel
 from lambda_export.parity.metrics import finite_or_none
-from lambda_export.parity.running import first_line, keras_feed, run_keras
+from lambda_export.parity.running import keras_feed, run_keras
 from lambda_export.quantization.calibration import batches
 
 __all__ = [

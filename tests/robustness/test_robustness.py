@@ -256,3 +256,17 @@ def test_mutated_files_give_input_error_or_load(
             load_model(path)
     except InputError:
         pass  # refused with a message: fine; anything else is a bug
+
+
+def test_library_errors_become_one_line() -> None:
+    """lambda_export.errors.first_line / described: how every library exception enters a one-line error (the
+    conversion, loading, ORT, pass-undo and internal-error paths all use them): the first line only, a bounded
+    length, and the type name where the message is empty (an IndexError here used to hide the real error)."""
+    from lambda_export.errors import described, first_line
+
+    multi = ValueError("  first line\nsecond line\n")
+    assert first_line(multi) == "first line" and described(multi) == "ValueError: first line"
+    assert first_line(RuntimeError("")) == "RuntimeError" and described(RuntimeError("")) == "RuntimeError"
+    assert described(KeyError("x")) == "KeyError: 'x'"
+    long = OSError("y" * 1000)
+    assert len(first_line(long)) == 300 and len(first_line(long, 200)) == 200 and len(first_line(long, None)) == 1000
