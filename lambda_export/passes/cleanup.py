@@ -126,7 +126,13 @@ def fold_affine_into_matmul(ctx: PassContext) -> bool:
 
 @graph_pass
 def fold_affine_into_conv(ctx: PassContext) -> bool:
-    """Conv(X, W, B) followed by BatchNormalization (inference), or by a per-channel Mul / Add, folds into W and B."""
+    """Conv(X, W, B) followed by BatchNormalization (inference), or by a per-channel Mul / Add, folds into W and B.
+
+    The Mul / Add may also follow a Transpose of the Conv's output (``Conv → Transpose(NCHW→NHWC) → Mul``: what
+    tf2onnx leaves of a Keras batch norm when the kernel was a graph input while it converted, see
+    :func:`lambda_export.conversion.weight_inputs`); its constant must then vary only along the axis the Transpose
+    moved the channels to. The Transpose stays, the Mul / Add goes.
+    """
     graph = ctx.model.graph
 
     def rewrite(index: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -144,8 +150,20 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
         if user is None:
             return False
         spatial = weight.ndim - 2
+        channel_from_end = spatial + 1  # the channel axis of the Conv's output (N, C, ...), counted from the end
+        if user.op_type == "Transpose":
+            perm = next((list(a.ints) for a in user.attribute if a.name == "perm"), None)
+            after = index.only_consumer(user.output[0])
+            if perm is None or sorted(perm) != list(range(spatial + 2)) or after is None:
+                return False
+            if after.op_type not in ("Mul", "Add"):
+                return False
+            channel_from_end = spatial + 2 - perm.index(1)
+            source, user = user.output[0], after
+        else:
+            source = node.output[0]
         scale = shift = None
-        if user.op_type == "BatchNormalization" and len(user.output) == 1:
+        if user.op_type == "BatchNormalization" and len(user.output) == 1 and source == node.output[0]:
             params = [index.const(name) for name in user.input[1:5]]
             if any(p is None for p in params):
                 return False
@@ -154,11 +172,11 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
             scale = gamma / np.sqrt(var + eps)
             shift = beta - mean * scale
         elif user.op_type in ("Mul", "Add"):
-            other = user.input[1] if user.input[0] == node.output[0] else user.input[0]
+            other = user.input[1] if user.input[0] == source else user.input[0]
             value = index.const(other)
             if value is None or value.ndim > spatial + 2:
                 return False
-            vector = _channel_vector(value, out_channels, spatial + 1)
+            vector = _channel_vector(value, out_channels, channel_from_end)
             if vector is None:
                 return False
             if user.op_type == "Mul":
@@ -177,7 +195,7 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
             node.input[2] = bias_name
         else:
             node.input.append(bias_name)
-        return bypass(graph, index, user, node.output[0])
+        return bypass(graph, index, user, source)
 
     return ctx.rewrite_nodes(rewrite)
 

@@ -363,6 +363,50 @@ def test_conv_fold_leaves_width_vectors_alone() -> None:
     assert not cleanup.fold_affine_into_conv(model)
 
 
+def _conv_transpose_affine(scale_shape: tuple[int, ...], *, second_reader: bool = False) -> onnx.ModelProto:
+    """Conv (4 channels, 4×4 map) → Transpose to NHWC → Mul(scale) → Add(shift): a Keras batch norm as tf2onnx leaves
+    it when the kernel was a graph input during its conversion."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], name="conv"),
+        helper.make_node("Transpose", ["conv"], ["nhwc"], name="to_nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Mul", ["nhwc", "scale"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["scaled", "shift"], ["y"], name="shift"),
+    ]
+    outputs = [("y", (None, 4, 4, 4))]
+    if second_reader:
+        nodes.append(helper.make_node("Relu", ["nhwc"], ["z"], name="other_reader"))
+        outputs.append(("z", (None, 4, 4, 4)))
+    return _model(
+        nodes,
+        [("x", (None, 3, 4, 4))],
+        outputs,
+        [
+            ("w", _weights(4, 3, 1, 1)),
+            ("b", _weights(4)),
+            ("scale", _weights(*scale_shape)),
+            ("shift", _weights(1, 1, 1, 4)),
+        ],
+    )
+
+
+def test_fold_per_channel_mul_and_add_after_a_transpose_into_conv() -> None:
+    """The channels moved to the last axis: a (C,) or (1, 1, 1, C) constant there is per channel; both fold, the
+    Transpose stays (checked against ONNX Runtime on the unfolded graph)."""
+    model = _conv_transpose_affine((4,))
+    feeds = {"x": _weights(2, 3, 4, 4)}
+    once = _apply(model, cleanup.fold_affine_into_conv, feeds, exact=False)  # the Mul, then the Add it uncovers
+    assert _ops(once) == ["Conv", "Transpose"]
+    folded = _apply(model, lambda m: bool(run_cleanup(m)), feeds, exact=False)
+    assert _ops(folded) == ["Conv", "Transpose"]
+
+
+def test_conv_fold_after_a_transpose_refuses_other_axes_and_shared_outputs() -> None:
+    # (4, 1) broadcasts along the NHWC width axis (also 4 long): not per channel
+    assert not cleanup.fold_affine_into_conv(_conv_transpose_affine((4, 1)))
+    # the transposed output is read by another node too: folding would change what it reads
+    assert not cleanup.fold_affine_into_conv(_conv_transpose_affine((4,), second_reader=True))
+
+
 def _siblings(widths=(4, 4, 4), bias=(True, False, True)) -> onnx.ModelProto:
     nodes, inits, outputs = [], [], []
     for i, (width, has_bias) in enumerate(zip(widths, bias, strict=True)):
