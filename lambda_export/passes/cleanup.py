@@ -168,11 +168,12 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
             if any(p is None for p in params):
                 return False
             gamma, beta, mean, var = params
+            affine = user.input[2]
             eps = next((a.f for a in user.attribute if a.name == "epsilon"), 1e-5)
             scale = gamma / np.sqrt(var + eps)
             shift = beta - mean * scale
         elif user.op_type in ("Mul", "Add"):
-            other = user.input[1] if user.input[0] == source else user.input[0]
+            other = affine = user.input[1] if user.input[0] == source else user.input[0]
             value = index.const(other)
             if value is None or value.ndim > spatial + 2:
                 return False
@@ -190,7 +191,10 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
         new_bias = (bias * scale + shift).astype(weight.dtype)
         base = node.input[1].split(":")[0]
         node.input[1] = index.add_initializer(base + "_folded", new_weight)
-        bias_name = index.add_initializer(base + "_bias_folded", new_bias)
+        # the bias is named after the affine op's constant: the Conv then reads a weight of that later layer (the
+        # batch norm), which the divergence locator reads as "the convolution is fused into the batch norm", and a
+        # search for the batch norm's bias finds it
+        bias_name = index.add_initializer(affine.split(":")[0] + "_bias_folded", new_bias)
         if len(node.input) > 2:
             node.input[2] = bias_name
         else:
