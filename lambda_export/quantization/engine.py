@@ -253,6 +253,22 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _tool_errors(tool: str, scratch: Path) -> Iterator[None]:
+    """Around a call into ONNX Runtime's quantization tooling: any error but MemoryError becomes a one-line
+    ``ConversionError`` ("ONNX Runtime's ``tool`` failed: ..."), and the ``scratch`` file it wrote is removed either
+    way."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ConversionError(f"ONNX Runtime's {tool} failed: {described(exc)}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            scratch.unlink()
+
+
 class _Reader:
     """A ``CalibrationDataReader`` over the calibration arrays, in batches (built by :meth:`Quantizer.reader`)."""
 
@@ -341,32 +357,24 @@ class Quantizer:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-        try:
-            with _quiet_quantizer():
-                quantize_static(
-                    str(self._source),
-                    str(path),
-                    None,  # the ranges come from the cache that _collect_ranges wrote
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types,
-                    per_channel=True,
-                    reduce_range=SETTINGS["reduce_range"],
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_quantize=nodes,
-                    nodes_to_exclude=exclude,
-                    calibrate_method=self._method(),
-                    extra_options=extra,
-                    calibration_cache_path=str(self._cache),
-                )
+        with _tool_errors("quantizer", path), _quiet_quantizer():
+            quantize_static(
+                str(self._source),
+                str(path),
+                None,  # the ranges come from the cache that _collect_ranges wrote
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=True,
+                reduce_range=SETTINGS["reduce_range"],
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=nodes,
+                nodes_to_exclude=exclude,
+                calibrate_method=self._method(),
+                extra_options=extra,
+                calibration_cache_path=str(self._cache),
+            )
             model = onnx.load(str(path))
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise ConversionError(f"ONNX Runtime's quantizer failed: {described(exc)}") from exc
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
         return model
 
     def _collect_ranges(self) -> None:
@@ -387,25 +395,17 @@ class Quantizer:
         elif self.method == "percentile":
             options.update(symmetric=False, num_bins=2048, percentile=99.999)
         augmented = Path(self._folder.name) / "augmented.onnx"
-        try:
-            with _quiet_quantizer():
-                calibrator = create_calibrator(
-                    self._source,
-                    sorted({*COMPUTE_OPS, *_FOLLOWERS}),
-                    augmented_model_path=str(augmented),
-                    calibrate_method=self._method(),
-                    extra_options=options,
-                )
-                calibrator.collect_data(_Reader(self.calibration, self.batch))
-                save_tensors_data(calibrator.compute_data(), self._cache)
-                del calibrator
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise ConversionError(f"ONNX Runtime's calibrator failed: {described(exc)}") from exc
-        finally:
-            with contextlib.suppress(OSError):
-                augmented.unlink()
+        with _tool_errors("calibrator", augmented), _quiet_quantizer():
+            calibrator = create_calibrator(
+                self._source,
+                sorted({*COMPUTE_OPS, *_FOLLOWERS}),
+                augmented_model_path=str(augmented),
+                calibrate_method=self._method(),
+                extra_options=options,
+            )
+            calibrator.collect_data(_Reader(self.calibration, self.batch))
+            save_tensors_data(calibrator.compute_data(), self._cache)
+            del calibrator
 
     def calibrate(self) -> onnx.ModelProto:
         """Calibrate on every tensor the quantizer could quantize (once; the ranges are cached) and return the model
