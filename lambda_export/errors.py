@@ -77,6 +77,5 @@ def first_line(exc: BaseException, limit: int | None = 300) -> str:
 def described(exc: BaseException, limit: int | None = 300) -> str:
     """``TypeName: first line of the message`` (just ``TypeName`` when there is no message): an unexpected exception
     from a library, in one line."""
-    line = first_line(exc, limit)
     name = type(exc).__name__
-    return name if line == name and not str(exc).strip() else f"{name}: {line}"
+    return f"{name}: {first_line(exc, limit)}" if str(exc).strip() else name

@@ -156,7 +156,7 @@ def fold_affine_into_conv(ctx: PassContext) -> bool:
             after = index.only_consumer(user.output[0])
             if perm is None or sorted(perm) != list(range(spatial + 2)) or after is None:
                 return False
-            if after.op_type not in ("Mul", "Add"):
+            if after.op_type not in ("Mul", "Add"):  # a batch-norm node normalises axis 1, which moved
                 return False
             channel_from_end = spatial + 2 - perm.index(1)
             source, user = user.output[0], after

@@ -192,11 +192,7 @@ def _timing_feed(arrays: dict[str, Any], batch: int) -> dict[str, Any]:
     """The first ``batch`` calibration samples per input (repeated when there are fewer): one run's feed."""
     import numpy as np
 
-    feed = {}
-    for name, array in arrays.items():
-        reps = -(-batch // len(array))
-        feed[name] = np.ascontiguousarray(np.concatenate([array] * reps)[:batch] if reps > 1 else array[:batch])
-    return feed
+    return {name: np.ascontiguousarray(np.take(a, np.arange(batch) % len(a), axis=0)) for name, a in arrays.items()}
 
 
 def _metadata(result: QuantizeResult) -> dict[str, str]:
