@@ -1,14 +1,16 @@
 # `make demo` and `make test` create .venv and install the project (editable) on first use: `make demo` only what the
-# demo needs (the base dependencies), `make test` also the test extras (`.[dev]`). Stamp files make a second run
-# start at once; a changed pyproject.toml installs again.
+# demo needs (the base dependencies and the CPU runtime, `.[cpu]`), `make test` also the test extras (`.[cpu,dev]`).
+# Stamp files make a second run start at once; a changed pyproject.toml installs again.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 BASE_STAMP := $(VENV)/.installed-base
 DEV_STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
+# the 15 slowest tests at the end of every run (where the suite's time goes)
+DURATIONS ?= --durations=15
 
-.PHONY: demo test lint format bench bench-quick zoo clean
+.PHONY: demo test test-fast lint format bench bench-quick zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +18,12 @@ $(BIN)/python:
 
 # the base dependencies: what `lambda-export` and the demo need
 $(BASE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e ".[cpu]"
 	touch $(BASE_STAMP)
 
 # the base dependencies and the test extras (a superset: the base stamp is refreshed too)
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[cpu,dev]"
 	touch $(BASE_STAMP) $(DEV_STAMP)
 
 demo: $(BASE_STAMP)
@@ -29,7 +31,11 @@ demo: $(BASE_STAMP)
 
 # -rs: the reason of every skipped test (a later -r in PYTEST_ARGS, as .ci/run passes, replaces it)
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rs $(DURATIONS) $(PYTEST_ARGS)
+
+# the edit-test loop: everything but the slow tests and the example applications (node, browser, C++, ...)
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -rs -m "not slow and not examples" $(DURATIONS) $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .

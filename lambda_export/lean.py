@@ -31,9 +31,13 @@ from typing import IO, Any
 import numpy as np
 import onnx
 
+from lambda_export.errors import ConversionError
+
 __all__ = [
     "DIGEST_STREAMING_BYTES",
     "Snapshot",
+    "UnsupportedProtobufError",
+    "is_repeated_field",
     "serialize",
     "serialized_size",
     "tensor_digest",
@@ -66,6 +70,38 @@ def _length_field(number: int, length: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(length)
 
 
+def is_repeated_field(descriptor: Any) -> bool:
+    """Whether a field is repeated, on protobuf 6 and 7 alike.
+
+    protobuf 7 removed ``FieldDescriptor.label``; ``is_repeated`` exists on 6 and 7 (CI runs both: the dev extras
+    resolve 6.33, a plain install 7.x). A protobuf that has neither is one this module was never tested with: fail
+    loudly rather than misread a field.
+    """
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    label = getattr(descriptor, "label", None)
+    if label is None:
+        raise UnsupportedProtobufError(
+            f"protobuf {_protobuf_version()}: FieldDescriptor has neither 'is_repeated' nor 'label'; "
+            "lambda-export is tested with protobuf 6 and 7 (pip install 'protobuf>=6,<8')"
+        )
+    return label == descriptor.LABEL_REPEATED
+
+
+def _protobuf_version() -> str:
+    import google.protobuf
+
+    return getattr(google.protobuf, "__version__", "?")
+
+
+class UnsupportedProtobufError(ConversionError):
+    """The installed protobuf lacks the descriptor API this module reads (a major version not supported yet).
+
+    A :class:`~lambda_export.errors.ConversionError`: the command line reports it in one line (exit code 3), with the
+    versions that work, rather than as an internal error."""
+
+
 def _part(message: Any, keep: Callable[[int], bool]) -> Any:
     """A new message of ``message``'s type with the fields whose number ``keep`` accepts (copied).
 
@@ -74,7 +110,7 @@ def _part(message: Any, keep: Callable[[int], bool]) -> Any:
     for descriptor in message.DESCRIPTOR.fields:
         if not keep(descriptor.number):
             continue
-        if descriptor.label == descriptor.LABEL_REPEATED:
+        if is_repeated_field(descriptor):
             values = getattr(message, descriptor.name)
             if len(values):
                 target = getattr(part, descriptor.name)

@@ -46,11 +46,39 @@ def _onnxruntime() -> Any:
     own settings do not reach: provider libraries that fail to load, device discovery) is set to :data:`QUIET`, as
     every session here is; a process that imported ONNX Runtime itself keeps its own setting."""
     first = "onnxruntime" not in sys.modules
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        raise InputError(ONNXRUNTIME_MISSING) from exc
 
     if first:
         onnxruntime.set_default_logger_severity(QUIET)
     return onnxruntime
+
+
+ONNXRUNTIME_MISSING = (
+    "ONNX Runtime is not installed: pip install 'lambda-export[cpu]' (or 'lambda-export[gpu]' on a machine with an "
+    "NVIDIA GPU; never both)"
+)
+"""The one-line error when neither ``onnxruntime`` nor ``onnxruntime-gpu`` is installed (the base install has none)."""
+
+
+@functools.cache
+def _preload_cuda_libraries() -> str | None:
+    """Load the CUDA and cuDNN libraries that ``onnxruntime-gpu[cuda,cudnn]`` installed from pip (nvidia-* wheels),
+    so the CUDA provider finds them without a system CUDA; None on success, else why not. A no-op on the CPU package
+    and on builds older than 1.21 (no ``preload_dlls``); system libraries, where present, work without it."""
+    ort = _onnxruntime()
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None or not env.installed("onnxruntime-gpu"):
+        return None
+    try:
+        preload(cuda=True, cudnn=True, msvc=False)
+    except Exception as exc:  # libraries missing: the session probe below says what that means
+        return first_line(exc, None)
+    return None
 
 
 def _tiny_model() -> bytes:
@@ -95,6 +123,7 @@ def provider_problem(provider: str) -> str | None:
         return f"not built into this onnxruntime {ort.__version__}"
     if provider == CPU:
         return None
+    preload_problem = _preload_cuda_libraries()
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
@@ -106,7 +135,8 @@ def provider_problem(provider: str) -> str | None:
             return "no CUDA device"
         if provider == TENSORRT:
             return "TensorRT libraries not found (ONNX Runtime fell back to another provider)"
-        return "CUDA 12 / cuDNN 9 libraries not found or unusable (ONNX Runtime fell back to the CPU)"
+        why = f": {preload_problem}" if preload_problem else ""
+        return f"CUDA / cuDNN libraries for onnxruntime-gpu {ort.__version__} not found or unusable{why} (ONNX Runtime fell back to the CPU)"
     return None
 
 
@@ -119,9 +149,9 @@ def _how_to_get(provider: str) -> str:
     if provider in GPU_PROVIDERS:
         extra = " and TensorRT 10" if provider == TENSORRT else ""
         return (
-            'install the `gpu` extra: pip uninstall -y onnxruntime && pip install "lambda-export[gpu]" '
-            "(onnxruntime and onnxruntime-gpu install the same module and must never be installed together); "
-            f"it needs an NVIDIA GPU with its driver, CUDA 12 and cuDNN 9{extra}"
+            'install the `gpu` extra instead of the `cpu` one: pip install "lambda-export[gpu]" in an environment '
+            "without the onnxruntime package (both install the same module; the gpu extra brings CUDA 13 and cuDNN 9 "
+            f"from pip); it needs an NVIDIA GPU and its driver (>= 580){extra}"
         )
     return "use an onnxruntime build that includes it"
 

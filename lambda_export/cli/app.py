@@ -30,6 +30,7 @@ from click.utils import make_default_short_help
 
 from lambda_export.cli.options import EXIT_CODES_HELP, RESULT_SCHEMA, OutputOptions, cli_message
 from lambda_export.errors import EXIT_CONVERSION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, LambdaExportError, described
+from lambda_export.ort import ONNXRUNTIME_MISSING
 from lambda_export.version import __version__
 
 __all__ = [
@@ -294,6 +295,10 @@ def _run(argv: list[str] | None) -> Any:
     except Exception as exc:  # anything unexpected: still one line, with a hint
         if STATE.interrupted is not None:
             code = _report_interruption(STATE.interrupted)
+        elif isinstance(exc, ModuleNotFoundError) and exc.name == "onnxruntime":
+            # the base install has no ONNX Runtime (it comes from the cpu or the gpu extra): say how to get one
+            _error(ONNXRUNTIME_MISSING, EXIT_USAGE)
+            code = EXIT_USAGE
         else:
             _error(
                 f"internal error: {described(exc, None)} (run with -v for the traceback and please report it)",

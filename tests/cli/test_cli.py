@@ -258,3 +258,18 @@ def test_explicit_tolerances_select_the_absolute_rule() -> None:
     assert given.config(fixed_batch=False).rule == "absolute"
     assert given.config(fixed_batch=False).atol == 1e-3 and given.config(fixed_batch=False).rtol == 1e-3
     assert ParityOptions(rtol=0.0, rule="relative").config(fixed_batch=False).rule == "relative"
+
+
+def test_without_onnx_runtime_the_error_says_which_extra(demo_artifacts: dict) -> None:
+    """The base install has no ONNX Runtime (the `cpu` and `gpu` extras each bring one, never both): the command line
+    says how to get one, in one line with exit code 2, not an internal error."""
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"  # `import onnxruntime` now raises ModuleNotFoundError
+        "from lambda_export.cli import main\n"
+        f"main(['verify', {str(demo_artifacts['h5'])!r}, {str(demo_artifacts['onnx'])!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "ONNX Runtime is not installed" in line and "lambda-export[cpu]" in line and "lambda-export[gpu]" in line
+    assert "Traceback" not in proc.stderr

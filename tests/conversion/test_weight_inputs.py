@@ -224,3 +224,17 @@ def test_tensor_digest_ignores_the_name(size: int):
     assert lean.tensor_digest(a) == lean.tensor_digest(b)
     c = numpy_helper.from_array(values[::-1].copy(), "first/kernel")
     assert lean.tensor_digest(c) != lean.tensor_digest(a)
+
+
+def test_lean_reads_repeated_fields_on_every_protobuf_and_refuses_an_unknown_one():
+    """protobuf 7 removed ``FieldDescriptor.label`` (every export failed with an AttributeError); the dev extras run
+    protobuf 6, CI's newest-versions lane protobuf 7: this test runs on both."""
+    fields = onnx.TensorProto.DESCRIPTOR.fields_by_name
+    assert lean.is_repeated_field(fields["dims"]) and not lean.is_repeated_field(fields["raw_data"])
+
+    class Unknown:  # a descriptor API that has neither `is_repeated` nor `label`
+        name = "dims"
+
+    with pytest.raises(lean.UnsupportedProtobufError, match=r"protobuf .*tested with protobuf 6 and 7") as caught:
+        lean.is_repeated_field(Unknown())
+    assert caught.value.exit_code == 3  # a one-line conversion error on the command line, not an internal error
