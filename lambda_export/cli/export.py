@@ -28,10 +28,10 @@ from lambda_export.cli.options import (
     parity_options,
     quantize_options,
 )
-from lambda_export.cli.verify import finish, run_parity
+from lambda_export.cli.verify import check_inputs_file, finish, run_parity
 from lambda_export.errors import InputError
 
-__all__ = ["command", "default_output", "export", "size_text"]
+__all__ = ["command", "default_output", "expected_inputs", "export", "size_text"]
 
 
 @click.command("export", epilog=EXIT_CODES_HELP)
@@ -93,14 +93,20 @@ def export(
         tensorflow_progress()
         with timed("load", f"loading {model}"):
             loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+    # bad files fail before the conversion starts, against the inputs the export will have
+    expected = expected_inputs(loaded.inputs, convert.batch_size, input_shapes)
     if parity.inputs and not convert.skip_verify:
-        from lambda_export.parity import load_inputs
-
-        load_inputs(parity.inputs, loaded.inputs)  # bad inputs fail before the conversion writes anything
+        check_inputs_file(parity.inputs, expected)
     if quantize.calibration:
-        from lambda_export.quantization import load_calibration
+        from lambda_export.quantization.calibration import fixed_batch, load_calibration
 
-        load_calibration(quantize.calibration, loaded.inputs)  # a bad file fails before anything is written
+        samples = len(next(iter(load_calibration(quantize.calibration, expected).values())))
+        batch = fixed_batch(expected)  # any number of samples, but at least one batch where --batch-size fixes it
+        if batch is not None and samples < batch:
+            raise InputError(
+                f"--calibration {quantize.calibration}: {samples} sample(s), but the batch is fixed to {batch}: "
+                f"give at least {batch}"
+            )
     checkpoint()
     with timed("convert", f"converting (opset {convert.opset}, target {convert.target})"):
         result = convert_model(
@@ -215,6 +221,26 @@ def _check(
         raise InputError(f"{output_path} exists and is not a regular file; refusing to replace it")
     check_output_writable(output_path)
     return input_shapes, output_path
+
+
+def expected_inputs(
+    inputs: list[Any], batch_size: int | None, input_shapes: dict[str, tuple[int | None, ...]] | None
+) -> list[Any]:
+    """The Keras model's inputs (``TensorInfo``) with what ``--input-shape`` and ``--batch-size`` will fix in the
+    export, so that ``--inputs`` and ``--calibration`` are checked against them before the conversion. An override
+    that does not fit is left out here: the conversion refuses it with its own message."""
+    from lambda_export.graph import TensorInfo
+
+    out = []
+    for info in inputs:
+        shape = list(info.shape)
+        new = (input_shapes or {}).get(info.name)
+        if new is not None and len(new) == len(shape):
+            shape = [model if dim is None else dim for model, dim in zip(shape, new, strict=True)]
+        if batch_size is not None and shape and shape[0] is None:
+            shape[0] = batch_size
+        out.append(TensorInfo(info.name, tuple(shape), info.dtype))
+    return out
 
 
 def default_output(model: str, *, int8: bool = False) -> Path:

@@ -27,7 +27,7 @@ from lambda_export.cli.options import (
 )
 from lambda_export.errors import EXIT_OK, EXIT_PARITY_FAILED, InputError
 
-__all__ = ["command", "finish", "run_parity"]
+__all__ = ["check_inputs_file", "command", "finish", "run_parity"]
 
 
 @click.command("verify", epilog=EXIT_CODES_HELP)
@@ -48,9 +48,8 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
         onnx_model = load_onnx(onnx_file)
     if parity.inputs:
         from lambda_export.graph import graph_io
-        from lambda_export.parity import load_inputs
 
-        load_inputs(parity.inputs, graph_io(onnx_model)[0])  # bad inputs fail before TensorFlow starts
+        check_inputs_file(parity.inputs, graph_io(onnx_model)[0])  # bad inputs fail before TensorFlow starts
     tensorflow_progress()
     with timed("load", f"loading {model}"):
         loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
@@ -67,6 +66,21 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
     return finish(
         {"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, output.report, conversion=summary
     )
+
+
+def check_inputs_file(path: str, inputs: list[Any]) -> None:
+    """Check the ``--inputs`` file against the model's ``inputs`` (``TensorInfo``); any number of samples where
+    the batch is dynamic.
+
+    Raises:
+        InputError: one line naming ``--inputs`` and saying what the file holds against what the model needs.
+    """
+    from lambda_export.parity import load_inputs
+
+    try:
+        load_inputs(path, inputs)
+    except InputError as exc:
+        raise InputError(f"inputs {exc}", argument="inputs") from exc
 
 
 def onnx_summary(onnx_model: Any) -> dict[str, Any]:

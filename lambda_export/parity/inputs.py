@@ -3,7 +3,10 @@
 * :func:`make_inputs`: one seeded draw from a distribution of :data:`DISTRIBUTIONS` (integers in [0, :data:`INT_HIGH`)),
   each input kept within its own value range where the model says what it is (an Embedding's vocabulary, a mask).
 * :func:`load_inputs` (``.npz``/``.npy`` files, no pickle) and :func:`check_arrays` (arrays in memory): names, shapes,
-  dtypes, NaN/Inf and one batch size for all, each problem as one line naming the input.
+  dtypes (and values the model's dtype cannot hold), NaN/Inf, at least one sample and one sample count for all, each
+  problem as one line that says what the file holds against what the model needs (:func:`describe_arrays`,
+  :func:`describe_inputs`). One unnamed array (``np.savez(path, x)`` stores it as ``arr_0``) is a one-input model's
+  input.
 * :func:`merge_inputs`: the Keras input descriptions with the dims the ONNX graph fixes.
 * :func:`derived_seed`: the reported seed of each draw, from the base seed and where the draw sits.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ __all__ = [
     "check_arrays",
     "check_distribution",
     "derived_seed",
+    "describe_arrays",
+    "describe_inputs",
     "load_inputs",
     "make_inputs",
     "merge_inputs",
@@ -41,6 +47,32 @@ INT_HIGH = 100
 
 def _shape_text(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+_UNNAMED = re.compile(r"arr_\d+")
+"""The keys ``np.savez(path, a, b)`` gives arrays passed without a name."""
+
+
+def _dims(shape: Sequence[int | None]) -> str:
+    """``128×32×32×3`` (None for a dynamic dim; ``scalar`` for a 0-d array)."""
+    return "×".join("None" if d is None else str(d) for d in shape) if len(shape) else "scalar"
+
+
+def describe_arrays(arrays: Mapping[str, Any]) -> str:
+    """What a file (or a dict) holds, in one phrase: ``'foo' (128×32×32×3 float32), 'bar' (128 int64)``."""
+    if not arrays:
+        return "no arrays"
+    parts = []
+    for name, value in arrays.items():
+        shape = getattr(value, "shape", None)
+        dtype = getattr(value, "dtype", None)
+        parts.append(f"{name!r} ({type(value).__name__})" if shape is None else f"{name!r} ({_dims(shape)} {dtype})")
+    return ", ".join(parts)
+
+
+def describe_inputs(inputs: Sequence[TensorInfo]) -> str:
+    """What the model needs, in one phrase: ``'input_layer' (None×32×32×3 float32)`` (None: any size)."""
+    return ", ".join(f"{info.name!r} ({_dims(info.shape)} {np.dtype(info.dtype)})" for info in inputs) or "none"
 
 
 def check_distribution(distribution: str) -> None:
@@ -151,23 +183,27 @@ def _draw(rng: np.random.Generator, info: TensorInfo, shape: list[int], distribu
     return array.astype(dtype)
 
 
-def check_arrays(arrays: dict[str, Any], inputs: list[TensorInfo], where: str) -> dict[str, np.ndarray]:
+def check_arrays(arrays: Mapping[str, Any], inputs: list[TensorInfo], where: str) -> dict[str, np.ndarray]:
     """Validate user arrays against the model's inputs; return them cast to the input dtypes.
 
-    ``where`` starts every message (the file, or "inputs" for arrays in memory).
+    ``where`` starts every message (the file, or "inputs" for arrays in memory); a message about names says what
+    ``arrays`` hold and what the model's inputs are (:func:`describe_arrays`, :func:`describe_inputs`).
 
     Raises:
-        InputError: missing or unknown names, a wrong dtype or shape, an empty batch, NaN or Inf, batch sizes that
-            differ between inputs.
+        InputError: missing or unknown names, a wrong dtype (or values the model's dtype cannot hold) or shape, no
+            samples, NaN or Inf, sample counts that differ between inputs.
     """
     names = [info.name for info in inputs]
+    needs = f"the model's inputs are {describe_inputs(inputs)}"
+    if not arrays:
+        raise InputError(f"{where}: it holds no arrays; {needs}")
     missing = [name for name in names if name not in arrays]
     if missing:
-        raise InputError(f"{where}: missing input(s) {', '.join(missing)}; the model's inputs are {', '.join(names)}")
+        raise InputError(f"{where}: missing input(s) {', '.join(missing)}; it holds {describe_arrays(arrays)}, {needs}")
     extra = sorted(set(arrays) - set(names))
     if extra:
         raise InputError(
-            f"{where}: unknown input name(s) {', '.join(extra)}; the model's inputs are {', '.join(names)}"
+            f"{where}: unknown input name(s) {', '.join(extra)}; it holds {describe_arrays(arrays)}, {needs}"
         )
     out: dict[str, np.ndarray] = {}
     batch = None
@@ -178,10 +214,10 @@ def check_arrays(arrays: dict[str, Any], inputs: list[TensorInfo], where: str) -
         if batch is not None and array.shape[0] != batch[1]:
             raise InputError(
                 f"{where}: inputs {batch[0]!r} and {info.name!r} have different batch sizes "
-                f"({batch[1]} and {array.shape[0]})"
+                f"({batch[1]} and {array.shape[0]} samples); every input needs one row per sample"
             )
         batch = (info.name, array.shape[0])
-        out[info.name] = np.ascontiguousarray(array.astype(want))
+        out[info.name] = np.ascontiguousarray(_cast(array, info, want, where))
     return out
 
 
@@ -194,12 +230,11 @@ def _check_array(array: np.ndarray, info: TensorInfo, want: np.dtype, where: str
     if array.ndim != len(info.shape) or any(
         d is not None and d != a for d, a in zip(info.shape, array.shape, strict=False)
     ):
-        raise InputError(
-            f"{where}: input {info.name!r} has shape {_shape_text(array.shape)}; the model expects "
-            f"{_shape_text(info.shape)}"
-        )
+        raise InputError(f"{where}: input {info.name!r} has shape {_shape_text(array.shape)}; {_expects(array, info)}")
     if array.ndim == 0 or array.shape[0] == 0:
-        raise InputError(f"{where}: input {info.name!r} is empty (batch of 0)")
+        raise InputError(
+            f"{where}: input {info.name!r} holds 0 samples (shape {_shape_text(array.shape)}): give at least one"
+        )
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array)
         if bad.any():
@@ -210,11 +245,67 @@ def _check_array(array: np.ndarray, info: TensorInfo, want: np.dtype, where: str
             )
 
 
+def _expects(array: np.ndarray, info: TensorInfo) -> str:
+    """What the model expects of a mis-shaped array, with the likely mistake named."""
+    expected = f"the model expects {_shape_text(info.shape)}"
+    sample = info.shape[1:]
+
+    def fits(dims: Sequence[int | None], shape: Sequence[int]) -> bool:
+        return len(dims) == len(shape) and all(d is None or d == a for d, a in zip(dims, shape, strict=True))
+
+    if fits(sample, array.shape):
+        return f"{expected}: one sample without the batch dim? add it first (array[None])"
+    fixed = info.shape[0] if info.shape else None
+    if fixed is not None and array.ndim and fits(sample, array.shape[1:]):
+        return f"{expected}: the model's batch is fixed to {fixed}, so give exactly {fixed} samples"
+    return f"{expected} (the first dim counts the samples)"
+
+
+def _cast(array: np.ndarray, info: TensorInfo, want: np.dtype, where: str) -> np.ndarray:
+    """``array`` as ``want``, refused when a value does not fit it (an int64 id beyond int32, a float beyond
+    float16's range): a same-kind cast would wrap or overflow silently."""
+    if array.dtype == want:
+        return array.copy()
+    if want.kind in "iu" and array.dtype.kind in "iu" and array.size:
+        limits = np.iinfo(want)
+        low, high = int(array.min()), int(array.max())
+        if low < limits.min or high > limits.max:
+            raise InputError(
+                f"{where}: input {info.name!r} has {array.dtype} values in [{low}, {high}], beyond {want}'s range "
+                f"[{limits.min}, {limits.max}]"
+            )
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(want)
+    if want.kind == "f" and array.dtype.kind == "f" and not np.isfinite(cast).all():
+        raise InputError(
+            f"{where}: input {info.name!r} has {array.dtype} values beyond {want}'s range (±{np.finfo(want).max:g})"
+        )
+    return cast
+
+
+def _named(arrays: dict[str, np.ndarray], inputs: list[TensorInfo], where: str) -> dict[str, np.ndarray]:
+    """A file's arrays by input name: one unnamed array (``np.savez(path, x)`` names it ``arr_0``) is a one-input
+    model's input; unnamed arrays for a model with several inputs are refused, as their order says nothing."""
+    names = {info.name for info in inputs}
+    unnamed = [key for key in arrays if _UNNAMED.fullmatch(key) and key not in names]
+    if not unnamed or all(name in arrays for name in names):
+        return arrays  # the names decide (an unknown arr_N is reported as an unknown name)
+    if len(inputs) == 1 and len(arrays) == 1:
+        return {inputs[0].name: arrays[unnamed[0]]}
+    example = ", ".join(f"{info.name}=..." for info in inputs)
+    raise InputError(
+        f"{where}: it holds unnamed array(s) {describe_arrays(arrays)} (np.savez without names), but the model's "
+        f"inputs are {describe_inputs(inputs)}: save one array per input by name, e.g. np.savez(path, {example})"
+    )
+
+
 def load_inputs(path: str | os.PathLike[str], inputs: list[TensorInfo]) -> dict[str, np.ndarray]:
     """Read user inputs: ``.npz`` (keys = input names) or ``.npy`` (single-input models), without pickle.
 
-    Arrays are checked against ``inputs`` (names, rank and known dims, a dtype of the same kind, no NaN/Inf, one
-    batch size for all) and cast to the model's dtypes.
+    A ``.npz`` with one unnamed array (``np.savez(path, x)``: key ``arr_0``) is accepted for a one-input model. Arrays
+    are checked against ``inputs`` (names, rank and known dims, a dtype of the same kind whose values fit, at least
+    one sample, no NaN/Inf, one sample count for all) and cast to the model's dtypes; any sample count is accepted
+    where the batch is dynamic.
 
     Raises:
         InputError: unreadable file, wrong suffix, wrong names/shapes/dtypes, NaN or Inf (one line naming the input).
@@ -242,7 +333,7 @@ def load_inputs(path: str | os.PathLike[str], inputs: list[TensorInfo]) -> dict[
         raise
     except Exception as exc:  # ValueError (pickled objects), BadZipFile, OSError, EOFError...
         raise InputError(f"{path}: cannot read the inputs: {first_line(exc)}") from exc
-    return check_arrays(arrays, inputs, str(path))
+    return check_arrays(_named(arrays, inputs, str(path)), inputs, str(path))
 
 
 def merge_inputs(keras_inputs: list[TensorInfo], onnx_inputs: list[TensorInfo]) -> list[TensorInfo]:

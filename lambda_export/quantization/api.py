@@ -57,6 +57,7 @@ __all__ = [
     "PRECISIONS",
     "QuantizeResult",
     "check_quantize_arguments",
+    "check_samples",
     "int8_verdict",
     "quantize",
 ]
@@ -164,6 +165,19 @@ def check_quantize_arguments(
             argument="target",
         )
     return [f"target {target!r}: {problem}"] if problem else []
+
+
+def check_samples(loaded: LoadedModel, *, calibration: Any = None, held_out: Any = None) -> None:
+    """Check the calibration and held-out samples against the Keras model's inputs (any number of samples), before
+    any conversion: names (one unnamed array is a one-input model's input), shapes but the batch, dtypes, NaN/Inf,
+    at least one sample, one sample count for all inputs.
+
+    Raises:
+        InputError: one line saying what the file (or the arrays) holds against what the model's inputs are.
+    """
+    for argument, value in (("calibration", calibration), ("held_out", held_out)):
+        if value is not None:
+            sample_arrays(value, loaded.inputs, argument)
 
 
 def _load(source: Any, loaded: LoadedModel | None, trust_code: bool, imports: Sequence[str]) -> LoadedModel:
@@ -307,6 +321,8 @@ def quantize(
     if onnx_model is None:
         from lambda_export.conversion import convert
 
+        check_samples(loaded, calibration=calibration, held_out=held_out)  # a bad file fails before the conversion
+
         say(f"converting (target {target})")
         options: dict[str, Any] = {"optimize": optimize} if optimize is not None else {}
         converted = convert(
@@ -329,6 +345,7 @@ def quantize(
     data = calibration_data(inputs, calibration, held_out, seed=seed)
     if data.generated:
         warnings.insert(0, GENERATED_WARNING)
+    warnings.extend(data.notes)  # samples dropped to fit a fixed batch, nothing held out: never silent
     with Quantizer(float_model, data.calibration, calibration_method, batch) as quantizer:
         selection = choose_float_groups(
             quantizer,

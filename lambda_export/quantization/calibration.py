@@ -4,8 +4,11 @@
   checked against the model's inputs; every problem is one line naming the file (``InputError``, exit code 2).
 * :func:`calibration_data` → :class:`CalibrationData`: the user's samples split into a calibration part and a
   held-out part (the last :data:`HELD_OUT_FRACTION`, or a separate held-out file), or generated inputs when there are
-  none (with a warning: ranges calibrated on noise say nothing about real data).
-* :func:`batches`: an array set cut into model-sized batches (a fixed batch dimension is respected).
+  none (with a warning: ranges calibrated on noise say nothing about real data). Any number of samples works: one
+  sample is calibrated on and judged on, with nothing held out (:data:`NO_HELD_OUT_WARNING`).
+* :func:`batches`: an array set cut into model-sized batches (a fixed batch dimension is respected);
+  :func:`equal_batch`: the batch size that cuts a set into equal batches (ONNX Runtime's histogram calibrators need
+  them).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ __all__ = [
     "GENERATED_HELD_OUT",
     "GENERATED_WARNING",
     "HELD_OUT_FRACTION",
+    "NO_HELD_OUT_WARNING",
     "CalibrationData",
     "any_batch",
     "batches",
     "calibration_data",
+    "equal_batch",
     "fixed_batch",
     "load_calibration",
     "sample_arrays",
@@ -48,6 +53,10 @@ GENERATED_WARNING = (
     "inputs, which say nothing about the model's real inputs; pass real samples (calibration=FILE.npz) for a "
     "trustworthy int8 model"
 )
+NO_HELD_OUT_WARNING = (
+    "too few calibration samples to hold any out: the int8 verdict was taken on the samples the ranges were "
+    "calibrated on, which flatters it; give more samples (the last 20% are held out) or a held-out set"
+)
 
 
 @dataclass
@@ -60,7 +69,8 @@ class CalibrationData:
         source: where the calibration samples came from (a path, ``"arrays"`` or ``"generated"``).
         held_out_source: where the held-out samples came from.
         generated: the samples were generated, not given (the warning :data:`GENERATED_WARNING` applies).
-        notes: what was done to the samples (a split, samples dropped to fit a fixed batch).
+        notes: what was done to the samples that the user must know (samples dropped to fit a fixed batch, nothing
+            held out): :func:`lambda_export.quantization.quantize` repeats them as warnings.
     """
 
     calibration: dict[str, np.ndarray]
@@ -79,8 +89,10 @@ class CalibrationData:
         return _count(self.held_out)
 
     def sets(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{"calibration": ..., "held_out": ...}``: the sets the verdict judges, in that order."""
-        return {"calibration": self.calibration, "held_out": self.held_out}
+        """``{"calibration": ..., "held_out": ...}``: the sets the verdict judges, in that order (no ``held_out``
+        when there was none to keep: see :data:`NO_HELD_OUT_WARNING`)."""
+        sets = {"calibration": self.calibration, "held_out": self.held_out}
+        return {name: arrays for name, arrays in sets.items() if arrays}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +148,19 @@ def fixed_batch(inputs: list[TensorInfo]) -> int | None:
     if not inputs or not inputs[0].shape:
         return None
     return inputs[0].shape[0]
+
+
+def equal_batch(count: int, limit: int) -> int:
+    """The largest batch size up to ``limit`` that divides ``count``: ``count`` samples in equal batches.
+
+    ONNX Runtime's histogram calibrators (entropy, percentile, distribution) stack the activations of every batch
+    into one array, so a last, shorter batch fails ("inhomogeneous shape"). Equal batches give exactly the histogram
+    of every sample, none dropped or repeated (padding would weigh some samples twice, dropping would lose them); a
+    prime count gets batches of 1, which costs more runs, not different ranges.
+    """
+    if count < 1 or limit < 1:
+        raise ValueError(f"equal_batch({count}, {limit}): both must be positive")
+    return next(size for size in range(min(count, limit), 0, -1) if count % size == 0)
 
 
 def batches(arrays: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -208,11 +233,12 @@ def calibration_data(
         calibration: a ``.npz``/``.npy`` path, a dict of arrays by input name (or one array for a one-input model),
             or None for generated N(0, 1) inputs (``generated_samples`` of them, seeded with ``seed``).
         held_out: the same kinds of value for the held-out set; None keeps the last :data:`HELD_OUT_FRACTION` of the
-            calibration samples out of calibration (at least one; two samples are the minimum then), or generates
+            calibration samples out of calibration (at least one; with a single sample, or a single fixed batch,
+            none: the held-out set is then empty and :data:`NO_HELD_OUT_WARNING` applies), or generates
             ``generated_held_out`` inputs (``seed + 1``) when the calibration samples are generated too.
 
     Raises:
-        InputError: an unreadable file, arrays that do not fit the inputs, too few samples.
+        InputError: an unreadable file, arrays that do not fit the inputs, fewer samples than a fixed batch.
     """
     notes: list[str] = []
     batch = fixed_batch(inputs)
@@ -233,30 +259,24 @@ def calibration_data(
         data.held_out_source = "generated"
     else:
         total = data.n_calibration
-        if total < 2:
-            raise InputError(
-                f"calibration {data.source}: {total} sample; at least 2 are needed (the last "
-                f"{HELD_OUT_FRACTION:.0%} are held out to judge the int8 model), or pass a held-out set too",
-                argument="calibration",
-            )
+        unit = batch or 1
         held = max(1, math.floor(total * HELD_OUT_FRACTION))
-        keep = total - held
         if batch:  # whole batches on both sides
             held = max(batch, -(-held // batch) * batch)
-            keep = total - held - (total - held) % batch
-            if keep < batch:
-                raise InputError(
-                    f"calibration {data.source}: {total} samples; the model's batch is fixed to {batch}, so at least "
-                    f"{2 * batch} are needed (a batch to calibrate on and one held out), or pass a held-out set too",
-                    argument="calibration",
-                )
+        keep = total - held
+        keep -= keep % unit
+        if keep >= unit:
             if keep + held < total:
                 notes.append(f"{total - keep - held} calibration sample(s) dropped to fit the fixed batch of {batch}")
-        data.held_out = _take(data.calibration, slice(total - held, total))
-        data.calibration = _take(data.calibration, slice(0, keep))
-        data.held_out_source = f"the last {held} of the {total} samples of {data.source} (not calibrated on)"
+            data.held_out = _take(data.calibration, slice(total - held, total))
+            data.calibration = _take(data.calibration, slice(0, keep))
+            data.held_out_source = f"the last {held} of the {total} samples of {data.source} (not calibrated on)"
+        else:  # too few to hold any out: calibrate on all of them and judge on them too, said loudly
+            data.held_out_source = f"none: {total} sample(s) of {data.source} are too few to hold any out"
+            notes.append(NO_HELD_OUT_WARNING)
     data.calibration = _fit_batch(data.calibration, batch, "calibration", notes)
-    data.held_out = _fit_batch(data.held_out, batch, "held-out", notes)
+    if data.held_out:
+        data.held_out = _fit_batch(data.held_out, batch, "held-out", notes)
     return data
 
 

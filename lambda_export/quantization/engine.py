@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from lambda_export.errors import ConversionError, InputError, described
-from lambda_export.quantization.calibration import batches
+from lambda_export.quantization.calibration import batches, equal_batch
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -395,6 +395,13 @@ class Quantizer:
         elif self.method == "percentile":
             options.update(symmetric=False, num_bins=2048, percentile=99.999)
         augmented = Path(self._folder.name) / "augmented.onnx"
+        size = self.batch
+        if self.method != "minmax":
+            # the histogram calibrators (entropy, percentile) stack the batches' activations into one array: a last,
+            # shorter batch breaks them ("inhomogeneous shape"); equal batches keep every sample (see equal_batch).
+            # MinMax reduces each batch on its own, so any last batch is fine there. A fixed batch divides the count
+            # already (calibration_data cuts the set to whole batches), so it is kept.
+            size = equal_batch(len(next(iter(self.calibration.values()))), self.batch)
         with _tool_errors("calibrator", augmented), _quiet_quantizer():
             calibrator = create_calibrator(
                 self._source,
@@ -403,7 +410,7 @@ class Quantizer:
                 calibrate_method=self._method(),
                 extra_options=options,
             )
-            calibrator.collect_data(_Reader(self.calibration, self.batch))
+            calibrator.collect_data(_Reader(self.calibration, size))
             save_tensors_data(calibrator.compute_data(), self._cache)
             del calibrator
 

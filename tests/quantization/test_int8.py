@@ -241,7 +241,7 @@ def test_cli_impossible_threshold_exits_1_and_names_the_worst_layers(
         (None, "no such file"),
         (b"PK\x03\x04 not really a zip archive", "cannot read the inputs"),
         ("wrong-name", "missing input(s) images"),
-        ("one-sample", "1 sample; at least 2 are needed"),
+        ("empty", "input 'images' holds 0 samples (shape (0, 8, 8, 3)): give at least one"),
     ],
 )
 def test_cli_bad_calibration_file_exits_2_with_one_line_and_no_output(
@@ -250,8 +250,8 @@ def test_cli_bad_calibration_file_exits_2_with_one_line_and_no_output(
     calibration = tmp_path / "samples.npz"
     if content == "wrong-name":
         np.savez(calibration, pixels=small_model["x"])
-    elif content == "one-sample":
-        np.savez(calibration, images=small_model["x"][:1])
+    elif content == "empty":
+        np.savez(calibration, images=small_model["x"][:0])
     elif isinstance(content, bytes):
         calibration.write_bytes(content)
     out = tmp_path / "out.onnx"

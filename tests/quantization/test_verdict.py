@@ -21,6 +21,7 @@ from lambda_export.quantization import (
     compare_output,
     node_groups,
 )
+from lambda_export.quantization.calibration import NO_HELD_OUT_WARNING
 from lambda_export.quantization.verdict import check_thresholds, output_passes
 
 
@@ -91,8 +92,9 @@ def test_calibration_split_generated_and_fixed_batch() -> None:
     assert "the last 2 of the 10 samples" in data.held_out_source
     apart = calibration_data(inputs, samples, held_out={"x": samples[:3]})  # one array for a one-input model
     assert apart.n_calibration == 10 and apart.n_held_out == 3
-    with pytest.raises(InputError, match="at least 2 are needed"):
-        calibration_data(inputs, {"x": samples[:1]})
+    single = calibration_data(inputs, {"x": samples[:1]})  # too few to hold any out: judged on itself, said so
+    assert single.n_calibration == 1 and single.n_held_out == 0 and list(single.sets()) == ["calibration"]
+    assert single.notes == [NO_HELD_OUT_WARNING] and single.held_out_source.startswith("none: 1 sample(s)")
     with pytest.raises(InputError, match="missing input"):
         calibration_data(inputs, {"y": samples})
     generated = calibration_data(inputs, None, seed=1)
@@ -103,9 +105,15 @@ def test_calibration_split_generated_and_fixed_batch() -> None:
     assert np.array_equal(fixed.held_out["x"], samples[6:])
 
 
-def test_fixed_batch_too_few_samples_is_refused() -> None:
-    with pytest.raises(InputError, match="fixed to 4, so at least 8 are needed"):
-        calibration_data([TensorInfo("x", (4, 2), "float32")], {"x": np.zeros((6, 2), np.float32)})
+def test_fixed_batch_too_few_samples() -> None:
+    """Fewer than one fixed batch is refused; fewer than two calibrate on one batch with nothing held out, and every
+    sample left out is said."""
+    inputs = [TensorInfo("x", (4, 2), "float32")]
+    with pytest.raises(InputError, match="3 sample\\(s\\), but the model's batch is fixed to 4: give at least 4"):
+        calibration_data(inputs, {"x": np.zeros((3, 2), np.float32)})
+    data = calibration_data(inputs, {"x": np.zeros((6, 2), np.float32)})
+    assert data.n_calibration == 4 and data.n_held_out == 0 and list(data.sets()) == ["calibration"]
+    assert data.notes == [NO_HELD_OUT_WARNING, "2 calibration sample(s) dropped to fit the model's fixed batch of 4"]
 
 
 def _graph() -> onnx.ModelProto:
