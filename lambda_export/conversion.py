@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lambda_export import env, ort
+from lambda_export import env, ort, upstream
 from lambda_export.errors import ConversionError, InputError, described, first_line
 from lambda_export.folding import attach_weights, squeeze_matmul_weights
 from lambda_export.graph import (
@@ -179,22 +179,6 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _stable_merge_duplicates() -> Any:
-    """tf2onnx's ``MergeDuplicatedNodesOptimizer``, keeping the duplicate with the smallest name (without counters).
-
-    tf2onnx keeps the first duplicate in its node order, which changes from one process to the next, so the surviving
-    node's name (``lstm/zeros`` or ``lstm/zeros_1``) did too, and with it the exported file.
-    """
-    from tf2onnx.optimizer.merge_duplicated_nodes_optimizer import MergeDuplicatedNodesOptimizer
-
-    class StableMergeDuplicates(MergeDuplicatedNodesOptimizer):
-        def _merge_nodes_that_are_duplicated(self, nodes_to_process: list[Any], graph: Any) -> None:
-            nodes_to_process.sort(key=lambda node: (_strip_counters(node.name), node.name))
-            super()._merge_nodes_that_are_duplicated(nodes_to_process, graph)  # stable sort by output count
-
-    return StableMergeDuplicates()
-
-
 def tf2onnx_optimizers(*, einsum: bool) -> dict[str, Callable[[], Any]]:
     """tf2onnx's optimizer list for one conversion, each optimizer preceded by a garbage collection.
 
@@ -205,44 +189,29 @@ def tf2onnx_optimizers(*, einsum: bool) -> dict[str, Callable[[], Any]]:
 
     ``einsum=False`` (our conversion, not tf2onnx's own) leaves out tf2onnx's ``EinsumOptimizer``, which decomposes
     Einsum with Shape/Gather/ReduceProd chains when the batch is dynamic (:mod:`lambda_export.passes.einsum` rewrites
-    those nodes with static reshapes), and merges duplicated nodes deterministically (:func:`_stable_merge_duplicates`).
-    The list is read from tf2onnx (1.17; not modified): the conversion passes it per call, nothing global changes.
+    those nodes with static reshapes), and merges duplicated nodes deterministically (tf2onnx keeps the first
+    duplicate in its node order, which changes from one process to the next, so the surviving node's name,
+    ``lstm/zeros`` or ``lstm/zeros_1``, did too, and with it the exported file; :func:`upstream.stable_merge_duplicates`
+    keeps the one with the smallest name without counters). The list is read from tf2onnx (not modified): the
+    conversion passes it per call, nothing global changes.
     """
-    from tf2onnx import optimizer
-
-    factories = dict(optimizer._get_optimizers())
+    factories = upstream.default_optimizers()
     if not einsum:
         del factories["einsum_optimizer"]
-        factories["merge_duplication"] = _stable_merge_duplicates
+        factories["merge_duplication"] = lambda: upstream.stable_merge_duplicates(_strip_counters)
     return {name: _collecting(factory) for name, factory in factories.items()}
 
 
-def _relabel_einsums(graph: Any, ops: list[Any]) -> list[Any]:
-    """A tf2onnx ``custom_rewriter``: relabel mixed-case Einsum equations before tf2onnx's handler lower-cases them."""
-    for node in ops:
-        if node.type == "Einsum":
-            equation = node.get_attr_value("equation")
-            text = equation.decode() if isinstance(equation, bytes) else str(equation)
-            node.attr["equation"].s = _relabel_einsum_equation(text).encode()
-    return ops
+_relabel_einsums = upstream.einsum_relabeller(_relabel_einsum_equation)
+"""A tf2onnx ``custom_rewriter``: relabel mixed-case Einsum equations before tf2onnx's handler lower-cases them."""
 
+_ERFC_AS_ERF = {"Erfc": (upstream.erfc_as_one_minus_erf, [])}
+"""A tf2onnx op handler: ``Erfc(x) = 1 − Erf(x)``.
 
-def _erfc_as_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
-    """A tf2onnx op handler: ``Erfc(x) = 1 − Erf(x)``.
-
-    Keras' default ``gelu`` is the exact one, which TensorFlow lowers to ``Erfc``; ONNX has no Erfc (and tf2onnx 1.17
-    leaves the op unconverted), but it has ``Erf`` from opset 9. The subtraction has an absolute error of about one
-    float32 ulp of 1 (6e-8); gelu's ``x · Erfc(−x/√2) / 2`` keeps it absolute (|x| · 3e-8), which is what the parity
-    check measures.
-    """
-    from tf2onnx import utils
-
-    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
-    one = ctx.make_const(utils.make_name(f"{node.name}/one"), np.array(1, dtype=dtype))
-    node.type = "Erf"
-    ctx.insert_new_node_on_output(
-        "Sub", node.output[0], name=utils.make_name(f"{node.name}/one_minus"), inputs=[one.output[0], node.output[0]]
-    )
+Keras' default ``gelu`` is the exact one, which TensorFlow lowers to ``Erfc``; ONNX has no Erfc (and tf2onnx 1.17
+leaves the op unconverted), but it has ``Erf`` from opset 9. The subtraction has an absolute error of about one
+float32 ulp of 1 (6e-8); gelu's ``x · Erfc(−x/√2) / 2`` keeps it absolute (|x| · 3e-8), which is what the parity
+check measures."""
 
 
 def run_tf2onnx(
@@ -268,8 +237,6 @@ def run_tf2onnx(
     become initializers (:func:`lambda_export.folding.attach_weights`).
     """
     import tensorflow as tf
-    from tf2onnx import convert as tf2onnx_convert
-    from tf2onnx import tf_loader
 
     concrete = function.get_concrete_function(*signature)
     input_names = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
@@ -282,20 +249,18 @@ def run_tf2onnx(
         for placeholder, value in zip(placeholders, concrete.captured_inputs, strict=True)
         if placeholder.dtype != tf.dtypes.resource
     }
-    renames = tf2onnx_convert.tensor_names_from_structed(concrete, input_names, output_names)
+    renames = upstream.tensor_renames(concrete, input_names, output_names)
     with tf.device("/cpu:0"), _frozen_heap():
-        frozen = tf_loader.from_function(concrete, input_names, output_names, large_model=False)
-        if not plain and _allow_inlining(frozen):
+        frozen = upstream.freeze_function(concrete, input_names, output_names)
+        if not plain and upstream.allow_xla_inlining(frozen):
             with tf.Graph().as_default():  # grappler runs on a graph, as in tf_loader.from_function
-                frozen = tf_loader.tf_optimize(input_names, output_names, frozen)
-        # _convert_common is from_function's own second half; it is the one entry point that takes `optimizers`
-        proto, _ = tf2onnx_convert._convert_common(
+                frozen = upstream.grappler_optimize(input_names, output_names, frozen)
+        proto = upstream.convert_graph_def(
             frozen,
             name=concrete.name,
-            continue_on_error=True,
             opset=opset,
             custom_rewriter=None if plain else [_relabel_einsums],
-            custom_op_handlers=None if plain else {"Erfc": (_erfc_as_erf, [])},
+            custom_op_handlers=None if plain else _ERFC_AS_ERF,
             input_names=input_names,
             output_names=output_names,
             tensors_to_rename=renames,
@@ -309,26 +274,6 @@ def run_tf2onnx(
         new = {init.name for init in proto.graph.initializer} - before
         squeeze_matmul_weights(proto, new)
     return proto
-
-
-def _allow_inlining(graph_def: Any) -> bool:
-    """Let TensorFlow's optimizer inline the functions Keras compiles with XLA; True if there were any.
-
-    Keras 3 runs some ops on the CPU through ``tf.function(jit_compile=True)`` (grouped and depthwise-multiplier
-    convolutions: ConvNeXt's depthwise ``Conv2D(groups=C)``); such a function is marked ``_noinline``, stays a
-    ``StatefulPartitionedCall`` in the frozen graph, and tf2onnx cannot convert that. Its body is ordinary ops.
-    """
-    compiled = set()
-    for function in graph_def.library.function:
-        if "_XlaMustCompile" in function.attr and function.attr["_XlaMustCompile"].b:
-            compiled.add(function.signature.name)
-            for key in ("_noinline", "_XlaMustCompile"):
-                if key in function.attr:
-                    del function.attr[key]
-    for node in graph_def.node:  # the call sites carry the mark too
-        if "f" in node.attr and node.attr["f"].func.name in compiled and "_XlaMustCompile" in node.attr:
-            del node.attr["_XlaMustCompile"]
-    return bool(compiled)
 
 
 def _inline_captured(model: onnx.ModelProto, captured: dict[str, Any]) -> None:

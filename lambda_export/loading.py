@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lambda_export import upstream
 from lambda_export.errors import InputError, UnsafeModelError, described, first_line
 from lambda_export.graph import TensorInfo, UniqueNames
 
@@ -390,6 +391,9 @@ def walk_layers(model: Any) -> list[Any]:
     return out
 
 
+_Call = tuple[tuple[Any, ...], dict[str, Any], list[Any]]
+"""One call of an operation in a functional graph: (positional arguments, keyword arguments, outputs)."""
+
 # operations whose outputs hold their inputs' values (moved, sliced, joined, cast): an id or a mask stays one
 _VALUE_PRESERVING = frozenset(
     {
@@ -419,9 +423,9 @@ def input_value_ranges(model: Any) -> dict[int, tuple[int, int]]:
     return ranges
 
 
-def _consumers(model: Any) -> dict[int, list[tuple[Any, Any, bool]]]:
-    """id(KerasTensor) → (operation, node, used as a mask) for every node of ``model`` and the models nested in it."""
-    found: dict[int, list[tuple[Any, Any, bool]]] = {}
+def _consumers(model: Any) -> dict[int, list[tuple[Any, _Call, bool]]]:
+    """id(KerasTensor) → (operation, call, used as a mask) for every call in ``model`` and the models nested in it."""
+    found: dict[int, list[tuple[Any, _Call, bool]]] = {}
     seen: set[int] = set()
     pending = [model]
     while pending:
@@ -429,16 +433,16 @@ def _consumers(model: Any) -> dict[int, list[tuple[Any, Any, bool]]]:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        for operation in getattr(current, "_operations", None) or []:
-            if hasattr(operation, "_operations"):
+        for operation in upstream.functional_operations(current):
+            if upstream.is_functional(operation):
                 pending.append(operation)
-            for node in getattr(operation, "_inbound_nodes", []):
-                arguments = node.arguments
-                for value in _keras_tensors(arguments.args):
-                    found.setdefault(id(value), []).append((operation, node, False))
-                for key, argument in arguments.kwargs.items():
+            for call in upstream.inbound_calls(operation):
+                args, kwargs, _ = call
+                for value in _keras_tensors(args):
+                    found.setdefault(id(value), []).append((operation, call, False))
+                for key, argument in kwargs.items():
                     for value in _keras_tensors(argument):
-                        found.setdefault(id(value), []).append((operation, node, "mask" in key.lower()))
+                        found.setdefault(id(value), []).append((operation, call, "mask" in key.lower()))
     return found
 
 
@@ -448,47 +452,37 @@ def _keras_tensors(structure: Any) -> list[Any]:
     return [value for value in keras.tree.flatten(structure) if isinstance(value, keras.KerasTensor)]
 
 
-def _value_limits(tensor: Any, consumers: dict[int, list[tuple[Any, Any, bool]]], visited: set[int]) -> list[int]:
+def _value_limits(tensor: Any, consumers: dict[int, list[tuple[Any, _Call, bool]]], visited: set[int]) -> list[int]:
     """The exclusive upper bounds that the uses of ``tensor`` put on its values (see :func:`input_value_ranges`)."""
     if id(tensor) in visited:
         return []
     visited.add(id(tensor))
     limits: list[int] = []
-    for operation, node, as_mask in consumers.get(id(tensor), []):
+    for operation, (args, kwargs, outputs), as_mask in consumers.get(id(tensor), []):
         name = type(operation).__name__
         if as_mask:
             limits.append(2)
         elif name == "Embedding" and getattr(operation, "input_dim", None):
             limits.append(int(operation.input_dim))
-        elif hasattr(operation, "_operations") and getattr(operation, "inputs", None):
+        elif upstream.is_functional(operation) and getattr(operation, "inputs", None):
             # a nested functional model: follow the tensor to the inner input at the same position
-            flat = _keras_tensors((node.arguments.args, node.arguments.kwargs))
+            flat = _keras_tensors((args, kwargs))
             inner = list(operation.inputs)
             for index, value in enumerate(flat):
                 if value is tensor and index < len(inner):
                     limits += _value_limits(inner[index], consumers, visited)
         elif name in _VALUE_PRESERVING:
-            for output in node.outputs:
+            for output in outputs:
                 limits += _value_limits(output, consumers, visited)
         else:
             sizes = [
                 int(layer.input_dim)
-                for layer in _sublayers(operation)
+                for layer in upstream.sublayers(operation)
                 if type(layer).__name__ == "Embedding" and getattr(layer, "input_dim", None)
             ]
             if sizes:  # a custom layer that embeds its input (token + position embeddings)
                 limits.append(min(sizes))
     return limits
-
-
-def _sublayers(operation: Any) -> list[Any]:
-    flatten = getattr(operation, "_flatten_layers", None)
-    if flatten is None:
-        return []
-    try:
-        return list(flatten(include_self=False, recursive=True))
-    except Exception:  # a custom layer's own tracking can be anything
-        return []
 
 
 def _ranges(model: Any, inputs: list[TensorInfo]) -> dict[str, tuple[int, int]]:
