@@ -10,6 +10,14 @@
 * :func:`render_quantization_text`, :func:`render_quantization_html` – the int8 section (``--quantize int8``): the
   verdict per runtime, set and output, the groups of nodes kept in float and why, the file sizes; from the
   ``quantization`` record of the JSON verdict (:meth:`lambda_export.quantization.QuantizeResult.summary`).
+
+The HTML is built with f-strings and :func:`html.escape` (``_e``), one function per section (``_html_summary``,
+``_html_truth``, ``_html_divergence``, ...), not with templates. Jinja2 would be the maintained way, but it is not a
+base dependency (it arrives only with the torch/dev extras) and the project keeps dependencies few. The standard
+library's ``string.Template`` has no conditionals, loops or escaping: every section here is conditional or a loop
+over rows, so the logic and the escaping would stay in Python and the templates would only hold the static prose,
+split from the code that decides it, plus package data to ship and a missing-file failure mode in installs. Every
+value goes through ``_e`` at the point it is inserted, which a reviewer can see in one place per section.
 """
 
 from __future__ import annotations
@@ -419,13 +427,38 @@ def render_html(
         conversion: what the conversion produced (the ``conversion`` part of the command line's JSON verdict: opset,
             target, nodes, op histogram, passes, warnings, target issues), shown in its own section.
         quantization: the int8 record (``--quantize int8``), shown as the "INT8 quantization" section.
+
+    The page is its sections in order, each a list of HTML fragments that the page joins with newlines.
     """
+    body = [
+        *_html_summary(report, title, quantization),
+        *_html_truth(report),
+        *_html_fp16(report),
+        *_html_skipped(report),
+        *_html_divergence(report),
+        *_html_histograms(report),
+        *_html_notes(report),
+        *([_conversion_html(conversion)] if conversion else []),
+        *([render_quantization_html(quantization)] if quantization else []),
+        *_html_comparisons_and_facts(report),
+    ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        + "\n".join(body)
+        + f"<p class=muted>schema {_e(report.to_dict()['schema'])}</p></body></html>\n"
+    )
+
+
+def _html_summary(report: ParityReport, title: str, quantization: dict[str, Any] | None) -> list[str]:
+    """Title, verdict badge, rule, model names, warnings and the worst case per provider and output."""
     int8_failed = bool(quantization and quantization.get("passed") is False)
     status = "pass" if report.passed and not int8_failed else "fail"
     verdict = _verdict(report).split(": ", 1)[-1]  # the badge says PASS/FAIL
     if int8_failed:
         verdict += "; the int8 verdict FAILED (see INT8 quantization)"
-    body = [
+    return [
         f"<h1>{_e(title)}</h1>",
         f"<p><span class='badge {status}'>{status.upper()}</span> <span class='muted'>{_e(verdict)}</span></p>",
         _html_rule(report),
@@ -440,97 +473,121 @@ def render_html(
         "covers every value).</p>",
         *(f"<p class=muted>Problem: {_e(problem)}</p>" for problem in _problems(report.worst())),
     ]
+
+
+def _html_truth(report: ParityReport) -> list[str]:
+    """The "Against the float64 truth" table (empty without a float64 reference)."""
     truth_rows = _truth_rows(report.worst())
-    if truth_rows:
-        body.append(
-            "<h2>Against the float64 truth</h2><p>The Keras model rebuilt in float64 with the same weights, on the same "
-            "inputs. <i>tf32</i>: TensorFlow float32's own error against it; <i>export</i>: the ONNX output's; "
-            "<i>ratio</i>: export / TensorFlow (max, and root mean square of the elementwise errors); <i>allowed</i>: "
-            f"{report.factor:g} × TensorFlow's max + the floor.</p><table><tr><th>provider</th><th>output</th>"
-            "<th>tf32 max err</th><th>export max err</th><th>ratio</th><th>RMS ratio</th><th>allowed</th>"
-            "<th>worst at</th><th>rule</th></tr>"
-        )
-        for cells in truth_rows:
-            cells = [_short(cells[0]), *cells[1:]]
-            body.append(
-                "<tr>"
-                + "".join(
-                    f"<td class=num>{_e(c)}</td>" if 2 <= i <= 6 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
-                )
-                + "</tr>"
+    if not truth_rows:
+        return []
+    parts = [
+        "<h2>Against the float64 truth</h2><p>The Keras model rebuilt in float64 with the same weights, on the same "
+        "inputs. <i>tf32</i>: TensorFlow float32's own error against it; <i>export</i>: the ONNX output's; "
+        "<i>ratio</i>: export / TensorFlow (max, and root mean square of the elementwise errors); <i>allowed</i>: "
+        f"{report.factor:g} × TensorFlow's max + the floor.</p><table><tr><th>provider</th><th>output</th>"
+        "<th>tf32 max err</th><th>export max err</th><th>ratio</th><th>RMS ratio</th><th>allowed</th>"
+        "<th>worst at</th><th>rule</th></tr>"
+    ]
+    for cells in truth_rows:
+        cells = [_short(cells[0]), *cells[1:]]
+        parts.append(
+            "<tr>"
+            + "".join(
+                f"<td class=num>{_e(c)}</td>" if 2 <= i <= 6 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
             )
-        body.append("</table>")
-    if report.fp16:
-        body += [
-            f"<h2>float16</h2><p>Tolerances atol = {report.fp16_atol:g}, rtol = {report.fp16_rtol:g}, "
-            "against the float32 TensorFlow reference.</p>",
-            _html_rows(report.worst(fp16=True)),
-        ]
-    if report.providers_skipped:
-        body.append("<h2>Skipped providers</h2><table><tr><th>provider</th><th>reason</th></tr>")
-        body += [
+            + "</tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
+def _html_fp16(report: ParityReport) -> list[str]:
+    """The float16 section (when the report has float16 rows)."""
+    if not report.fp16:
+        return []
+    return [
+        f"<h2>float16</h2><p>Tolerances atol = {report.fp16_atol:g}, rtol = {report.fp16_rtol:g}, "
+        "against the float32 TensorFlow reference.</p>",
+        _html_rows(report.worst(fp16=True)),
+    ]
+
+
+def _html_skipped(report: ParityReport) -> list[str]:
+    """The providers that were asked for but not run, and why."""
+    if not report.providers_skipped:
+        return []
+    return [
+        "<h2>Skipped providers</h2><table><tr><th>provider</th><th>reason</th></tr>",
+        *(
             f"<tr><td><span class='badge skip'>{_e(_short(p))}</span></td><td>{_e(r)}</td></tr>"
             for p, r in report.providers_skipped.items()
-        ]
-        body.append("</table>")
-    if report.divergence or report.unmatched_layers:
-        first = report.first_divergent_layer
-        body.append("<h2>Per-layer divergence</h2>")
-        body.append(
-            f"<p>First divergent layer: <b>{_e(first)}</b> {_e(_divergence_found_on(report))}</p>"
-            if first
-            else "<p>No layer beyond tolerance.</p>"
+        ),
+        "</table>",
+    ]
+
+
+def _html_divergence(report: ParityReport) -> list[str]:
+    """The per-layer divergence: first divergent layer, the chart, the layer matches and the unmatched layers."""
+    if not (report.divergence or report.unmatched_layers):
+        return []
+    first = report.first_divergent_layer
+    parts = [
+        "<h2>Per-layer divergence</h2>",
+        f"<p>First divergent layer: <b>{_e(first)}</b> {_e(_divergence_found_on(report))}</p>"
+        if first
+        else "<p>No layer beyond tolerance.</p>",
+        _divergence_svg(report),
+        "<p class=muted>Bars: max |onnx − tf| of the layer's output against its matching ONNX tensor; red = beyond "
+        "atol + rtol·|tf|. A bar past the atol line can still pass through the rtol term. “+N”: N earlier layers "
+        "(e.g. a convolution whose batch normalisation was folded into it) are computed by the same ONNX node.</p>",
+        "<details><summary>Layer matches</summary><table><tr><th>layer</th><th>class</th><th>ONNX tensor</th>"
+        "<th>layout</th><th>matched by</th><th>fused</th><th>max abs</th><th>ratio vs tf32 (f64)</th>"
+        "<th>result</th></tr>",
+    ]
+    for d in report.divergence:
+        ratio = _ratio(d.truth.ratio_max) if d.truth is not None else "—"
+        parts.append(
+            f"<tr class='{'' if d.passed else 'bad'}'><td>{_e(d.layer)}</td><td>{_e(d.class_name)}</td>"
+            f"<td><code>{_e(d.onnx_tensor)}</code></td><td>{_e(d.layout)}</td><td>{_e(d.matched_by)}</td>"
+            f"<td>{_e(', '.join(d.fused))}</td><td class=num>{_num(d.max_abs)}</td><td class=num>{ratio}</td>"
+            f"<td>{'pass' if d.passed else _e('FAIL' + (': ' + d.problem if d.problem else ''))}</td></tr>"
         )
-        body.append(_divergence_svg(report))
-        body.append(
-            "<p class=muted>Bars: max |onnx − tf| of the layer's output against its matching ONNX tensor; red = beyond "
-            "atol + rtol·|tf|. A bar past the atol line can still pass through the rtol term. “+N”: N earlier layers "
-            "(e.g. a convolution whose batch normalisation was folded into it) are computed by the same ONNX node.</p>"
-        )
-        body.append(
-            "<details><summary>Layer matches</summary><table><tr><th>layer</th><th>class</th><th>ONNX tensor</th>"
-            "<th>layout</th><th>matched by</th><th>fused</th><th>max abs</th><th>ratio vs tf32 (f64)</th>"
-            "<th>result</th></tr>"
-        )
-        for d in report.divergence:
-            ratio = _ratio(d.truth.ratio_max) if d.truth is not None else "—"
-            body.append(
-                f"<tr class='{'' if d.passed else 'bad'}'><td>{_e(d.layer)}</td><td>{_e(d.class_name)}</td>"
-                f"<td><code>{_e(d.onnx_tensor)}</code></td><td>{_e(d.layout)}</td><td>{_e(d.matched_by)}</td>"
-                f"<td>{_e(', '.join(d.fused))}</td><td class=num>{_num(d.max_abs)}</td><td class=num>{ratio}</td>"
-                f"<td>{'pass' if d.passed else _e('FAIL' + (': ' + d.problem if d.problem else ''))}</td></tr>"
-            )
-        body.append("</table></details>")
-        if report.unmatched_layers:
-            body.append("<details><summary>Layers without an ONNX counterpart</summary><table>")
-            body += [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in report.unmatched_layers.items()]
-            body.append("</table></details>")
-    if report.histograms:
-        body.append("<h2>Error histograms</h2>")
-        for hist in report.histograms:
-            tolerance = report.atol if hist.precision == "fp32" else report.fp16_atol
-            body.append(_histogram_svg(hist, tolerance))
-    if _notes(report):
-        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in _notes(report)) + "</ul>")
-    if conversion:
-        body.append(_conversion_html(conversion))
-    if quantization:
-        body.append(render_quantization_html(quantization))
-    body.append(
+    parts.append("</table></details>")
+    if report.unmatched_layers:
+        parts.append("<details><summary>Layers without an ONNX counterpart</summary><table>")
+        parts += [f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in report.unmatched_layers.items()]
+        parts.append("</table></details>")
+    return parts
+
+
+def _html_histograms(report: ParityReport) -> list[str]:
+    """One error histogram chart per output, provider and precision."""
+    if not report.histograms:
+        return []
+    return [
+        "<h2>Error histograms</h2>",
+        *(
+            _histogram_svg(hist, report.atol if hist.precision == "fp32" else report.fp16_atol)
+            for hist in report.histograms
+        ),
+    ]
+
+
+def _html_notes(report: ParityReport) -> list[str]:
+    notes = _notes(report)
+    return ["<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"] if notes else []
+
+
+def _html_comparisons_and_facts(report: ParityReport) -> list[str]:
+    """Every comparison (folded), then the settings, the environment and the timings."""
+    return [
         "<h2>All comparisons</h2><details><summary>"
-        + f"{len(report.results) + len(report.fp16_results)} rows</summary>"
-    )
-    body.append(_html_rows(report.results + report.fp16_results, show_all=True) + "</details>")
-    body.append("<h2>Settings</h2>" + _kv_table(report.settings))
-    body.append("<h2>Environment</h2>" + _kv_table(report.environment))
-    body.append("<h2>Timings</h2>" + _kv_table({k: f"{v:.3f} s" for k, v in report.timings.items()}))
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(body)
-        + f"<p class=muted>schema {_e(report.to_dict()['schema'])}</p></body></html>\n"
-    )
+        + f"{len(report.results) + len(report.fp16_results)} rows</summary>",
+        _html_rows(report.results + report.fp16_results, show_all=True) + "</details>",
+        "<h2>Settings</h2>" + _kv_table(report.settings),
+        "<h2>Environment</h2>" + _kv_table(report.environment),
+        "<h2>Timings</h2>" + _kv_table({k: f"{v:.3f} s" for k, v in report.timings.items()}),
+    ]
 
 
 def _html_rule(report: ParityReport) -> str:
