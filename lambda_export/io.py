@@ -1,5 +1,10 @@
-"""Files in and out: safe ONNX loading, atomic writes of models, reports and other text.
+"""Files in and out: safe ONNX loading, atomic writes of models, reports and other text. The one place where a model
+becomes bytes or a file (``tests/io/test_one_home.py`` keeps it so):
 
+* :func:`model_bytes`: a model as ``bytes`` (an ONNX Runtime session, a hash), with one serialized copy of it in
+  memory, not the several of ``SerializeToString()``;
+* :func:`write_model_file` / :func:`save_model_atomic`: a model as a file, with its weights as ONNX external data
+  beside it when :func:`too_large_for_protobuf` says one protobuf message cannot hold it (the one threshold);
 * :func:`load_onnx` reads an ``.onnx`` file; external data (tensors stored beside the model) is resolved only inside
   the model's own folder: a location that is absolute or climbs out with ``..`` is refused, so a crafted model cannot
   make the tool read arbitrary files.
@@ -23,15 +28,17 @@ import onnx
 from onnx import external_data_helper
 
 from lambda_export.errors import InputError
-from lambda_export.lean import serialized_size, write_model
+from lambda_export.lean import serialize, serialized_size, write_model
 
 __all__ = [
     "PROTOBUF_LIMIT",
     "check_output_writable",
     "load_onnx",
+    "model_bytes",
     "os_reason",
     "save_model_atomic",
     "too_large_for_protobuf",
+    "write_model_file",
     "write_text_atomic",
 ]
 
@@ -44,6 +51,18 @@ def too_large_for_protobuf(model: onnx.ModelProto) -> bool:
     The size is computed without encoding the weights (``ByteSize()`` would, at a peak of several times the model).
     """
     return serialized_size(model) >= PROTOBUF_LIMIT
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    """``model.SerializeToString()``, with one serialized copy of the model in memory at a time (not five).
+
+    Raises:
+        InputError: the model is too large for one protobuf message (:func:`too_large_for_protobuf`): write it with
+            :func:`write_model_file` (its weights go to external data) and hand over the path instead.
+    """
+    if too_large_for_protobuf(model):
+        raise InputError("the ONNX model is larger than 2 GiB: it can only be written as a file with external data")
+    return serialize(model)
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -264,3 +283,20 @@ def save_model_atomic(
             if leftover and os.path.exists(leftover):
                 os.unlink(leftover)
     return str(path)
+
+
+def write_model_file(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> int:
+    """Write ``model`` to ``path``, replacing a file there: :func:`save_model_atomic` with ``overwrite=True``.
+
+    For files the tool owns (a benchmark's exports, a temporary file for ONNX Runtime, a staged Triton version).
+    ``external_data`` as in :func:`save_model_atomic` (None: when the model is too large for protobuf). Returns the
+    bytes on disk: the model file and, when one was written, its ``<name>.data`` file.
+
+    Raises:
+        InputError: the folder is missing or not writable, or the disk is full.
+    """
+    if external_data is None:
+        external_data = too_large_for_protobuf(model)
+    path = Path(save_model_atomic(model, path, overwrite=True, external_data=external_data))
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if external_data else 0)

@@ -93,7 +93,9 @@ def _tiny_model() -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    return model.SerializeToString()
+    from lambda_export.io import model_bytes  # here: io imports onnx, which importing this module must not
+
+    return model_bytes(model)
 
 
 def session_providers(provider: str, *, tf32: bool = False) -> list[Any]:

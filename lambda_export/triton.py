@@ -419,21 +419,11 @@ def render_config(config: Mapping[str, Any], use_protobuf: bool | None = None) -
 
 
 def _serialize_model(model: onnx.ModelProto, folder: Path) -> None:
-    """Write ``folder/model.onnx`` (with ``model.onnx.data`` beside it when the model is over protobuf's 2 GiB)."""
-    import onnx
+    """Write ``folder/model.onnx`` (with ``model.onnx.data`` beside it when the model is over protobuf's 2 GiB: Triton's
+    onnxruntime backend reads external data)."""
+    from lambda_export.io import write_model_file
 
-    try:
-        data = model.SerializeToString()
-    except ValueError:  # > 2 GiB: tensors go to external data, which Triton's onnxruntime backend reads
-        onnx.save_model(
-            model,
-            str(folder / "model.onnx"),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="model.onnx.data",
-        )
-        return
-    (folder / "model.onnx").write_bytes(data)
+    write_model_file(model, folder / "model.onnx")
 
 
 def write_triton_repository(

@@ -2,7 +2,8 @@
 
 * :func:`load_onnx_model`: an ``onnx.ModelProto`` as given, or read from a file with :func:`lambda_export.io.load_onnx`.
 * :func:`model_bytes`: the serialized model for an ONNX Runtime session (refused above protobuf's 2 GiB limit);
-  :func:`session_source`: a temporary file for one instead (with external data for a larger model).
+  :func:`session_source`: a temporary file for one instead (with external data for a larger model). Both are
+  :mod:`lambda_export.io`'s (:func:`~lambda_export.io.model_bytes`, :func:`~lambda_export.io.write_model_file`).
 * :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
   traced function calls it.
 
@@ -22,8 +23,8 @@ import numpy as np
 import onnx
 
 from lambda_export.errors import InputError
-from lambda_export.io import load_onnx, too_large_for_protobuf
-from lambda_export.lean import serialize, write_model
+from lambda_export.io import load_onnx, write_model_file
+from lambda_export.io import model_bytes as serialized
 from lambda_export.loading import LoadedModel
 
 __all__ = ["keras_feed", "load_onnx_model", "model_bytes", "run_keras", "session_source"]
@@ -47,9 +48,12 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     Raises:
         InputError: the model is larger than one protobuf message can be (2 GiB).
     """
-    if too_large_for_protobuf(model):
-        raise InputError("the ONNX model is larger than 2 GiB: verify the saved file (with its external data) instead")
-    return serialize(model)  # tensor by tensor: SerializeToString() peaks at several times the model
+    try:
+        return serialized(model)  # tensor by tensor: SerializeToString() peaks at several times the model
+    except InputError as exc:  # over protobuf's limit
+        raise InputError(
+            "the ONNX model is larger than 2 GiB: verify the saved file (with its external data) instead"
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -59,12 +63,7 @@ def session_source(model: onnx.ModelProto) -> Iterator[str]:
     limit gets its weights beside it as ONNX external data."""
     with tempfile.TemporaryDirectory(prefix="lambda_export_parity.") as folder:
         path = os.path.join(folder, "model.onnx")
-        with open(path, "wb") as out:
-            if too_large_for_protobuf(model):
-                with open(path + ".data", "wb") as data:
-                    write_model(model, out, data=data, location="model.onnx.data")
-            else:
-                write_model(model, out)
+        write_model_file(model, path)  # model.onnx.data beside it over protobuf's limit
         yield path
 
 

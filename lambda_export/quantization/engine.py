@@ -311,7 +311,7 @@ class Quantizer:
                 f"calibration_method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}",
                 argument="calibration_method",
             )
-        from lambda_export.io import too_large_for_protobuf
+        from lambda_export.io import too_large_for_protobuf, write_model_file
 
         if too_large_for_protobuf(model):
             raise InputError(
@@ -325,7 +325,7 @@ class Quantizer:
         self._cache = Path(self._folder.name) / "ranges.json"
         # a path, not the proto: quantize_static saves a ModelProto with external data, which empties its tensors
         self._source = Path(self._folder.name) / "float32.onnx"
-        self._source.write_bytes(self.model.SerializeToString())
+        write_model_file(self.model, self._source)
         self._count = 0
         self._full: onnx.ModelProto | None = None
 

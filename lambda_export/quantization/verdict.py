@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from lambda_export.errors import InputError, first_line
+from lambda_export.io import model_bytes
 from lambda_export.loading import LoadedModel
 from lambda_export.parity.metrics import finite_or_none
 from lambda_export.parity.running import keras_feed, run_keras
@@ -87,7 +88,7 @@ def run_model(model: onnx.ModelProto, arrays: dict[str, np.ndarray], runtime: st
     Raises:
         ImportError: the runtime is not installed. Exception: the runtime refuses the model (the caller reports it).
     """
-    data = model.SerializeToString()
+    data = model_bytes(model)
     parts: list[list[np.ndarray]] = []
     if runtime == "onnxruntime":
         from lambda_export import ort
@@ -440,10 +441,8 @@ def worst_layers(
     try:
         from lambda_export import ort
 
-        int8_values = ort.session(_with_outputs(int8_model, [p[1] for p in pairs]).SerializeToString()).run(None, feed)
-        float_values = ort.session(_with_outputs(float_model, [p[2] for p in pairs]).SerializeToString()).run(
-            None, feed
-        )
+        int8_values = ort.session(model_bytes(_with_outputs(int8_model, [p[1] for p in pairs]))).run(None, feed)
+        float_values = ort.session(model_bytes(_with_outputs(float_model, [p[2] for p in pairs]))).run(None, feed)
     except Exception as exc:
         return [], [*notes, f"could not compare the layers' tensors: {first_line(exc)}"]
     layers = []
