@@ -25,16 +25,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lambda_export.graph import subgraph_reads
+from lambda_export.graph import attribute, subgraph_reads
 
 __all__ = ["FOLDABLE", "attach_weights", "fold_weights", "squeeze_matmul_weights"]
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
 
 
 def _ints(values: Any) -> list[int]:
@@ -85,13 +78,13 @@ def _resolve(old: tuple[int, ...], shape: list[int]) -> tuple[int, ...]:
 
 def _reshape(node: onnx.NodeProto, x: Value, shape: np.ndarray) -> Value:
     dims = _ints(shape)
-    if not _attr(node, "allowzero", 0):
+    if not attribute(node, "allowzero", 0):
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return _reshaped(x, dims)
 
 
 def _squeeze(node: onnx.NodeProto, x: Value, axes: np.ndarray | None = None) -> Value:
-    axes_list = _ints(axes) if axes is not None else _attr(node, "axes")
+    axes_list = _ints(axes) if axes is not None else attribute(node, "axes")
     rank = len(x.shape)
     if axes_list is None:
         dropped = {i for i, d in enumerate(x.shape) if d == 1}
@@ -103,7 +96,7 @@ def _squeeze(node: onnx.NodeProto, x: Value, axes: np.ndarray | None = None) -> 
 
 
 def _unsqueeze(node: onnx.NodeProto, x: Value, axes: np.ndarray | None = None) -> Value:
-    axes_list = _ints(axes) if axes is not None else list(_attr(node, "axes"))
+    axes_list = _ints(axes) if axes is not None else list(attribute(node, "axes"))
     rank = len(x.shape) + len(axes_list)
     positions = {a % rank for a in axes_list}
     rest = iter(x.shape)
@@ -112,19 +105,19 @@ def _unsqueeze(node: onnx.NodeProto, x: Value, axes: np.ndarray | None = None) -
 
 def _flatten(node: onnx.NodeProto, x: Value) -> Value:
     rank = len(x.shape)
-    axis = int(_attr(node, "axis", 1))
+    axis = int(attribute(node, "axis", 1))
     axis = axis + rank if axis < 0 else axis
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
     return _reshaped(x, [outer, int(np.prod(x.shape[axis:], dtype=np.int64))])
 
 
 def _transpose(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
-    perm = _attr(node, "perm")
+    perm = attribute(node, "perm")
     return np.transpose(x, None if perm is None else list(perm))  # a view: copied once, when written
 
 
 def _gather(node: onnx.NodeProto, x: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    axis = int(_attr(node, "axis", 0)) % x.ndim
+    axis = int(attribute(node, "axis", 0)) % x.ndim
     size = x.shape[axis]
     if indices.size and (indices.min() < -size or indices.max() >= size):
         raise IndexError("index out of range")  # a runtime error, not something to fold
@@ -151,11 +144,11 @@ def _slice(
 
 
 def _concat(node: onnx.NodeProto, *xs: np.ndarray) -> np.ndarray:
-    return np.concatenate(xs, axis=int(_attr(node, "axis")))
+    return np.concatenate(xs, axis=int(attribute(node, "axis")))
 
 
 def _cast(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to"))))
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(attribute(node, "to"))))
     if x.dtype == dtype:
         return x
     if x.dtype.kind == "f" and dtype.kind in "iub":
@@ -165,7 +158,7 @@ def _cast(node: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
 
 def _shape(node: onnx.NodeProto, x: Value) -> np.ndarray:
     dims = np.array(x.shape, dtype=np.int64)
-    start, end = _attr(node, "start", 0), _attr(node, "end", None)
+    start, end = attribute(node, "start", 0), attribute(node, "end", None)
     return dims[start:end]
 
 

@@ -47,6 +47,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from lambda_export.errors import ConversionError, first_line
+from lambda_export.graph import UniqueNames, graph_names
 
 __all__ = ["DEFAULT_OP_BLOCK_LIST", "FP16_MAX", "emulate_fp16_rounding", "tensor_elem_types", "to_float16"]
 
@@ -241,16 +242,7 @@ def to_float16(
         if types.get(name) == _F32 and keep_io_types:
             wishes.setdefault(name, set()).add(_F32)
 
-    used = {name for node in graph.node for name in [*node.input, *node.output]}
-    used |= {init.name for init in graph.initializer} | {v.name for v in graph.input}
-
-    def fresh(base: str) -> str:
-        candidate, i = base, 0
-        while candidate in used:
-            i += 1
-            candidate = f"{base}_{i}"
-        used.add(candidate)
-        return candidate
+    fresh = UniqueNames(graph_names(graph)).new
 
     current: dict[str, int] = {}  # tensor name -> element type it has in the new graph
     for value in graph.input:

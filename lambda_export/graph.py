@@ -3,7 +3,8 @@
 * Walking: :func:`iter_graphs` (a graph and its If/Loop/Scan bodies), :func:`all_nodes`, :func:`all_names`,
   :func:`subgraph_reads` (what a body reads from the graphs around it: tf2onnx's Loop bodies read outer tensors by
   name, so renaming and dead-node passes must follow names into them).
-* Names: :class:`UniqueNames` hands out ``stem``, ``stem_1``, ``stem_2`` … never colliding with a reserved set.
+* Names: :class:`UniqueNames` hands out ``stem``, ``stem_1``, ``stem_2`` … never colliding with a reserved set: the one
+  way to make a new name (:meth:`GraphIndex.fresh` and the float16 converter use it over :func:`graph_names`).
 * Lookup and editing: :class:`GraphIndex` (producers, consumers, constants, fresh names, new initializers, and the
   static shapes when asked for), :func:`bypass`, :func:`toposort`, :func:`insert_before`, :func:`attribute`.
 * Shapes: :func:`static_shapes` runs ONNX shape inference on :func:`skeleton` (the graph without weight data, so it
@@ -37,6 +38,7 @@ __all__ = [
     "bypass",
     "canonical_order",
     "graph_io",
+    "graph_names",
     "insert_before",
     "iter_graphs",
     "outer_reads",
@@ -99,8 +101,14 @@ def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def all_names(model: onnx.ModelProto) -> set[str]:
     """Every tensor, value and node name used anywhere in ``model`` (subgraphs included; "" left out)."""
+    return graph_names(model.graph)
+
+
+def graph_names(top: onnx.GraphProto) -> set[str]:
+    """Every name used in ``top`` and its subgraphs: graph inputs, outputs, value infos, initializers, nodes and the
+    tensors they read and write ("" left out). What :class:`UniqueNames` must never hand out for that graph."""
     names: set[str] = set()
-    for graph in iter_graphs(model.graph):
+    for graph in iter_graphs(top):
         names.update(v.name for v in [*graph.input, *graph.output, *graph.value_info])
         names.update(t.name for t in graph.initializer)
         names.update(t.values.name for t in graph.sparse_initializer)
@@ -187,10 +195,7 @@ class GraphIndex:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = {out.name for out in graph.output}
-        used = {node.name for node in graph.node} | set(self.initializers)
-        for node in graph.node:
-            used.update(node.output)
-        self.names = UniqueNames(used)
+        self.names = UniqueNames(graph_names(graph))  # graph inputs too: a fresh name never shadows one
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of a tensor if it is an initializer or the output of a ``Constant`` node."""
@@ -211,7 +216,8 @@ class GraphIndex:
         return None
 
     def fresh(self, base: str) -> str:
-        """A tensor/node name not used yet in the graph."""
+        """A tensor/node name not used yet in the graph (:attr:`names`, a :class:`UniqueNames` over
+        :func:`graph_names`)."""
         return self.names.new(base)
 
     def add_initializer(self, base: str, value: np.ndarray) -> str:
