@@ -85,6 +85,9 @@ def test_export_json_success_and_schema(workdir: Path, capsys: pytest.CaptureFix
     parity = result["parity"]
     assert parity["passed"] is True
     assert "CPUExecutionProvider" in parity["providers_run"]
+    for row in parity["results"]:  # within half the allowance, not at its edge (measured ≤ 0.11 of it)
+        errors = row["metrics"]["vs_float64"]
+        assert errors["onnx_max"] < errors["allowed_max"] / 2 and errors["onnx_rms"] < errors["allowed_rms"] / 2
     html = (workdir / "r.html").read_text()
     assert "<svg" in html and "http://" not in html and "https://" not in html
 

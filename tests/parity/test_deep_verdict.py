@@ -6,6 +6,13 @@ and outputs depend on the inputs): keras.applications MobileNetV3Large and ResNe
 exported graph (tests/parity/sabotage.py): one weight tensor off by 1e-3 relative, a batch norm without its epsilon, a
 position embedding shifted by one position, a transposed head order. The measurements behind the rule's factor are in
 :class:`lambda_export.parity.ParityConfig`'s docstring.
+
+Each sabotage must fail by a wide margin, at least 10× the allowance on the output and at its layer, since float
+kernels (AVX2 or AVX-512, oneDNN, MLAS) move these errors by small factors from one x86 CPU to another. A weight of
+MobileNetV3's first blocks is chosen for that: TensorFlow float32's error grows with depth, so a 1e-3 change of
+``expanded_conv_6_project`` was only 33× TensorFlow's error at its layer (5.7× the allowance), of
+``expanded_conv_project`` 353× (64×); a batch norm without epsilon 62× at ``expanded_conv_3_expand_bn`` (its variances
+are large), 2.6e3× at ``expanded_conv_1_expand_bn`` (measured on x86-64 AVX2, batch 2, N(0, 1) inputs).
 """
 
 from __future__ import annotations
@@ -73,15 +80,15 @@ def test_correct_deep_models_pass(name, request):
 SABOTAGES = {
     "weight off by 1e-3": (
         "mobilenet",
-        lambda case: sabotage.scale_weight(case["onnx"], "expanded_conv_6_project", 1.001),
-        {"expanded_conv_6_project", "expanded_conv_6_project_bn"},
+        lambda case: sabotage.scale_weight(case["onnx"], "expanded_conv_project", 1.001),
+        {"expanded_conv_project", "expanded_conv_project_bn"},
     ),
     "batch norm without epsilon": (
         "mobilenet",
         lambda case: sabotage.drop_bn_epsilon(
-            case["onnx"], case["model"], "expanded_conv_3_expand_bn", "expanded_conv_3_expand"
+            case["onnx"], case["model"], "expanded_conv_1_expand_bn", "expanded_conv_1_expand"
         ),
-        {"expanded_conv_3_expand", "expanded_conv_3_expand_bn"},
+        {"expanded_conv_1_expand", "expanded_conv_1_expand_bn"},
     ),
     "position embedding shifted by one": (
         "lambda_resnet50",
@@ -107,12 +114,15 @@ def test_sabotaged_exports_fail_at_their_layer(what, request):
     case = request.getfixturevalue(name)
     report = _check(case, sabotaged(case), **ONE_SET)
     assert not report.passed
-    row = report.results[0]
-    assert row.metrics.rule == "relative" and row.metrics.truth.excess > 1
+    (row,) = report.results
+    # measured (x86-64 AVX2): outputs 35× (weight), 50×, 1.2e4×, 3.8e4×, 42× (lambda projection) the allowance
+    assert row.metrics.rule == "relative" and row.metrics.truth.excess > 10, row.metrics.truth
     assert report.first_divergent_layer in expected, report.first_divergent_layer
     culprit = next(i for i, d in enumerate(report.divergence) if expected & {d.layer, *d.fused})
-    assert not report.divergence[culprit].passed
-    assert report.divergence[culprit].truth.ratio_max > DEFAULT_FACTOR
+    layer = report.divergence[culprit]
+    assert not layer.passed and layer.rule == "relative"
+    # measured: 64×, 425×, 7.5e4×, 9.5e4×, 102× the allowance at the layer
+    assert layer.truth.excess > 10 and layer.truth.ratio_max > 10 * DEFAULT_FACTOR, layer.truth
     assert all(d.passed for d in report.divergence[:culprit])  # no layer blamed before it
 
 

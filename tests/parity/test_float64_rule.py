@@ -205,10 +205,12 @@ def test_demo_is_judged_against_float64_and_reported(demo):
     for row in report.results:
         truth = row.metrics.truth
         assert truth.reference_max < 1e-5 and truth.candidate_max < truth.allowed_max
+        assert truth.excess < 0.5, truth  # within half the allowance, not at its edge (measured ≤ 0.11)
         peers = [r.metrics.truth.reference_max for r in report.results if r.distribution == row.distribution]
         assert truth.baseline_max == max(peers)  # the largest of TensorFlow's errors on inputs of this kind
     assert report.first_divergent_layer is None
     assert report.divergence and all(d.rule == "relative" and d.truth is not None for d in report.divergence)
+    assert max(d.truth.excess for d in report.divergence) < 0.5  # every layer too (measured ≤ 0.12)
     assert "reference_float64" in report.timings
     data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert data["rule"] == "relative" and data["factor"] == DEFAULT_FACTOR and data["floor"] == DEFAULT_FLOOR
@@ -235,18 +237,29 @@ def test_explicit_tolerances_select_the_absolute_rule(demo):
 
 
 def test_locator_uses_the_relative_rule(demo):
+    """A convolution weight off by 1e-3 fails, and the locator blames that layer by the relative rule.
+
+    On U[0, 1) inputs (the demo's images): on N(0, 1) inputs its softmax saturates, TensorFlow float32 is exact to a
+    few ulps there and the floor decides, so the same sabotage was within 1.6× to 8× of the allowance depending on the
+    CPU's float kernels (AVX2 or AVX-512). Here (x86-64 AVX2): the output 884× its allowance (ratio 4.4e3), the layer
+    2.3e3× TensorFlow's error there, the layers before it at most 0.17 of their allowance; the test asserts 10×
+    and 2×.
+    """
     loaded, exported = demo
     copy = onnx.ModelProto()
     copy.CopyFrom(exported)
     init = next(i for i in copy.graph.initializer if "/stage1_block0_conv3_1/" in i.name)
     array = onnx.numpy_helper.to_array(init)
     init.CopyFrom(onnx.numpy_helper.from_array(array * np.float32(1.001), init.name))  # off by 1e-3
-    report = _fast(None, copy, loaded=loaded)
+    report = _fast(None, copy, loaded=loaded, distributions=("uniform",))
     assert not report.passed and report.first_divergent_layer == "stage1_block0_conv3"
+    (row,) = report.results
+    assert row.metrics.rule == "relative" and row.metrics.truth.excess > 10, row.metrics.truth
     culprit = next(d for d in report.divergence if "stage1_block0_conv3" in (d.layer, *d.fused))
-    assert culprit.rule == "relative" and culprit.truth.ratio_max > DEFAULT_FACTOR
+    assert culprit.rule == "relative" and culprit.truth.ratio_max > 10 * DEFAULT_FACTOR, culprit.truth
     before = report.divergence[: report.divergence.index(culprit)]
-    assert before and all(d.passed for d in before)
+    assert before and all(d.passed and d.rule == "relative" for d in before)
+    assert max(d.truth.excess for d in before) < 0.5, [(d.layer, d.truth.excess) for d in before]
     assert "× TensorFlow float32's own error there" in render_text(report)
 
 
@@ -304,5 +317,8 @@ def test_cli_rule_option(demo_artifacts, capsys):
     relative = run()
     assert relative["rule"] == "relative" and relative["float64"]["available"]
     assert relative["results"][0]["metrics"]["vs_float64"]["ratio_max"] is not None
+    for row in relative["results"]:  # within half the allowance, not at its edge (measured ≤ 0.11 of it)
+        errors = row["metrics"]["vs_float64"]
+        assert errors["onnx_max"] < errors["allowed_max"] / 2 and errors["onnx_rms"] < errors["allowed_rms"] / 2
     absolute = run("--rule", "absolute")
     assert absolute["rule"] == "absolute" and absolute["results"][0]["metrics"]["vs_float64"] is None

@@ -216,8 +216,8 @@ def test_unavailable_provider_says_how_to_get_it():
     with pytest.raises(ProviderUnavailableError) as info:
         resolve_providers(["cuda"])
     message = str(info.value)
-    assert "pip uninstall -y onnxruntime" in message and "lambda-export[gpu]" in message
-    assert "never be installed together" in message and "\n" not in message
+    assert 'pip install "lambda-export[gpu]" in an environment without the onnxruntime package' in message
+    assert "both install the same module" in message and "\n" not in message
     assert info.value.exit_code == 2
 
 
@@ -285,9 +285,10 @@ def test_demo_passes_on_cpu(demo_artifacts):
         (4, "normal"),
         (4, "uniform"),
     }
+    assert all(r.metrics.truth.excess < 0.5 for r in report.results)  # half the allowance at most (measured ≤ 0.11)
     worst = report.worst()
     assert len(worst) == 1 and worst[0].output == demo_artifacts["output_name"]
-    assert worst[0].metrics.max_abs < 1e-5  # measured ~1e-7 on the softmax output
+    assert worst[0].metrics.max_abs < 1e-4  # the absolute rule's atol; measured 4.2e-6 on the softmax output
     assert report.first_divergent_layer is None and report.divergence == []
     assert {"python", "tensorflow", "keras", "onnx", "onnxruntime", "tf2onnx", "ort_providers", "cpu", "cores"} <= set(
         report.environment
@@ -358,6 +359,7 @@ def test_locate_always_on_the_healthy_demo(loaded, demo_onnx):
     assert report.passed and report.first_divergent_layer is None
     layers = [d.layer for d in report.divergence]
     assert len(layers) >= 18 and all(d.passed for d in report.divergence)
+    assert max(d.truth.excess for d in report.divergence) < 0.5  # half the allowance at most (measured ≤ 0.16)
     assert {"stage1_block0_lambda", "predictions", "stem_bn", "avg_pool"} <= set(layers)
     lam = next(d for d in report.divergence if d.layer == "stage1_block0_lambda")
     assert lam.onnx_tensor.startswith("tiny_lambda_resnet_1/stage1_block0_lambda_1/") and lam.matched_by == "name"
@@ -383,7 +385,9 @@ def test_broken_weight_is_located(loaded, demo_onnx, op_type, owner, expected):
     order = [d.layer for d in report.divergence]
     culprit = next(i for i, d in enumerate(report.divergence) if expected in (d.layer, *d.fused))
     assert all(d.passed for d in report.divergence[:culprit]), order[:culprit]
-    assert not report.divergence[culprit].passed
+    # far from the allowance both ways (measured: the layers before ≤ 0.16 of it, the culprit ≥ 1.4e5×)
+    assert all(d.truth.excess < 0.5 for d in report.divergence[:culprit]), order[:culprit]
+    assert not report.divergence[culprit].passed and report.divergence[culprit].truth.excess > 10
 
 
 # -- float16 -------------------------------------------------------------------------------------------------------
