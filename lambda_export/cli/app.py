@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from click.utils import make_default_short_help
 
 from lambda_export.cli.options import EXIT_CODES_HELP, RESULT_SCHEMA, OutputOptions, cli_message
 from lambda_export.errors import EXIT_CONVERSION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, LambdaExportError, described
@@ -175,7 +174,7 @@ class LazyGroup(click.Group):
                     continue
                 rows.append((name, command.get_short_help_str(limit)))
             else:
-                rows.append((name, make_default_short_help(verb.help, limit)))
+                rows.append((name, _short_help(verb.help, limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -247,6 +246,34 @@ def checkpoint() -> None:
 
 
 # -- the entry point -------------------------------------------------------------------------------------------------
+
+
+def _short_help(text: str, limit: int) -> str:
+    """The first sentence of ``text``'s first paragraph, cut to ``limit`` characters with "..." (what Click shows for
+    a command's short help; its own ``make_default_short_help`` is deprecated in Click 8.3 and goes in 9.0)."""
+    words = text.split("\n\n")[0].split()
+    if words and words[0] == "\b":
+        words = words[1:]
+    if not words:
+        return ""
+    total = 0
+    for index, word in enumerate(words):
+        total += len(word) + (index > 0)
+        if total > limit:
+            break
+        if word.endswith("."):
+            return " ".join(words[: index + 1])
+        if total == limit and index != len(words) - 1:
+            break
+    else:
+        return " ".join(words)
+    total += len("...")
+    while index > 0:
+        total -= len(words[index]) + (index > 0)
+        if total <= limit:
+            break
+        index -= 1
+    return " ".join(words[:index]) + "..."
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -107,7 +107,7 @@ def _make_dry_run(folder: Path, target: str) -> list[str]:
 
 
 def test_make_installs_base_for_demo_dev_for_test_and_starts_at_once_after(tmp_path: Path) -> None:
-    """`make demo`: `pip install -e .` with pip's progress; `make test`: `.[dev]` even after `make demo`; stamps."""
+    """`make demo`: `pip install -e ".[cpu]"` with pip's progress; `make test`: `.[cpu,dev]` even after `make demo`; stamps."""
     require(shutil.which("make") is not None, "GNU make", "apt-get install -y make")
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
@@ -117,15 +117,17 @@ def test_make_installs_base_for_demo_dev_for_test_and_starts_at_once_after(tmp_p
     (bin_dir / "python").chmod(0o755)
     demo = _make_dry_run(tmp_path, "demo")
     installs = [line for line in demo if "pip install" in line]
-    assert installs == [".venv/bin/python -m pip install -e ."], demo  # the base dependencies, no -q, no extras
+    assert installs == ['.venv/bin/python -m pip install -e ".[cpu]"'], (
+        demo
+    )  # the base dependencies and the CPU runtime, no -q
     assert demo[-1] == ".venv/bin/lambda-export demo"
     (tmp_path / ".venv" / ".installed-base").touch()  # what the demo's install leaves
     assert _make_dry_run(tmp_path, "demo") == [".venv/bin/lambda-export demo"]  # the second run starts at once
     test = _make_dry_run(tmp_path, "test")
-    assert '.venv/bin/python -m pip install -e ".[dev]"' in test, test  # after `make demo`: the dev extras still
-    assert test[-1] == ".venv/bin/python -m pytest -rs"  # skip reasons by default
+    assert '.venv/bin/python -m pip install -e ".[cpu,dev]"' in test, test  # after `make demo`: the dev extras still
+    assert test[-1] == ".venv/bin/python -m pytest -rs --durations=15"  # skip reasons and the slowest tests
     (tmp_path / ".venv" / ".installed-dev").touch()
-    assert _make_dry_run(tmp_path, "test") == [".venv/bin/python -m pytest -rs"]
+    assert _make_dry_run(tmp_path, "test") == [".venv/bin/python -m pytest -rs --durations=15"]
     assert not any("-q" in line.split() for line in demo + test)
     ci = subprocess.run(
         ["make", "-n", "test", "PYTEST_ARGS=-rfEs --junitxml=artifacts/junit.xml"],
@@ -135,7 +137,7 @@ def test_make_installs_base_for_demo_dev_for_test_and_starts_at_once_after(tmp_p
         timeout=60,
         env=_make_env(),
     )
-    assert ci.stdout.strip() == ".venv/bin/python -m pytest -rs -rfEs --junitxml=artifacts/junit.xml"  # .ci/run's
+    assert ci.stdout.strip() == ".venv/bin/python -m pytest -rs --durations=15 -rfEs --junitxml=artifacts/junit.xml"
 
 
 def test_readme_says_how_to_enable_the_example_tests() -> None:
