@@ -93,13 +93,6 @@ def build(name: str) -> tuple[Any, tuple[int, ...]]:
 # -- the workers (each in its own process) -----------------------------------------------------------------------------
 
 
-def _vm_hwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _forward(loaded: Any, folder: Path, name: str) -> None:
     """One forward pass (``training=False``): on the zoo's saved inputs when there are some (``NAME.inputs.npz``),
     else on N(0, 1) floats of batch 1."""
@@ -135,6 +128,9 @@ def _weight_sizes(model: Any) -> list[int]:
 
 def _worker(step: str, name: str, folder: Path) -> dict[str, Any]:
     import numpy as np
+
+    # the peak reader (imported before the step, so that every step's peak includes the same few MB of it)
+    from lambda_export.bench.memory import peak_rss_kib
 
     path = folder / f"{name}.keras"
     out = folder / f"{name}.memory.onnx"  # not the zoo's NAME.onnx
@@ -198,7 +194,8 @@ def _worker(step: str, name: str, folder: Path) -> dict[str, Any]:
             parity=verdict.get("parity", {}).get("passed"),
             error=verdict.get("error"),
         )
-    result.update(peak_mb=_vm_hwm_mb(), seconds=time.perf_counter() - started)
+    peak = peak_rss_kib()
+    result.update(peak_mb=float("nan") if peak is None else peak / 1024, seconds=time.perf_counter() - started)
     return result
 
 

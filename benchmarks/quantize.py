@@ -8,7 +8,7 @@ For each model: train it on the demo task (generated images, ``lambda_layers.mod
 ``lambda-export MODEL`` does (target portable, ``--optimize speed``: the float32 default export), quantize it with
 :func:`lambda_export.quantize` on calibration images and judge it on held-out images that neither training nor
 calibration saw, then time ONNX Runtime float32 against int8 (and TensorFlow) side by side: batch 8, N threads on both
-sides, interleaved rounds, the median of the per-round ratios (``lambda_export.bench.timing``).
+sides, interleaved rounds, the median of the per-round ratios (``lambda_export.timing``).
 
 Targets: top-1 agreement with TensorFlow float32 ≥ 99 % on the held-out images, cosine ≥ 0.999 on the logits, ORT int8
 ≥ 1.8× faster than the float32 default export at batch 8, int8 file ≤ 30 % of the float32 file. Each is printed with
@@ -32,8 +32,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from lambda_export.bench.timing import latency_stats, measure_interleaved, paired_ratio  # noqa: E402
 from lambda_export.io import write_text_atomic  # noqa: E402
+from lambda_export.timing import latency_stats, measure_interleaved, paired_ratio  # noqa: E402
 
 TARGETS = {"agreement": 0.99, "logits_cosine": 0.999, "speedup": 1.8, "size_ratio": 0.30}
 RESNET_STEPS = 120  # LambdaResNet-26, batch 16, Adam 2e-3: held-out accuracy ~0.94 after 100 steps (measured)

@@ -50,7 +50,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.zoo_models import TOLERANCE, ZOO, ZooModel, by_name, cli_arguments  # noqa: E402
+from lambda_export.bench.memory import peak_rss_kib  # noqa: E402
 from lambda_export.bench.render import format_cell  # noqa: E402
+from lambda_export.env import cpu_model, package_versions  # noqa: E402
 
 __all__ = [
     "ProcessRun",
@@ -119,7 +121,7 @@ def run_measured(argv: list[str], *, timeout: float = DEFAULT_TIMEOUT, env: dict
         timed_out = False
         polled_kib = 0
         while True:
-            polled_kib = max(polled_kib, _vm_hwm_kib(proc.pid))
+            polled_kib = max(polled_kib, peak_rss_kib(proc.pid) or 0)
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -142,18 +144,6 @@ def run_measured(argv: list[str], *, timeout: float = DEFAULT_TIMEOUT, env: dict
             err.read(),
             timed_out,
         )
-
-
-def _vm_hwm_kib(pid: int) -> int:
-    """The peak resident set (``VmHWM``) of a running process in KiB; 0 when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def lambda_export_command(entry: ZooModel, keras_path: Path, onnx_path: Path, inputs_npz: Path) -> list[str]:
@@ -479,27 +469,15 @@ def _verdict(record: dict[str, Any]) -> tuple[str, str]:
 # -- the report ------------------------------------------------------------------------------------------------------
 
 
-def _environment() -> dict[str, Any]:
-    from importlib import metadata
+ZOO_DISTRIBUTIONS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino", "numpy")
 
-    versions = {}
-    for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "openvino", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+def _environment() -> dict[str, Any]:
+    versions = package_versions(ZOO_DISTRIBUTIONS)
     return {
-        "python": platform.python_version(),
+        "python": versions.pop("python"),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "load_before": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,

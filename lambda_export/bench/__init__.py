@@ -9,7 +9,8 @@ Layout, one job per module:
 
 * :mod:`~lambda_export.bench.configs`: what can be benchmarked (:class:`LayerConfig`, the built-in models, the
   JSON spec a subprocess rebuilds a model from).
-* :mod:`~lambda_export.bench.timing`: :class:`BenchSettings`, interleaved timing, latency statistics, paired ratios.
+* :mod:`~lambda_export.bench.settings`: :class:`BenchSettings`, every knob of a run. The timing itself (interleaved
+  rounds, latency statistics, paired ratios) is the library's :mod:`lambda_export.timing`.
 * :mod:`~lambda_export.bench.runners`: TensorFlow functions, the ONNX exports that are timed, inputs, files.
 * :mod:`~lambda_export.bench.flops`: analytic and graph FLOP counts.
 * :mod:`~lambda_export.bench.profile`: ONNX Runtime's profiler, the slowest nodes.
@@ -29,7 +30,8 @@ from lambda_export.bench.flops import layer_flops, onnx_flops
 from lambda_export.bench.harness import RATIO_TARGET_MODEL, Entry, run_suite
 from lambda_export.bench.render import environment_text, format_cell, markdown_table, report, summarize
 from lambda_export.bench.runners import configure_tensorflow
-from lambda_export.bench.timing import BenchSettings, measure_interleaved, paired_ratio
+from lambda_export.bench.settings import BenchSettings
+from lambda_export.timing import measure_interleaved, paired_ratio
 
 __all__ = [
     "RATIO_TARGET_MODEL",

@@ -61,7 +61,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +73,8 @@ from lambda_export.bench.configs import LayerConfig, build_builtin, build_from_s
 from lambda_export.bench.flops import layer_flops, onnx_flops
 from lambda_export.bench.memory import export_cost, export_cost_worker, measure_memory, memory_worker
 from lambda_export.bench.profile import profile_ort
-from lambda_export.bench.render import json_default, summarize, write_json
+from lambda_export.bench.render import json_default, min_latency_ratio, summarize, write_json
 from lambda_export.bench.runners import (
-    LARGE_MODEL_BYTES,
     as_numpy,
     configure_tensorflow,
     export_tf2onnx_plain,
@@ -89,14 +88,10 @@ from lambda_export.bench.runners import (
     serialize_model,
     tf_function,
 )
-from lambda_export.bench.timing import (
-    BenchSettings,
-    latency_stats,
-    measure_interleaved,
-    min_latency_ratio,
-    paired_ratio,
-)
+from lambda_export.bench.settings import BenchSettings
+from lambda_export.errors import described
 from lambda_export.ort import CUDA, cpu_session, cpu_session_options, recommended_cpu_settings, session_providers
+from lambda_export.timing import latency_stats, measure_interleaved, paired_ratio
 
 __all__ = [
     "CEILING_RUNNER",
@@ -186,65 +181,357 @@ def _cache_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-def _prepare(entry: Entry, settings: BenchSettings, folder: Path, keras_model: Any) -> dict[str, Any]:
-    """Build the Keras model, export it both ways and write the files (shared by the batch sizes of one model)."""
+# -- the typed records of one entry ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """One ONNX export of the entry's model, written to the work folder: the graph, its file, and its part of the
+    record's ``export`` section (nodes, size, op histogram and how it was made)."""
+
+    model: Any
+    path: str
+    size: int
+    info: dict[str, Any]
+
+
+@dataclass
+class Prepared:
+    """What the batch sizes of one model share (cached between entries): the Keras model and its exports.
+
+    ``portable`` is the timed graph (``convert(optimize="speed")``); ``size_model`` the ``optimize="size"`` graph
+    (when it differs); ``large``: the portable model is too large for one protobuf message (ONNX Runtime loads its
+    file, with external data). ``errors``: why an optional runner is missing, by runner name.
+    """
+
+    model: Any
+    build_s: float
+    inputs: list[Any]
+    portable: Export
+    large: bool
+    size_model: Any = None
+    int8: Export | None = None
+    anchor: Export | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Runners:
+    """The timed functions of one entry by runner name, why the missing ones are missing, and what they hold.
+
+    ``sessions``: the ONNX Runtime runners' names; ``portable_source``: what the portable session was made from
+    (bytes, or the file of a large model), which the profiler loads again; ``ceiling_shape``: the shape of the MatMul
+    ceiling (None: not measured); ``held``: the TF functions, inputs and sessions, dropped before the memory
+    subprocesses start.
+    """
+
+    calls: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    sessions: list[str] = field(default_factory=list)
+    portable_source: bytes | str = b""
+    ceiling_shape: tuple[int, int, int] | None = None
+    held: list[Any] = field(default_factory=list)
+
+
+# -- preparing: the Keras model and its exports ----------------------------------------------------------------------
+
+
+def _prepare(entry: Entry, settings: BenchSettings, folder: Path, keras_model: Any) -> Prepared:
+    """Build the Keras model, export it (speed, size, int8, plain tf2onnx) and write the files."""
+    from lambda_export.io import too_large_for_protobuf  # here: io imports onnx (the memory workers must not)
+
     started = time.perf_counter()
     model = keras_model if keras_model is not None else build_from_spec(entry.spec)
-    prepared: dict[str, Any] = {"model": model, "build_s": round(time.perf_counter() - started, 2), "errors": {}}
-    portable = portable_export(model, settings, entry.spec.get("input_shapes"))
-    result = portable["result"]
+    build_s = round(time.perf_counter() - started, 2)
+    exported = portable_export(model, settings, entry.spec.get("input_shapes"))
+    result = exported.result
     stem = _slug(entry.name.rsplit(" b=", 1)[0])
-    path, size = serialize_model(portable["model"], folder, f"{stem}.portable.onnx")
-    prepared["portable_model"] = portable["model"]
-    prepared["raw_bytes"] = portable["raw_bytes"]
-    prepared["portable_path"] = path
-    prepared["large"] = size > LARGE_MODEL_BYTES
-    prepared["inputs"] = result.inputs
-    prepared["portable_info"] = {
-        **graph_info(portable["model"], path, size),
-        "convert_s": round(portable["convert_s"], 2),
+    path, size = serialize_model(exported.model, folder, f"{stem}.portable.onnx")
+    info = {
+        **graph_info(exported.model, path, size),
+        "convert_s": round(exported.convert_s, 2),
         "passes": list(result.passes),
         "optimize": "speed",
-        "performance_passes": portable["performance_passes"],
+        "performance_passes": exported.performance_passes,
         "target_issues": len(result.target_issues),
     }
-    _log(settings, f"{entry.name}: portable export {len(portable['model'].graph.node)} nodes, {size / 1e6:.1f} MB")
-    prepared["int8_model"] = None
-    if settings.int8 and size > INT8_MAX_BYTES:
-        prepared["errors"][INT8_RUNNER] = (
+    prepared = Prepared(
+        model=model,
+        build_s=build_s,
+        inputs=result.inputs,
+        portable=Export(exported.model, path, size, info),
+        large=too_large_for_protobuf(exported.model),
+        size_model=exported.size_model,
+    )
+    _log(settings, f"{entry.name}: portable export {len(exported.model.graph.node)} nodes, {size / 1e6:.1f} MB")
+    _prepare_int8(prepared, settings, folder, stem, entry.name)
+    _prepare_anchor(prepared, entry, settings, folder, stem)
+    return prepared
+
+
+def _prepare_int8(prepared: Prepared, settings: BenchSettings, folder: Path, stem: str, name: str) -> None:
+    """The int8 QDQ model of the portable export and its file (or why there is none, in ``prepared.errors``)."""
+    if not settings.int8:
+        return
+    size = prepared.portable.size
+    if size > INT8_MAX_BYTES:
+        prepared.errors[INT8_RUNNER] = (
             f"not measured: the float32 file is over {INT8_MAX_BYTES / 1e6:.0f} MB (quantizing it takes minutes)"
         )
-    elif settings.int8:
-        try:
-            int8 = int8_export(model, portable["model"], settings.target)
-            ipath, isize = serialize_model(int8["model"], folder, f"{stem}.int8.onnx")
-            prepared["int8_model"] = int8["model"]
-            prepared["int8_info"] = {
-                **graph_info(int8["model"], ipath, isize),
-                "quantize_s": round(int8["quantize_s"], 2),
-                "float_groups": int8["float_groups"],
-                "size_ratio": round(isize / size, 4) if size else None,
-            }
-            _log(settings, f"{entry.name}: int8 export {isize / 1e6:.1f} MB, in float: {int8['float_groups']}")
-        except Exception as exc:
-            prepared["errors"][INT8_RUNNER] = _short(exc)
-    prepared["anchor_model"] = None
-    if settings.anchor and entry.config is not None and entry.config.embedding_bytes > 2**31:
+        return
+    try:
+        int8 = int8_export(prepared.model, prepared.portable.model, settings.target)
+        path, int8_size = serialize_model(int8.model, folder, f"{stem}.int8.onnx")
+        info = {
+            **graph_info(int8.model, path, int8_size),
+            "quantize_s": round(int8.quantize_s, 2),
+            "float_groups": int8.float_groups,
+            "size_ratio": round(int8_size / size, 4) if size else None,
+        }
+        prepared.int8 = Export(int8.model, path, int8_size, info)
+        _log(settings, f"{name}: int8 export {int8_size / 1e6:.1f} MB, in float: {int8.float_groups}")
+    except Exception as exc:
+        prepared.errors[INT8_RUNNER] = described(exc)
+
+
+def _prepare_anchor(prepared: Prepared, entry: Entry, settings: BenchSettings, folder: Path, stem: str) -> None:
+    """The plain tf2onnx export and its file (or why there is none, in ``prepared.errors``)."""
+    if not settings.anchor:
+        return
+    if entry.config is not None and entry.config.embedding_bytes > 2**31:
         # TensorFlow cannot freeze (absolute) and tf2onnx cannot fold (relative) a tensor over protobuf's 2 GB: the
         # plain export fails, after a peak of ~20× the tensor that this machine may not have
-        prepared["errors"]["ort_tf2onnx"] = "plain tf2onnx cannot convert a position embedding over 2 GB"
-    elif settings.anchor:
+        prepared.errors["ort_tf2onnx"] = "plain tf2onnx cannot convert a position embedding over 2 GB"
+        return
+    try:
+        started = time.perf_counter()
+        model, how = export_tf2onnx_plain(prepared.model, prepared.inputs, settings.opset)
+        convert_s = time.perf_counter() - started
+        path, size = serialize_model(model, folder, f"{stem}.tf2onnx.onnx")
+        info = {**graph_info(model, path, size), "convert_s": round(convert_s, 2), "how": how}
+        prepared.anchor = Export(model, path, size, info)
+    except Exception as exc:
+        prepared.errors["ort_tf2onnx"] = described(exc)
+
+
+def _prepared(
+    entry: Entry, settings: BenchSettings, folder: Path, keras_model: Any, cache: dict[str, Any]
+) -> tuple[Prepared, bool]:
+    """The entry's :class:`Prepared` from ``cache`` when the previous entry differs only in batch size (True), else
+    a new one, after dropping the previous model (False)."""
+    key = _cache_key(entry.spec)
+    if cache.get("key") == key:
+        return cache["prepared"], True
+    cache.clear()
+    gc.collect()  # drop the previous model's graphs and sessions before converting the next one
+    gc.collect()
+    cache["prepared"] = _prepare(entry, settings, folder, keras_model)
+    cache["key"] = key
+    return cache["prepared"], False
+
+
+# -- one entry, step by step -----------------------------------------------------------------------------------------
+
+
+def _entry_header(entry: Entry) -> dict[str, Any]:
+    """The start of the entry's record: what it is, its configuration and its target."""
+    record: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "batch": entry.batch, "spec": entry.spec}
+    if entry.config is not None:
+        record["config"] = {**asdict(entry.config), "v": entry.config.v, "n": entry.config.n}
+        record["embedding_mb"] = round(entry.config.embedding_bytes / 1e6, 1)
+    record["ratio_target"] = entry.ratio_target
+    return record
+
+
+def _export_section(prepared: Prepared) -> dict[str, Any]:
+    """The record's ``export`` section: each written export's graph and file."""
+    section = {"portable": prepared.portable.info}
+    if prepared.anchor is not None:
+        section["tf2onnx"] = prepared.anchor.info
+    if prepared.int8 is not None:
+        section["int8"] = prepared.int8.info
+    return section
+
+
+def _flops(entry: Entry, prepared: Prepared) -> dict[str, Any]:
+    """FLOPs: analytic for layers (cross-checked against the graph), counted from the graph for models.
+
+    For models the count is the tf2onnx anchor's graph, which computes what TensorFlow computes (the speed export may
+    do different work for the same result, e.g. a small-map convolution as a dense GEMM), so that GFLOP/s compare
+    like with like.
+    """
+    portable = prepared.portable.model
+    graph_flops = onnx_flops(portable, entry.batch)
+    if entry.config is not None:
+        return {**layer_flops(entry.config), "graph_count": graph_flops["total"]}
+    counted = prepared.anchor.model if prepared.anchor is not None else portable
+    return {
+        **onnx_flops(counted, entry.batch),
+        "graph_count": graph_flops["total"],
+        "counted_on": "tf2onnx" if counted is not portable else "portable",
+    }
+
+
+def _tf_runners(runners: Runners, model: Any, arrays: list[np.ndarray], settings: BenchSettings) -> None:
+    """TensorFlow in graph mode and with XLA, on host tensors of ``arrays``."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec(array.shape, tf.as_dtype(array.dtype)) for array in arrays]
+    tf_inputs = [tf.constant(array) for array in arrays]
+    runners.held.append(tf_inputs)
+    for name, xla in (("tf_graph", False), ("tf_xla", True)):
+        if xla and not settings.xla:
+            continue
         try:
-            anchor_started = time.perf_counter()
-            anchor_model, how = export_tf2onnx_plain(model, result.inputs, settings.opset)
-            anchor_s = time.perf_counter() - anchor_started
-            apath, asize = serialize_model(anchor_model, folder, f"{stem}.tf2onnx.onnx")
-            prepared["anchor_model"] = anchor_model
-            prepared["anchor_info"] = {**graph_info(anchor_model, apath, asize), "convert_s": round(anchor_s, 2)}
-            prepared["anchor_info"]["how"] = how
+            function = tf_function(model, xla, specs)
         except Exception as exc:
-            prepared["errors"]["ort_tf2onnx"] = _short(exc)
-    return prepared
+            runners.errors[name] = described(exc)
+            continue
+        runners.held.append(function)
+        runners.calls[name] = lambda f=function, x=tf_inputs: as_numpy(f(*x))
+
+
+def _ort_runners(runners: Runners, prepared: Prepared, arrays: list[np.ndarray], threads: int) -> None:
+    """ONNX Runtime CPU sessions of the exports: portable (the timed file), size, plain tf2onnx, int8."""
+    from lambda_export.io import model_bytes  # here: io imports onnx (the memory workers must not)
+
+    # the bytes, or the written file (with its external data) for a model over protobuf's 2 GB
+    runners.portable_source = prepared.portable.path if prepared.large else model_bytes(prepared.portable.model)
+    sources: dict[str, Any] = {"ort_portable": runners.portable_source}
+    if prepared.size_model is not None:
+        sources["ort_convert_only"] = model_bytes(prepared.size_model)
+    if prepared.anchor is not None:
+        sources["ort_tf2onnx"] = model_bytes(prepared.anchor.model)
+    if prepared.int8 is not None:
+        sources[INT8_RUNNER] = model_bytes(prepared.int8.model)
+    for name, source in sources.items():
+        session = cpu_session(source, threads)
+        runners.held.append(session)
+        runners.sessions.append(name)
+        names = [value.name for value in session.get_inputs()]
+        session_feed = dict(zip(names, arrays, strict=True))
+        runners.calls[name] = lambda s=session, f=session_feed: s.run(None, f)
+
+
+def _other_runners(
+    runners: Runners, prepared: Prepared, arrays: list[np.ndarray], settings: BenchSettings, flops: int
+) -> None:
+    """The portable file on OpenVINO (where installed) and the MatMul ceiling of the same FLOPs."""
+    if settings.openvino:
+        try:
+            run_openvino = openvino_runner(prepared.portable.path, prepared.inputs, settings.threads)
+            runners.calls[OPENVINO_RUNNER] = lambda run=run_openvino, x=arrays: run(x)
+        except Exception as exc:  # not installed (an optional extra), or the file does not load there
+            runners.errors[OPENVINO_RUNNER] = described(exc)
+    if settings.ceiling:
+        from lambda_export.io import model_bytes
+
+        ceiling_model, runners.ceiling_shape = matmul_model(flops)
+        session = cpu_session(model_bytes(ceiling_model), settings.threads)
+        runners.held.append(session)
+        a = np.random.default_rng(2).standard_normal(runners.ceiling_shape[:2]).astype(np.float32)
+        runners.calls[CEILING_RUNNER] = lambda s=session, a=a: s.run(None, {"a": a})
+
+
+def _agreement(record: dict[str, Any], runners: Runners) -> None:
+    """Do the numbers agree? Each runner's largest difference from TF graph mode (a benchmark of a wrong graph is
+    worthless); int8 is not the same computation, so its difference is recorded apart (``--quantize`` judges it)."""
+    calls = runners.calls
+    reference = first_output(calls["tf_graph"]()) if "tf_graph" in calls else None
+    agreement = {}
+    if reference is not None:
+        for name in ("tf_xla", *runners.sessions, OPENVINO_RUNNER):
+            if name in calls:
+                out = first_output(calls[name]())
+                agreement[name] = float(np.max(np.abs(out.astype(np.float64) - reference))) if out.size else 0.0
+    int8_difference = agreement.pop(INT8_RUNNER, None)
+    record["max_abs_diff_vs_tf_graph"] = agreement
+    if int8_difference is not None:
+        record["int8_max_abs_diff_vs_tf_graph"] = int8_difference
+
+
+def _measure(record: dict[str, Any], runners: Runners, settings: BenchSettings) -> None:
+    """Time the runners in interleaved rounds: latency statistics, the better TF, the paired ratios."""
+    measured = measure_interleaved(runners.calls, **settings.timing())
+    latency = {name: latency_stats(samples) for name, samples in measured["samples"].items()}
+    record["latency"] = latency
+    record["first_call_s"] = measured["first_call_s"]
+    record["rounds"] = len(measured["rounds"])
+    record["block_runs"] = measured["block_runs"]
+    record["measure_s"] = measured["measure_s"]
+    record["errors"] = runners.errors
+    tf_present = [name for name in TF_RUNNERS if name in latency]
+    tf_best = min(tf_present, key=lambda name: latency[name]["median_ms"]) if tf_present else None
+    record["tf_best"] = tf_best
+    rounds = measured["rounds"]
+    ratios: dict[str, Any] = {}
+    for ort_name in ORT_RUNNERS:
+        if ort_name not in latency:
+            continue
+        for tf_name in tf_present:
+            ratios[f"{ort_name}/{tf_name}"] = paired_ratio(rounds, ort_name, tf_name)
+        if tf_best:
+            ratios[f"{ort_name}/tf_best"] = paired_ratio(rounds, ort_name, tf_best)
+    if INT8_RUNNER in latency:  # the int8 speed-up over the float32 file it was made from
+        ratios[f"{INT8_RUNNER}/ort_portable"] = paired_ratio(rounds, INT8_RUNNER, "ort_portable")
+    if OPENVINO_RUNNER in latency:
+        # the same file on both runtimes: how close ONNX Runtime comes to OpenVINO (issue target: ≤ 1.25)
+        ratios[f"ort_portable/{OPENVINO_RUNNER}"] = paired_ratio(rounds, "ort_portable", OPENVINO_RUNNER)
+        if tf_best:
+            ratios[f"{OPENVINO_RUNNER}/tf_best"] = paired_ratio(rounds, OPENVINO_RUNNER, tf_best)
+    record["ratios"] = ratios
+    record["min_latency_ratio"] = min_latency_ratio(record)
+
+
+def _throughput(record: dict[str, Any], ceiling_shape: tuple[int, int, int] | None) -> None:
+    """GFLOP/s of every runner, and the fraction of the MatMul ceiling ORT and the better TF reach."""
+    total = record["flops"]["total"]
+    latency = record["latency"]
+    gflops = {}
+    for name, stats in latency.items():
+        if name == CEILING_RUNNER or not stats["median_ms"]:
+            continue
+        gflops[name] = round(total / (stats["median_ms"] / 1e3) / 1e9, 2)
+    record["gflops"] = gflops
+    if ceiling_shape is None or not latency.get(CEILING_RUNNER, {}).get("median_ms"):
+        return
+    size = ceiling_shape[0]
+    ceiling_flops = 2 * size**3
+    ceiling_gflops = ceiling_flops / (latency[CEILING_RUNNER]["median_ms"] / 1e3) / 1e9
+    record["ceiling"] = {
+        "matmul_shape": list(ceiling_shape),
+        "flops": ceiling_flops,
+        "gflops": round(ceiling_gflops, 2),
+        "ort_portable_fraction": round(gflops.get("ort_portable", 0.0) / ceiling_gflops, 3),
+    }
+    tf_best = record["tf_best"]
+    if tf_best and tf_best in gflops:
+        record["ceiling"]["tf_best_fraction"] = round(gflops[tf_best] / ceiling_gflops, 3)
+
+
+def _target(record: dict[str, Any], entry: Entry) -> None:
+    """Is the entry's target met: ORT/TF best at most its ratio (and, for 2D global layers, the ceiling fraction)?"""
+    best_ratio = (record["ratios"].get("ort_portable/tf_best") or {}).get("median")
+    record["target"] = {
+        "ratio": entry.ratio_target,
+        "value": best_ratio,
+        "met": None if best_ratio is None else best_ratio <= entry.ratio_target,
+    }
+    if entry.config is not None and entry.config.rank == 2 and entry.config.is_global and "ceiling" in record:
+        fraction = record["ceiling"]["ort_portable_fraction"]
+        record["target"]["ceiling_fraction"] = CEILING_TARGET
+        record["target"]["ceiling_value"] = fraction
+        record["target"]["ceiling_met"] = fraction >= CEILING_TARGET
+
+
+def _profile(record: dict[str, Any], runners: Runners, feed: dict[str, np.ndarray], settings: BenchSettings) -> None:
+    """ONNX Runtime's profiler on the portable export: the slowest nodes."""
+    try:
+        estimate = record["latency"]["ort_portable"]["median_ms"] / 1e3
+        runs = int(max(3, min(20, 1.0 / max(estimate, 1e-4))))
+        record["profile"] = profile_ort(runners.portable_source, feed, settings.threads, runs)
+    except Exception as exc:
+        record["profile"] = {"error": described(exc)}
 
 
 def bench_entry(
@@ -260,186 +547,36 @@ def bench_entry(
     only in batch size.
     """
     import keras
-    import tensorflow as tf
 
-    record: dict[str, Any] = {"name": entry.name, "kind": entry.kind, "batch": entry.batch, "spec": entry.spec}
-    if entry.config is not None:
-        record["config"] = {**asdict(entry.config), "v": entry.config.v, "n": entry.config.n}
-        record["embedding_mb"] = round(entry.config.embedding_bytes / 1e6, 1)
-    record["ratio_target"] = entry.ratio_target
+    record = _entry_header(entry)
     if entry.skip_reason:
         record.update(status="skipped", reason=entry.skip_reason)
         return record
     started = time.perf_counter()
-    cache = cache if cache is not None else {}
-    key = _cache_key(entry.spec)
-    if cache.get("key") != key:
-        cache.clear()
-        gc.collect()  # drop the previous model's graphs and sessions before converting the next one
-        gc.collect()
-        cache["prepared"] = _prepare(entry, settings, folder, keras_model)
-        cache["key"] = key
-        record["export_reused"] = False
-    else:
-        record["export_reused"] = True
-    prepared = cache["prepared"]
-    model = prepared["model"]
-    record["build_s"] = prepared["build_s"]
-    inputs = prepared["inputs"]
-    path = prepared["portable_path"]
-    feed_arrays = make_feed(inputs, entry.batch)
-    feed = {info.name: array for info, array in zip(inputs, feed_arrays, strict=True)}
-    record["export"] = {"portable": prepared["portable_info"]}
-    if prepared.get("anchor_info"):
-        record["export"]["tf2onnx"] = prepared["anchor_info"]
-    if prepared.get("int8_info"):
-        record["export"]["int8"] = prepared["int8_info"]
-    portable = {"model": prepared["portable_model"]}
+    prepared, record["export_reused"] = _prepared(
+        entry, settings, folder, keras_model, cache if cache is not None else {}
+    )
+    record["build_s"] = prepared.build_s
+    arrays = make_feed(prepared.inputs, entry.batch)
+    feed = {info.name: array for info, array in zip(prepared.inputs, arrays, strict=True)}
+    record["export"] = _export_section(prepared)
+    record["flops"] = _flops(entry, prepared)
 
-    # FLOPs: analytic for layers (cross-checked against the graph), counted from the graph for models: the tf2onnx
-    # anchor's graph, which computes what TensorFlow computes (the speed export may do different work for the same
-    # result, e.g. a small-map convolution as a dense GEMM), so that GFLOP/s compare like with like
-    graph_flops = onnx_flops(portable["model"], entry.batch)
-    if entry.config is not None:
-        flops = layer_flops(entry.config)
-        flops["graph_count"] = graph_flops["total"]
-    else:
-        counted = prepared.get("anchor_model") or portable["model"]
-        model_flops = onnx_flops(counted, entry.batch)
-        flops = {
-            **model_flops,
-            "graph_count": graph_flops["total"],
-            "counted_on": "tf2onnx" if counted is not portable["model"] else "portable",
-        }
-    record["flops"] = flops
-
-    # runners
-    specs = [tf.TensorSpec(array.shape, tf.as_dtype(array.dtype)) for array in feed_arrays]
-    tf_inputs = [tf.constant(array) for array in feed_arrays]
-    runners: dict[str, Callable[[], Any]] = {}
-    errors: dict[str, str] = dict(prepared["errors"])
-    functions: dict[str, Any] = {}
-    for name, xla in (("tf_graph", False), ("tf_xla", True)):
-        if xla and not settings.xla:
-            continue
-        try:
-            functions[name] = tf_function(model, xla, specs)
-        except Exception as exc:
-            errors[name] = _short(exc)
-    for name, function in functions.items():
-        runners[name] = lambda f=function, x=tf_inputs: as_numpy(f(*x))
-
-    # the bytes, or the written file (with its external data) for a model over protobuf's 2 GB
-    portable_bytes = path if prepared["large"] else portable["model"].SerializeToString()
-    sessions = {"ort_portable": cpu_session(portable_bytes, settings.threads)}
-    if prepared.get("raw_bytes"):
-        sessions["ort_convert_only"] = cpu_session(prepared["raw_bytes"], settings.threads)
-    if prepared["anchor_model"] is not None:
-        sessions["ort_tf2onnx"] = cpu_session(prepared["anchor_model"].SerializeToString(), settings.threads)
-    if prepared.get("int8_model") is not None:
-        sessions[INT8_RUNNER] = cpu_session(prepared["int8_model"].SerializeToString(), settings.threads)
-    for name, session in sessions.items():
-        names = [value.name for value in session.get_inputs()]
-        session_feed = dict(zip(names, feed_arrays, strict=True))
-        runners[name] = lambda s=session, f=session_feed: s.run(None, f)
-    if settings.openvino:
-        try:
-            run_openvino = openvino_runner(path, inputs, settings.threads)
-            runners[OPENVINO_RUNNER] = lambda run=run_openvino, x=feed_arrays: run(x)
-        except Exception as exc:  # not installed (an optional extra), or the file does not load there
-            errors[OPENVINO_RUNNER] = _short(exc)
-    ceiling_shape = None
-    if settings.ceiling:
-        ceiling_model, ceiling_shape = matmul_model(int(flops["total"]))
-        ceiling_session = cpu_session(ceiling_model.SerializeToString(), settings.threads)
-        a = np.random.default_rng(2).standard_normal(ceiling_shape[:2]).astype(np.float32)
-        runners[CEILING_RUNNER] = lambda s=ceiling_session, a=a: s.run(None, {"a": a})
-
-    # numbers agree? (sanity: a benchmark of a wrong graph is worthless)
-    reference = first_output(runners["tf_graph"]()) if "tf_graph" in runners else None
-    agreement = {}
-    if reference is not None:
-        for name in ("tf_xla", *sessions, OPENVINO_RUNNER):
-            if name in runners:
-                out = first_output(runners[name]())
-                agreement[name] = float(np.max(np.abs(out.astype(np.float64) - reference))) if out.size else 0.0
-    # int8 is not the same computation: its difference is recorded apart (the --quantize verdict judges it)
-    int8_difference = agreement.pop(INT8_RUNNER, None)
-    record["max_abs_diff_vs_tf_graph"] = agreement
-    if int8_difference is not None:
-        record["int8_max_abs_diff_vs_tf_graph"] = int8_difference
-
-    _log(settings, f"{entry.name}: measuring {', '.join(runners)}")
-    measured = measure_interleaved(runners, **settings.timing())
-    record["latency"] = {name: latency_stats(samples) for name, samples in measured["samples"].items()}
-    record["first_call_s"] = measured["first_call_s"]
-    record["rounds"] = len(measured["rounds"])
-    record["block_runs"] = measured["block_runs"]
-    record["measure_s"] = measured["measure_s"]
-    record["errors"] = errors
-    tf_present = [name for name in TF_RUNNERS if name in record["latency"]]
-    tf_best = min(tf_present, key=lambda name: record["latency"][name]["median_ms"]) if tf_present else None
-    record["tf_best"] = tf_best
-    ratios: dict[str, Any] = {}
-    for ort_name in ORT_RUNNERS:
-        if ort_name not in record["latency"]:
-            continue
-        for tf_name in tf_present:
-            ratios[f"{ort_name}/{tf_name}"] = paired_ratio(measured["rounds"], ort_name, tf_name)
-        if tf_best:
-            ratios[f"{ort_name}/tf_best"] = paired_ratio(measured["rounds"], ort_name, tf_best)
-    if INT8_RUNNER in record["latency"]:  # the int8 speed-up over the float32 file it was made from
-        ratios[f"{INT8_RUNNER}/ort_portable"] = paired_ratio(measured["rounds"], INT8_RUNNER, "ort_portable")
-    if OPENVINO_RUNNER in record["latency"]:
-        # the same file on both runtimes: how close ONNX Runtime comes to OpenVINO (issue target: ≤ 1.25)
-        ratios[f"ort_portable/{OPENVINO_RUNNER}"] = paired_ratio(measured["rounds"], "ort_portable", OPENVINO_RUNNER)
-        if tf_best:
-            ratios[f"{OPENVINO_RUNNER}/tf_best"] = paired_ratio(measured["rounds"], OPENVINO_RUNNER, tf_best)
-    record["ratios"] = ratios
-    record["min_latency_ratio"] = min_latency_ratio(record)
-
-    total = flops["total"]
-    gflops = {}
-    for name, stats in record["latency"].items():
-        if name == CEILING_RUNNER or not stats["median_ms"]:
-            continue
-        gflops[name] = round(total / (stats["median_ms"] / 1e3) / 1e9, 2)
-    record["gflops"] = gflops
-    if ceiling_shape is not None and record["latency"].get(CEILING_RUNNER, {}).get("median_ms"):
-        size = ceiling_shape[0]
-        ceiling_flops = 2 * size**3
-        ceiling_gflops = ceiling_flops / (record["latency"][CEILING_RUNNER]["median_ms"] / 1e3) / 1e9
-        record["ceiling"] = {
-            "matmul_shape": list(ceiling_shape),
-            "flops": ceiling_flops,
-            "gflops": round(ceiling_gflops, 2),
-            "ort_portable_fraction": round(gflops.get("ort_portable", 0.0) / ceiling_gflops, 3),
-        }
-        if tf_best and tf_best in gflops:
-            record["ceiling"]["tf_best_fraction"] = round(gflops[tf_best] / ceiling_gflops, 3)
-
-    best_ratio = (ratios.get("ort_portable/tf_best") or {}).get("median")
-    record["target"] = {
-        "ratio": entry.ratio_target,
-        "value": best_ratio,
-        "met": None if best_ratio is None else best_ratio <= entry.ratio_target,
-    }
-    if entry.config is not None and entry.config.rank == 2 and entry.config.is_global and "ceiling" in record:
-        fraction = record["ceiling"]["ort_portable_fraction"]
-        record["target"]["ceiling_fraction"] = CEILING_TARGET
-        record["target"]["ceiling_value"] = fraction
-        record["target"]["ceiling_met"] = fraction >= CEILING_TARGET
-
+    runners = Runners(errors=dict(prepared.errors))
+    _tf_runners(runners, prepared.model, arrays, settings)
+    _ort_runners(runners, prepared, arrays, settings.threads)
+    _other_runners(runners, prepared, arrays, settings, int(record["flops"]["total"]))
+    _agreement(record, runners)
+    _log(settings, f"{entry.name}: measuring {', '.join(runners.calls)}")
+    _measure(record, runners, settings)
+    _throughput(record, runners.ceiling_shape)
+    _target(record, entry)
     if settings.profile:
-        try:
-            estimate = record["latency"]["ort_portable"]["median_ms"] / 1e3
-            runs = int(max(3, min(20, 1.0 / max(estimate, 1e-4))))
-            record["profile"] = profile_ort(portable_bytes, feed, settings.threads, runs)
-        except Exception as exc:
-            record["profile"] = {"error": _short(exc)}
+        _profile(record, runners, feed, settings)
 
     # free the big things before the memory subprocesses start
-    del runners, sessions, functions, tf_inputs, portable_bytes, model, prepared, portable
+    path = prepared.portable.path
+    del runners, prepared
     gc.collect()
     keras.backend.clear_session()
     gc.collect()
@@ -457,12 +594,6 @@ def bench_entry(
 def _slug(text: str) -> str:
     """``text`` as a file-name stem: alphanumerics kept, everything else "_", at most 80 characters."""
     return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")[:80]
-
-
-def _short(exc: BaseException) -> str:
-    """An exception as one short line for the JSON record: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -492,6 +623,8 @@ def bench_gpu(entries: Sequence[Entry], settings: BenchSettings) -> dict[str, An
     import onnxruntime as ort
     import tensorflow as tf
 
+    from lambda_export.io import model_bytes
+
     results = []
     for entry in entries:
         if entry.skip_reason:
@@ -500,11 +633,10 @@ def bench_gpu(entries: Sequence[Entry], settings: BenchSettings) -> dict[str, An
         record: dict[str, Any] = {"name": entry.name, "batch": entry.batch, "tf32": {}}
         try:
             model = build_from_spec(entry.spec)
-            portable = portable_export(model, settings, entry.spec.get("input_shapes"))
-            inputs = portable["result"].inputs
-            arrays = make_feed(inputs, entry.batch)
+            portable = portable_export(model, settings, entry.spec.get("input_shapes"), size_graph=False)
+            arrays = make_feed(portable.result.inputs, entry.batch)
             specs = [tf.TensorSpec(a.shape, tf.as_dtype(a.dtype)) for a in arrays]
-            model_bytes = portable["model"].SerializeToString()
+            source = model_bytes(portable.model)
             for tf32 in (False, True):
                 tf.config.experimental.enable_tensor_float_32_execution(tf32)
                 with tf.device("/GPU:0"):
@@ -513,7 +645,7 @@ def bench_gpu(entries: Sequence[Entry], settings: BenchSettings) -> dict[str, An
                 with tf.device("/CPU:0"):
                     host = [tf.constant(a) for a in arrays]  # host inputs: the copy to the GPU is part of the run
                 options = cpu_session_options(settings.threads)
-                session = ort.InferenceSession(model_bytes, options, providers=session_providers(CUDA, tf32=tf32))
+                session = ort.InferenceSession(source, options, providers=session_providers(CUDA, tf32=tf32))
                 names = [v.name for v in session.get_inputs()]
                 session_feed = dict(zip(names, arrays, strict=True))
                 runners: dict[str, Callable[[], Any]] = {
@@ -534,7 +666,7 @@ def bench_gpu(entries: Sequence[Entry], settings: BenchSettings) -> dict[str, An
                 }
             record["status"] = "ok"
         except Exception as exc:
-            record.update(status="error", reason=_short(exc))
+            record.update(status="error", reason=described(exc))
         finally:
             tf.config.experimental.enable_tensor_float_32_execution(True)
             keras.backend.clear_session()
@@ -591,7 +723,7 @@ def run_suite(
             record = bench_entry(entry, settings, folder, (keras_models or {}).get(entry.name), cache)
         except Exception as exc:
             record = {"name": entry.name, "kind": entry.kind, "batch": entry.batch, "status": "error"}
-            record["reason"] = _short(exc)
+            record["reason"] = described(exc)
             record["traceback"] = traceback.format_exc()[-2000:]
             _log(settings, f"{entry.name}: ERROR {record['reason']}")
         if record.get("status") == "ok":
@@ -613,7 +745,7 @@ def run_suite(
         try:
             results["export_cost"] = export_cost(model_path, folder, cli=mode not in ("smoke", "quick"))
         except Exception as exc:
-            results["export_cost"] = {"error": _short(exc)}
+            results["export_cost"] = {"error": described(exc)}
     else:
         results["export_cost"] = {"skipped": True, "reason": f"not measured in {mode} mode"}
     results["gpu"] = bench_gpu(entries, settings) if gpu else {"skipped": True, "reason": "--no-gpu"}

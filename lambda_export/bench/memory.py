@@ -1,5 +1,8 @@
 """Measurements in fresh subprocesses: peak resident memory per side, and the wall time of `lambda-export MODEL`.
 
+:func:`process_memory_kib` / :func:`peak_rss_kib` read a process's resident set and its peak (``VmRSS``, ``VmHWM``
+in ``/proc/PID/status``): the one reader, which ``benchmarks/zoo.py`` and ``benchmarks/conversion_memory.py`` use too.
+
 The parent side (:func:`measure_memory`, :func:`export_cost`) starts ``python -m lambda_export.bench _worker JSON``
 (:mod:`lambda_export.bench.__main__`) and reads the one JSON line it prints; the child side is
 :func:`memory_worker` and :func:`export_cost_worker`. A fresh process imports only what its side needs, so the
@@ -21,21 +24,32 @@ from lambda_export.bench.configs import build_from_spec
 from lambda_export.bench.runners import as_numpy, configure_tensorflow, make_feed, tf_function
 from lambda_export.ort import cpu_session
 
-__all__ = ["export_cost", "export_cost_worker", "measure_memory", "memory_worker"]
+__all__ = ["export_cost", "export_cost_worker", "measure_memory", "memory_worker", "peak_rss_kib", "process_memory_kib"]
 
 # the folder that holds the lambda_export package, put on the worker's PYTHONPATH
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _proc_status() -> dict[str, float | None]:
-    """``VmHWM`` (peak resident) and ``VmRSS`` of this process in MiB, from ``/proc/self/status``."""
-    values: dict[str, float | None] = {"VmHWM": None, "VmRSS": None}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+def process_memory_kib(pid: int | str = "self") -> dict[str, int | None]:
+    """``VmHWM`` (peak resident set) and ``VmRSS`` (resident set) of process ``pid`` (default: this one) in KiB,
+    from ``/proc/PID/status``; None where they cannot be read (no such process, not Linux)."""
+    values: dict[str, int | None] = {"VmHWM": None, "VmRSS": None}
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key = line.split(":", 1)[0]
             if key in values:
-                values[key] = round(int(line.split()[1]) / 1024, 1)  # kB -> MiB
+                values[key] = int(line.split()[1])
     return values
+
+
+def peak_rss_kib(pid: int | str = "self") -> int | None:
+    """The peak resident set (``VmHWM``) of process ``pid`` (default: this one) in KiB; None when unreadable."""
+    return process_memory_kib(pid)["VmHWM"]
+
+
+def _proc_status() -> dict[str, float | None]:
+    """``VmHWM`` (peak resident) and ``VmRSS`` of this process in MiB (one decimal)."""
+    return {key: None if kib is None else round(kib / 1024, 1) for key, kib in process_memory_kib().items()}
 
 
 def _reset_peak() -> bool:

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from lambda_export.bench.timing import min_latency_ratio
-
 __all__ = [
     "draw_chart",
     "environment_text",
@@ -26,10 +24,20 @@ __all__ = [
     "int8_lines",
     "json_default",
     "markdown_table",
+    "min_latency_ratio",
     "report",
     "summarize",
     "write_json",
 ]
+
+
+def min_latency_ratio(record: dict[str, Any], runner: str = "ort_portable") -> float | None:
+    """Fastest ``runner`` run over the fastest run of the better TF: the least load-sensitive comparison."""
+    latency = record.get("latency") or {}
+    best = record.get("tf_best")
+    if not best or runner not in latency or not latency[best].get("min_ms"):
+        return None
+    return round(latency[runner]["min_ms"] / latency[best]["min_ms"], 4)
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:

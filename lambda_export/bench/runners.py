@@ -2,11 +2,13 @@
 
 * TensorFlow: :func:`configure_tensorflow` (thread pools, before TF runs anything) and :func:`tf_function` (a
   concrete ``tf.function`` in graph mode or with XLA).
-* ONNX: :func:`portable_export` (the export that is timed: ``optimize="speed"``, the default, plus the ``optimize="size"``
-  graph), :func:`export_tf2onnx_plain` (the plain tf2onnx anchor) and :func:`matmul_model` (the GEMM ceiling); ONNX
-  Runtime sessions come from :func:`lambda_export.ort.cpu_session`.
+* ONNX: :func:`portable_export` (the export that is timed: what :func:`lambda_export.conversion.convert` returns with
+  ``optimize="speed"``, the default, and, to compare, its ``optimize="size"`` graph), :func:`int8_export` (what
+  ``--quantize int8`` makes of it), :func:`export_tf2onnx_plain` (the plain tf2onnx anchor) and :func:`matmul_model`
+  (the GEMM ceiling); ONNX Runtime sessions come from :func:`lambda_export.ort.cpu_session`.
 * Inputs and outputs: :func:`make_feed` (seeded inputs), :func:`as_numpy` / :func:`first_output`.
-* Files: :func:`serialize_model` and :func:`graph_info` (nodes, size, op histogram of a written export).
+* Files: :func:`serialize_model` (through :func:`lambda_export.io.write_model_file`) and :func:`graph_info` (nodes,
+  size, op histogram of a written export).
 
 TensorFlow, tf2onnx, ONNX and the conversion are imported inside the functions that need them.
 """
@@ -18,15 +20,17 @@ import io
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lambda_export.bench.timing import BenchSettings
+from lambda_export.bench.settings import BenchSettings
 
 __all__ = [
-    "LARGE_MODEL_BYTES",
+    "Int8Export",
+    "PortableExport",
     "as_numpy",
     "configure_tensorflow",
     "export_tf2onnx_plain",
@@ -132,43 +136,53 @@ def export_tf2onnx_plain(model: Any, inputs: Sequence[Any], opset: int) -> tuple
     return proto, how
 
 
-LARGE_MODEL_BYTES = 1_900_000_000  # above this a model goes to ONNX Runtime as a file with external data, not bytes
+@dataclass
+class PortableExport:
+    """The exports of one Keras model that the benchmark times on ONNX Runtime.
 
-
-def portable_export(model: Any, settings: BenchSettings, input_shapes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The export that is timed: the ``portable`` export with the performance passes that ``convert(...,
-    optimize="speed")`` runs (the default: ``lambda-export MODEL``), and, with ``settings.compare_raw``, the
-    ``optimize="size"`` graph (the fewest nodes) when the passes changed anything.
-
-    The model is converted once (``optimize="size"``) and the passes run on a copy, exactly as ``convert`` runs
-    them (same function, same target, after the same clean-up); only node names differ from a separate
-    ``optimize="speed"`` conversion. Converting twice would cost a second memory peak (≈ 20× the position embedding;
-    before ``conversion._collecting`` a second conversion of the 268 MB T=1024, u=4 embedding was OOM-killed).
+    Attributes:
+        result: what ``convert(model, optimize="speed")`` returns (its ``model`` is the timed graph, byte for byte
+            the file ``lambda-export MODEL`` writes for an in-memory model).
+        size_model: ``convert(model, optimize="size")``'s graph, when it was asked for, the performance passes
+            changed the speed graph and the model fits in one protobuf message (else None: not timed separately).
+        convert_s: seconds of the speed conversion.
+        performance_passes: the passes of :data:`lambda_export.passes.pipelines.PERFORMANCE` that changed the graph.
     """
-    import copy
 
+    result: Any
+    size_model: Any = None
+    convert_s: float = 0.0
+    performance_passes: list[str] = field(default_factory=list)
+
+    @property
+    def model(self) -> Any:
+        """The timed graph (``result.model``)."""
+        return self.result.model
+
+
+def portable_export(
+    model: Any, settings: BenchSettings, input_shapes: dict[str, Any] | None = None, *, size_graph: bool = True
+) -> PortableExport:
+    """The export that is timed: ``convert(model, optimize="speed")`` (the default: ``lambda-export MODEL``), the
+    function the command runs, not a copy of its pipeline; and, with ``size_graph`` and ``settings.compare_raw``,
+    ``convert(model, optimize="size")`` (the fewest nodes) when the performance passes changed anything.
+
+    The second conversion reuses the loaded model; it runs after the first has returned (its memory peak, ≈ 2.4× the
+    largest weight, is not added to the first's) and not at all for a model over protobuf's limit.
+    """
     from lambda_export.conversion import convert
-    from lambda_export.lean import serialized_size
-    from lambda_export.passes import optimize_for_ort
+    from lambda_export.io import too_large_for_protobuf
+    from lambda_export.passes.pipelines import PERFORMANCE
 
+    options = {"opset": settings.opset, "target": settings.target, "input_shapes": input_shapes}
     started = time.perf_counter()
-    result = convert(model, opset=settings.opset, target=settings.target, input_shapes=input_shapes, optimize="size")
-    # over protobuf's 2 GB (a 56×56, u=4 global layer) the model is neither copied nor serialized in memory: the
-    # passes run in place and the size graph is not timed separately
-    large = serialized_size(result.model) > LARGE_MODEL_BYTES
-    speed = result.model if large else copy.deepcopy(result.model)
-    performance = optimize_for_ort(speed, target=settings.target)
+    result = convert(model, optimize="speed", **options)
     convert_s = time.perf_counter() - started
-    raw_bytes = result.model.SerializeToString() if settings.compare_raw and performance and not large else None
-    if performance:
-        result.passes = [*result.passes, *performance]
-    return {
-        "result": result,
-        "model": speed,
-        "raw_bytes": raw_bytes,
-        "convert_s": convert_s,
-        "performance_passes": performance,
-    }
+    performance = {step.name for step in PERFORMANCE}
+    export = PortableExport(result, None, convert_s, [name for name in result.passes if name in performance])
+    if size_graph and settings.compare_raw and export.performance_passes and not too_large_for_protobuf(result.model):
+        export.size_model = convert(model, optimize="size", loaded=result.loaded, **options).model
+    return export
 
 
 def openvino_runner(path: str, inputs: Sequence[Any], threads: int) -> Callable[[Sequence[np.ndarray]], Any]:
@@ -197,22 +211,25 @@ def openvino_runner(path: str, inputs: Sequence[Any], threads: int) -> Callable[
     return run
 
 
-def int8_export(model: Any, float_model: Any, target: str) -> dict[str, Any]:
+@dataclass
+class Int8Export:
+    """The int8 QDQ model (``model``), the seconds it took (``quantize_s``) and what stayed in float."""
+
+    model: Any
+    quantize_s: float
+    float_groups: list[str]
+
+
+def int8_export(model: Any, float_model: Any, target: str) -> Int8Export:
     """The int8 QDQ model that ``lambda-export MODEL --quantize int8`` makes of ``float_model`` (the timed portable
     export): :func:`lambda_export.quantization.quantize` without ``--calibration`` (generated N(0, 1) inputs, like the
     benchmark's own), the sensitivity measurement included, no verdict (the benchmark compares outputs itself).
-
-    Returns ``model`` (the int8 ModelProto), ``quantize_s`` and ``float_groups`` (what stayed in float).
     """
     from lambda_export.quantization import quantize
 
     started = time.perf_counter()
     result = quantize(model, onnx_model=float_model, target=target, verify=False, timing=False)
-    return {
-        "model": result.model,
-        "quantize_s": time.perf_counter() - started,
-        "float_groups": result.selection.float_groups,
-    }
+    return Int8Export(result.model, time.perf_counter() - started, list(result.selection.float_groups))
 
 
 def matmul_model(flops: int) -> tuple[Any, tuple[int, int, int]]:
@@ -236,19 +253,12 @@ def matmul_model(flops: int) -> tuple[Any, tuple[int, int, int]]:
 
 
 def serialize_model(model: Any, folder: Path, name: str) -> tuple[str, int]:
-    """Write ``model`` to ``folder/name`` (external data above 1.9 GB); return (path, bytes on disk)."""
-    import onnx
-
-    from lambda_export.lean import serialized_size
+    """Write ``model`` to ``folder/name`` (``name.data`` beside it when it is too large for protobuf, as
+    :func:`lambda_export.io.write_model_file` decides); return (path, bytes on disk)."""
+    from lambda_export.io import write_model_file  # here: io imports onnx, which the memory workers must not load
 
     path = folder / name
-    if serialized_size(model) > LARGE_MODEL_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=name + ".data")
-        size = path.stat().st_size + (folder / (name + ".data")).stat().st_size
-    else:
-        path.write_bytes(model.SerializeToString())
-        size = path.stat().st_size
-    return str(path), size
+    return str(path), write_model_file(model, path)
 
 
 def graph_info(model: Any, path: str, size: int) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """How fast the int8 model runs against its float32 export on this CPU: ONNX Runtime, the same batch and threads,
-runs interleaved so that a load change hits both (the method of :mod:`lambda_export.bench.timing`).
+runs interleaved so that a load change hits both (the method of :mod:`lambda_export.timing`).
 
 int8 pays off only on CPUs with int8 dot-product instructions (VNNI, AMX): without them ONNX Runtime's int8
 convolutions can run slower than its float32 ones (the demo model: 0.89x on an AVX2 EPYC). ``--quantize int8``
@@ -97,12 +97,13 @@ def int8_speed(
     5 rounds) after warm-up.
     """
     from lambda_export import env, ort
-    from lambda_export.bench.timing import latency_stats, measure_interleaved, paired_ratio
+    from lambda_export.io import model_bytes
+    from lambda_export.timing import latency_stats, measure_interleaved, paired_ratio
 
     threads = threads or env.usable_cores() or 1
     sessions = {
-        "float32": ort.cpu_session(float_model.SerializeToString(), threads),
-        "int8": ort.cpu_session(int8_model.SerializeToString(), threads),
+        "float32": ort.cpu_session(model_bytes(float_model), threads),
+        "int8": ort.cpu_session(model_bytes(int8_model), threads),
     }
     runners = {name: (lambda s=session: s.run(None, feed)) for name, session in sessions.items()}
     measured = measure_interleaved(runners, budget_s=budget_s, min_rounds=5, block_s=0.1, warmup=2)

@@ -1,7 +1,16 @@
-"""How long and how to measure, and the timing itself: interleaved rounds, latency statistics, paired ratios.
+"""Timing one function against another on a shared machine: interleaved rounds, latency statistics, paired ratios.
 
-:class:`BenchSettings` holds every knob of a run (threads, time budget, which runners and extras). The timing method
-(interleaved rounds of blocks, per-round ratios of block medians) is described in :mod:`lambda_export.bench.harness`.
+A library service: ``lambda-export MODEL --quantize int8`` times its int8 model against the float32 one with it
+(:mod:`lambda_export.quantization.speed`), and ``lambda-export bench`` times ONNX Runtime against TensorFlow
+(:mod:`lambda_export.bench.harness`, whose docstring describes the method in full).
+
+* :func:`measure_interleaved`: after warm-up, the runners take turns in rounds; each round runs every runner for a block
+  of about ``block_s`` seconds, in an order that rotates every round, so that a change of load hits all of them.
+* :func:`latency_stats`: median, p90, mean and min of the timed runs, in milliseconds.
+* :func:`paired_ratio`: the ratio of two runners round by round (block median over block median), summarised by the
+  median and p10/p90 of those ratios, which cancels most of the drift of a machine shared with other work.
+
+NumPy only: nothing here imports ONNX, ONNX Runtime or TensorFlow (the benchmark's memory workers import it).
 """
 
 from __future__ import annotations
@@ -9,49 +18,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchSettings", "latency_stats", "measure_interleaved", "min_latency_ratio", "paired_ratio"]
-
-
-@dataclass
-class BenchSettings:
-    """How long and how to measure."""
-
-    threads: int = 2
-    budget_s: float = 8.0  # measurement time per entry (all runners together)
-    min_rounds: int = 8
-    max_rounds: int = 200
-    block_s: float = 0.08
-    warmup: int = 3
-    memory: bool = True
-    memory_runs: int = 5
-    profile: bool = True
-    xla: bool = True
-    anchor: bool = True
-    ceiling: bool = True
-    openvino: bool = True  # also time the portable file on OpenVINO (f32 pinned) where the extra is installed
-    int8: bool = True  # also time the int8 QDQ model that `--quantize int8` makes of the portable export (ORT CPU)
-    compare_raw: bool = True  # also time convert()'s output without the performance passes (when they change it)
-    opset: int = 17
-    target: str = "portable"
-    memory_budget_bytes: int = 1 << 30
-    workdir: str | None = None
-    verbose: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def timing(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`measure_interleaved` these settings give."""
-        return {
-            "budget_s": self.budget_s,
-            "min_rounds": self.min_rounds,
-            "max_rounds": self.max_rounds,
-            "block_s": self.block_s,
-            "warmup": self.warmup,
-        }
+__all__ = ["latency_stats", "measure_interleaved", "paired_ratio"]
 
 
 def latency_stats(samples: Sequence[float]) -> dict[str, float | int | None]:
@@ -78,8 +49,12 @@ def measure_interleaved(
     warmup: int = 2,
     max_block: int = 25,
 ) -> dict[str, Any]:
-    """Run ``runners`` in interleaved rounds (see the method notes of :mod:`lambda_export.bench.harness`); return
-    samples, per-round block medians, first-call times and the block sizes."""
+    """Run ``runners`` in interleaved rounds (see the module docstring); return samples, per-round block medians,
+    first-call times and the block sizes.
+
+    The first run of a block is untimed when runs are short (under 50 ms), so that a runner does not pay for the
+    previous one's spinning threads or evicted caches.
+    """
     first_call: dict[str, float] = {}
     estimate: dict[str, float] = {}
     for name, fn in runners.items():
@@ -136,12 +111,3 @@ def paired_ratio(rounds: Sequence[dict[str, float]], numerator: str, denominator
         "p90": round(float(np.percentile(values, 90)), 4),
         "n": len(values),
     }
-
-
-def min_latency_ratio(record: dict[str, Any], runner: str = "ort_portable") -> float | None:
-    """Fastest ``runner`` run over the fastest run of the better TF: the least load-sensitive comparison."""
-    latency = record.get("latency") or {}
-    best = record.get("tf_best")
-    if not best or runner not in latency or not latency[best].get("min_ms"):
-        return None
-    return round(latency[runner]["min_ms"] / latency[best]["min_ms"], 4)
