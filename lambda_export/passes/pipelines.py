@@ -11,6 +11,10 @@ Order matters; each list says why its order is what it is. :func:`rewrite_for_ta
    target would refuse is undone. Last, because ``merge_sibling_matmuls`` and ``merge_transposes`` would undo some of
    its work. ``optimize="size"`` stops after step 2: the fewest-nodes graph.
 
+The managers remove dead nodes after every pass that changed the graph (no pass does it itself), and refuse an option
+that no pass of the pipeline declares (``ValueError``). ``RewriteResult.log`` is the per-pass record, one line per
+pass with :func:`lambda_export.passes.base.format_log`: what each pass rewrote and, where it looked and refused, why.
+
 Never worse than tf2onnx alone: a pass that raises is skipped (the graph from before it is kept), and when the
 rewritten graph fails the caller's ``check``, the pipeline runs again from tf2onnx's graph with the check after every
 pass, skipping each pass whose result fails it. Either way the warnings say which pass was skipped and why.
@@ -24,9 +28,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from lambda_export.lean import Snapshot
-from lambda_export.passes.base import Pass, PassContext, PassManager, PassRecord
+from lambda_export.passes.base import Pass, PassContext, PassManager, PassRecord, check_options, format_log
 from lambda_export.passes.cleanup import (
-    eliminate_dead_nodes,
     fold_affine_into_conv,
     fold_affine_into_matmul,
     merge_reshapes,
@@ -58,6 +61,7 @@ __all__ = [
     "PERFORMANCE",
     "RewriteResult",
     "optimize_for_ort",
+    "pipeline_passes",
     "rewrite_for_target",
     "run_cleanup",
 ]
@@ -81,11 +85,9 @@ CLEANUP: tuple[Pass, ...] = (
     squeeze_elementwise_constants,
     # after the folds, so that the folded weights are the ones merged (q/k/v projections → one GEMM + Split)
     merge_sibling_matmuls,
-    # collapse the chains the passes above and tf2onnx leave
+    # collapse the chains the passes above and tf2onnx leave (the manager removes what any pass left dead)
     merge_reshapes,
     merge_transposes,
-    # last: removes what the others bypassed
-    eliminate_dead_nodes,
 )
 
 PERFORMANCE: tuple[Pass, ...] = (
@@ -119,6 +121,15 @@ class RewriteResult:
     passes: list[str]
     warnings: list[str] = field(default_factory=list)
     log: list[PassRecord] = field(default_factory=list)
+
+    def log_lines(self) -> list[str]:
+        """The per-pass log, one line per pass (:func:`lambda_export.passes.base.format_log`)."""
+        return format_log(self.log)
+
+
+def pipeline_passes(optimize: str = DEFAULT_OPTIMIZE) -> tuple[Pass, ...]:
+    """Every pass the pipeline of ``optimize`` may run (the registry the tests run one by one)."""
+    return (*CLEANUP, rewrite_einsum_nodes, *(PERFORMANCE if optimize == "speed" else ()))
 
 
 def _target_options(target: str | None) -> dict[str, bool]:
@@ -162,7 +173,11 @@ def rewrite_for_target(
 def _run_pipeline(ctx: PassContext, optimize: str) -> RewriteResult:
     log: list[PassRecord] = []
 
+    options = ctx.options
+    check_options(pipeline_passes(optimize), options)  # an option no pass declares would be dropped silently
+
     def run(manager: PassManager) -> list[str]:
+        ctx.options = {name: value for name, value in options.items() if any(name in p.options for p in manager.passes)}
         applied = manager.run(ctx)
         log.extend(manager.log)
         return applied
@@ -172,7 +187,8 @@ def _run_pipeline(ctx: PassContext, optimize: str) -> RewriteResult:
         passes.append(rewrite_einsum_nodes.name)
         passes.extend(p for p in run(PassManager(CLEANUP, max_rounds=CLEANUP_ROUNDS)) if p not in passes)
     if optimize == "speed":
-        passes.extend(run(PassManager(PERFORMANCE, guard=True, tidy=eliminate_dead_nodes)))
+        passes.extend(run(PassManager(PERFORMANCE, guard=True)))
+    ctx.options = options
     warnings = list(dict.fromkeys(note for record in log for note in record.notes))  # each once, in order
     return RewriteResult(ctx.model, passes, warnings, log)
 
@@ -193,4 +209,4 @@ def optimize_for_ort(model: onnx.ModelProto, target: str | None = "portable") ->
     offending nodes than before) is undone, so the graph stays as portable as it was.
     """
     ctx = PassContext(model, target)
-    return PassManager(PERFORMANCE, guard=True, tidy=eliminate_dead_nodes).run(ctx)
+    return PassManager(PERFORMANCE, guard=True).run(ctx)
