@@ -29,7 +29,7 @@ from lambda_export import io as lambda_io
 from lambda_export.conversion import convert
 from lambda_export.errors import ConversionError, InputError, UnsafeModelError
 from lambda_export.io import save_model_atomic
-from lambda_export.passes.pipelines import CLEANUP
+from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, pipeline_passes
 from lambda_export.targets import check_target
 from lambda_layers import LambdaNetwork1DConv, LambdaNetwork1Dense, LambdaNetwork2DConv
 
@@ -283,8 +283,14 @@ def test_metadata_records_provenance(demo_artifacts: dict):
     assert props["tf2onnx_version"] == tf2onnx.__version__
     assert props["onnx_version"] == onnx.__version__
     passes = props["rewrite_passes"].split(",")
-    known = {p.name for p in CLEANUP} | {"rewrite_einsum"}
-    assert passes and set(passes) <= known, passes
+    # the passes recorded are those of the pipeline of the mode the file was exported with (the default)
+    assert props["optimize"] == DEFAULT_OPTIMIZE
+    assert passes and set(passes) <= {p.name for p in pipeline_passes(props["optimize"])}, passes
+    # and a size-mode export records only passes of its own (shorter) pipeline
+    size = convert(str(demo_artifacts["h5"]), optimize="size")
+    size_props = {p.key: p.value for p in size.model.metadata_props}
+    assert size_props["optimize"] == "size" and size_props["rewrite_passes"].split(",") == size.passes
+    assert size.passes and set(size.passes) <= {p.name for p in pipeline_passes("size")}, size.passes
     assert props["target"] == "portable"
     assert model.producer_name == "lambda-export"
 
