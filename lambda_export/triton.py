@@ -426,6 +426,64 @@ def _serialize_model(model: onnx.ModelProto, folder: Path) -> None:
     write_model_file(model, folder / "model.onnx")
 
 
+def _check_destination(repo: Path, version_dir: Path, config_path: Path, text: str, force: bool) -> None:
+    """Refuse, before writing anything, a destination that is not a folder or would be replaced without ``force``."""
+    model_dir = version_dir.parent
+    if repo.exists() and not repo.is_dir():
+        raise InputError(f"repo {repo}: exists and is not a folder", argument="repo")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise InputError(f"{model_dir} exists and is not a folder")
+    if version_dir.exists() and not force:
+        raise InputError(f"{version_dir} exists; pass force=True to replace that model version", argument="force=True")
+    if config_path.exists() and not force and config_path.read_text(encoding="utf-8") != text:
+        raise InputError(
+            f"{config_path} exists with a different configuration; pass force=True to replace it", argument="force=True"
+        )
+
+
+def _publish(
+    model: onnx.ModelProto, text: str, repo: Path, options: TritonOptions, version_dir: Path, config_path: Path
+) -> list[str]:
+    """Stage the version folder and the config beside the model folder, then rename them into place; return what was
+    replaced. On any failure the previous version is put back and nothing staged is left behind."""
+    model_dir = version_dir.parent
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"repo {repo}: cannot create it ({exc.strerror})", argument="repo") from exc
+    replaced: list[str] = []
+    # a hidden sibling (same file system, so the renames are atomic); mkdir honours the umask, unlike mkdtemp's 0700
+    staging = repo / f".{options.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        staging.mkdir()
+        staged_version = staging / str(options.version)
+        staged_version.mkdir()
+        _serialize_model(model, staged_version)
+        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
+        if not model_dir.exists():
+            # a new model: one rename publishes config and version together
+            os.rename(staging, model_dir)
+        else:
+            old_version = staging / "replaced-version"
+            if version_dir.exists():
+                os.rename(version_dir, old_version)
+                replaced.append(str(version_dir))
+            try:
+                os.rename(staged_version, version_dir)
+            except OSError:
+                if old_version.exists():
+                    os.rename(old_version, version_dir)  # put the previous version back
+                raise
+            if config_path.exists() and config_path.read_text(encoding="utf-8") != text:
+                replaced.append(str(config_path))
+            os.replace(staging / "config.pbtxt", config_path)
+    except OSError as exc:
+        raise InputError(f"cannot write the model repository under {repo}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return replaced
+
+
 def write_triton_repository(
     onnx_path: str | os.PathLike[str],
     repo: str | os.PathLike[str],
@@ -477,54 +535,11 @@ def write_triton_repository(
     text = render_config(config, use_protobuf)
 
     repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise InputError(f"repo {repo}: exists and is not a folder", argument="repo")
     model_dir = repo / options.name
     version_dir = model_dir / str(options.version)
     config_path = model_dir / "config.pbtxt"
-    if model_dir.exists() and not model_dir.is_dir():
-        raise InputError(f"{model_dir} exists and is not a folder")
-    if version_dir.exists() and not force:
-        raise InputError(f"{version_dir} exists; pass force=True to replace that model version", argument="force=True")
-    if config_path.exists() and not force and config_path.read_text(encoding="utf-8") != text:
-        raise InputError(
-            f"{config_path} exists with a different configuration; pass force=True to replace it", argument="force=True"
-        )
-
-    try:
-        repo.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"repo {repo}: cannot create it ({exc.strerror})", argument="repo") from exc
-    replaced: list[str] = []
-    # a hidden sibling (same file system, so the renames are atomic); mkdir honours the umask, unlike mkdtemp's 0700
-    staging = repo / f".{options.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        staging.mkdir()
-        staged_version = staging / str(options.version)
-        staged_version.mkdir()
-        _serialize_model(model, staged_version)
-        (staging / "config.pbtxt").write_text(text, encoding="utf-8")
-        if not model_dir.exists():
-            # a new model: one rename publishes config and version together
-            os.rename(staging, model_dir)
-        else:
-            old_version = staging / "replaced-version"
-            if version_dir.exists():
-                os.rename(version_dir, old_version)
-                replaced.append(str(version_dir))
-            try:
-                os.rename(staged_version, version_dir)
-            except OSError:
-                if old_version.exists():
-                    os.rename(old_version, version_dir)  # put the previous version back
-                raise
-            if config_path.exists() and config_path.read_text(encoding="utf-8") != text:
-                replaced.append(str(config_path))
-            os.replace(staging / "config.pbtxt", config_path)
-    except OSError as exc:
-        raise InputError(f"cannot write the model repository under {repo}: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _check_destination(repo, version_dir, config_path, text, force)
+    replaced = _publish(model, text, repo, options, version_dir, config_path)
     return TritonRepository(
         repo=repo,
         name=options.name,

@@ -104,137 +104,164 @@ def format_cell(value: Any, digits: int = 2) -> str:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The results as Markdown: the latency/ratio table, then GFLOP/s, memory, export and GPU sections."""
+    """The results as Markdown: the latency/ratio table, then the int8, GFLOP/s and memory, export cost and GPU
+    sections, and the skipped and failed entries."""
+    lines = _latency_table(results["entries"])
+    lines.extend(int8_lines(results))
+    lines.append("")
+    lines.extend(_throughput_table(results["entries"]))
+    lines.append("")
+    lines.extend(_export_cost_lines(results.get("export_cost") or {}))
+    lines.extend(_gpu_lines(results.get("gpu") or {}))
+    lines.extend(_summary_lines(results.get("summary") or {}))
+    return "\n".join(lines)
+
+
+_LATENCY_NOTE = (
+    "Latency: medians over all timed runs. Ratios: median (p10–p90) of the paired per-round ratios against the "
+    "better TF (ᴳ graph mode, ˣ XLA); the targets are judged on it. *min-latency ratio*: fastest ORT run over "
+    "fastest TF run, a best case that other work on the machine disturbs least. *ORT portable*: the "
+    "default export (`lambda-export MODEL`, `--optimize speed`); *--optimize size*: the fewest-nodes export of the "
+    "same target (– where the two are the same graph). *OpenVINO*: the same portable file on OpenVINO's CPU "
+    "plugin, f32 inference precision pinned, the same thread count, latency hint; *ORT/OpenVINO*: paired "
+    "per-round ratio on that file (target ≤ 1.25)."
+)
+
+
+def _latency_table(entries: list[dict[str, Any]]) -> list[str]:
+    """The main table: latencies of every runner and the ratios against the better TF, one row per entry."""
     lines = [
         "| configuration | TF graph ms | TF XLA ms | ORT portable ms | ORT tf2onnx ms | OpenVINO ms "
         "| ORT/TF best (p10–p90) | min-latency ratio | --optimize size / TF best | tf2onnx/TF best "
         "| ORT/OpenVINO (p10–p90) | target | met |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
-    for record in results["entries"]:
+    for record in entries:
         if record.get("status") != "ok":
             reason = record.get("reason", "")
             lines.append(f"| {record['name']} | {record.get('status')}: {reason} | | | | | | | | | | | |")
             continue
-        lat = record["latency"]
+        lines.append(_latency_row(record))
+    return [*lines, "", _LATENCY_NOTE]
 
-        def ms(name: str, lat: dict[str, Any] = lat) -> str:
-            return format_cell((lat.get(name) or {}).get("median_ms"))
 
-        paired = record["ratios"].get("ort_portable/tf_best") or {}
-        ratio = paired.get("median")
-        spread = f" ({format_cell(paired.get('p10'))}–{format_cell(paired.get('p90'))})" if paired else ""
-        anchor = (record["ratios"].get("ort_tf2onnx/tf_best") or {}).get("median")
-        raw = (record["ratios"].get("ort_convert_only/tf_best") or {}).get("median")
-        met = record["target"]["met"]
-        best = record.get("tf_best") or ""
-        best_case = min_latency_ratio(record)
-        mark = {"tf_graph": "ᴳ", "tf_xla": "ˣ"}.get(best, "")
-        versus = record["ratios"].get("ort_portable/openvino") or {}
-        versus_text = (
-            f"{format_cell(versus.get('median'), 3)} ({format_cell(versus.get('p10'))}–{format_cell(versus.get('p90'))})"
-            if versus
-            else "–"
-        )
-        lines.append(
-            f"| {record['name']} | {ms('tf_graph')} | {ms('tf_xla')} | {ms('ort_portable')} | {ms('ort_tf2onnx')} "
-            f"| {ms('openvino')} "
-            f"| **{format_cell(ratio, 3)}**{mark}{spread} | {format_cell(best_case)} | {format_cell(raw)} | {format_cell(anchor)} "
-            f"| {versus_text} | ≤ {record['target']['ratio']} "
-            f"| {'✅' if met else '❌' if met is not None else '–'} |"
-        )
-    lines.append("")
-    lines.append(
-        "Latency: medians over all timed runs. Ratios: median (p10–p90) of the paired per-round ratios against the "
-        "better TF (ᴳ graph mode, ˣ XLA); the targets are judged on it. *min-latency ratio*: fastest ORT run over "
-        "fastest TF run, a best case that other work on the machine disturbs least. *ORT portable*: the "
-        "default export (`lambda-export MODEL`, `--optimize speed`); *--optimize size*: the fewest-nodes export of the "
-        "same target (– where the two are the same graph). *OpenVINO*: the same portable file on OpenVINO's CPU "
-        "plugin, f32 inference precision pinned, the same thread count, latency hint; *ORT/OpenVINO*: paired "
-        "per-round ratio on that file (target ≤ 1.25)."
+def _latency_row(record: dict[str, Any]) -> str:
+    lat = record["latency"]
+
+    def ms(name: str) -> str:
+        return format_cell((lat.get(name) or {}).get("median_ms"))
+
+    ratios = record["ratios"]
+    paired = ratios.get("ort_portable/tf_best") or {}
+    spread = f" ({format_cell(paired.get('p10'))}–{format_cell(paired.get('p90'))})" if paired else ""
+    anchor = (ratios.get("ort_tf2onnx/tf_best") or {}).get("median")
+    raw = (ratios.get("ort_convert_only/tf_best") or {}).get("median")
+    met = record["target"]["met"]
+    mark = {"tf_graph": "ᴳ", "tf_xla": "ˣ"}.get(record.get("tf_best") or "", "")
+    versus = ratios.get("ort_portable/openvino") or {}
+    versus_text = (
+        f"{format_cell(versus.get('median'), 3)} ({format_cell(versus.get('p10'))}–{format_cell(versus.get('p90'))})"
+        if versus
+        else "–"
     )
-    lines.extend(int8_lines(results))
-    lines.append("")
-    lines.append(
+    return (
+        f"| {record['name']} | {ms('tf_graph')} | {ms('tf_xla')} | {ms('ort_portable')} | {ms('ort_tf2onnx')} "
+        f"| {ms('openvino')} "
+        f"| **{format_cell(paired.get('median'), 3)}**{mark}{spread} | {format_cell(min_latency_ratio(record))} "
+        f"| {format_cell(raw)} | {format_cell(anchor)} "
+        f"| {versus_text} | ≤ {record['target']['ratio']} "
+        f"| {'✅' if met else '❌' if met is not None else '–'} |"
+    )
+
+
+def _throughput_table(entries: list[dict[str, Any]]) -> list[str]:
+    """GFLOP/s against the MatMul ceiling, peak memory of each side, file sizes, node counts, the slowest op."""
+    lines = [
         "| configuration | GFLOP | ORT GFLOP/s | TF best GFLOP/s | MatMul ceiling GFLOP/s | ORT % of ceiling "
         "| peak MB TF | peak MB ORT | inference peak MB TF / ORT | ONNX MB portable / tf2onnx | nodes portable / tf2onnx "
-        "| top ORT node |"
+        "| top ORT node |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    return lines + [_throughput_row(record) for record in entries if record.get("status") == "ok"]
+
+
+def _throughput_row(record: dict[str, Any]) -> str:
+    gflops = record.get("gflops", {})
+    ceiling = record.get("ceiling", {})
+    memory = record.get("memory", {})
+    tf_mem, ort_mem = memory.get("tf", {}), memory.get("ort", {})
+    export = record.get("export", {})
+    portable, anchor = export.get("portable", {}), export.get("tf2onnx", {})
+    top = (record.get("profile") or {}).get("top_nodes") or [{}]
+    top_text = f"{top[0].get('op', '')} {top[0].get('share', 0) * 100:.0f}%" if top[0] else "–"
+    fraction = ceiling.get("ort_portable_fraction")
+    return (
+        f"| {record['name']} | {format_cell(record['flops']['total'] / 1e9, 3)} "
+        f"| {format_cell(gflops.get('ort_portable'), 1)} "
+        f"| {format_cell(gflops.get(record.get('tf_best') or ''), 1)} | {format_cell(ceiling.get('gflops'), 1)} "
+        f"| {format_cell(None if fraction is None else fraction * 100, 0)}% "
+        f"| {format_cell(tf_mem.get('peak_rss_mb'), 0)} "
+        f"| {format_cell(ort_mem.get('peak_rss_mb'), 0)} "
+        f"| {format_cell(tf_mem.get('inference_peak_rss_mb'), 0)} / "
+        f"{format_cell(ort_mem.get('inference_peak_rss_mb'), 0)} "
+        f"| {format_cell(portable.get('file_mb'), 2)} / {format_cell(anchor.get('file_mb'), 2)} "
+        f"| {portable.get('nodes', '–')} / {anchor.get('nodes', '–')} | {top_text} |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for record in results["entries"]:
-        if record.get("status") != "ok":
-            continue
-        gflops = record.get("gflops", {})
-        ceiling = record.get("ceiling", {})
-        memory = record.get("memory", {})
-        tf_mem, ort_mem = memory.get("tf", {}), memory.get("ort", {})
-        export = record.get("export", {})
-        portable, anchor = export.get("portable", {}), export.get("tf2onnx", {})
-        top = (record.get("profile") or {}).get("top_nodes") or [{}]
-        top_text = f"{top[0].get('op', '')} {top[0].get('share', 0) * 100:.0f}%" if top[0] else "–"
-        fraction = ceiling.get("ort_portable_fraction")
-        lines.append(
-            f"| {record['name']} | {format_cell(record['flops']['total'] / 1e9, 3)} | {format_cell(gflops.get('ort_portable'), 1)} "
-            f"| {format_cell(gflops.get(record.get('tf_best') or ''), 1)} | {format_cell(ceiling.get('gflops'), 1)} "
-            f"| {format_cell(None if fraction is None else fraction * 100, 0)}% "
-            f"| {format_cell(tf_mem.get('peak_rss_mb'), 0)} "
-            f"| {format_cell(ort_mem.get('peak_rss_mb'), 0)} "
-            f"| {format_cell(tf_mem.get('inference_peak_rss_mb'), 0)} / {format_cell(ort_mem.get('inference_peak_rss_mb'), 0)} "
-            f"| {format_cell(portable.get('file_mb'), 2)} / {format_cell(anchor.get('file_mb'), 2)} "
-            f"| {portable.get('nodes', '–')} / {anchor.get('nodes', '–')} | {top_text} |"
-        )
-    lines.append("")
-    cost = results.get("export_cost") or {}
-    if cost.get("timings"):
-        t = cost["timings"]
-        lines.append(
-            f"Export cost ({cost.get('model')}): TF import {format_cell(t.get('tf_import_s'))} s, other imports "
-            f"{format_cell(t.get('other_imports_s'))} s, load {format_cell(t.get('load_s'))} s, conversion (tf2onnx) "
-            f"{format_cell(t.get('conversion_s'))} s, rewrites {format_cell(t.get('rewrites_s'))} s, checks {format_cell(t.get('checks_s'))} s, "
-            f"other {format_cell(t.get('convert_other_s'))} s, parity {format_cell(t.get('parity_s'))} s; in-process total "
-            f"{format_cell(t.get('total_in_process_s'))} s, subprocess wall {format_cell(cost.get('wall_s'))} s"
-            + (
-                f"; `lambda-export` CLI end to end {format_cell(cost.get('cli_wall_s'))} s"
-                if "cli_wall_s" in cost
-                else ""
-            )
-            + "."
-        )
-        for note in cost.get("notes", []):
-            lines.append(f"Note: {note}")
-    elif cost:
-        lines.append(f"Export cost: {cost.get('reason') or cost.get('error')}")
-    gpu = results.get("gpu") or {}
+
+
+def _export_cost_lines(cost: dict[str, Any]) -> list[str]:
+    """Where the seconds of `lambda-export MODEL` go (or why they were not measured)."""
+    if not cost.get("timings"):
+        return [f"Export cost: {cost.get('reason') or cost.get('error')}"] if cost else []
+    t = cost["timings"]
+    line = (
+        f"Export cost ({cost.get('model')}): TF import {format_cell(t.get('tf_import_s'))} s, other imports "
+        f"{format_cell(t.get('other_imports_s'))} s, load {format_cell(t.get('load_s'))} s, conversion (tf2onnx) "
+        f"{format_cell(t.get('conversion_s'))} s, rewrites {format_cell(t.get('rewrites_s'))} s, "
+        f"checks {format_cell(t.get('checks_s'))} s, "
+        f"other {format_cell(t.get('convert_other_s'))} s, parity {format_cell(t.get('parity_s'))} s; in-process total "
+        f"{format_cell(t.get('total_in_process_s'))} s, subprocess wall {format_cell(cost.get('wall_s'))} s"
+    )
+    if "cli_wall_s" in cost:
+        line += f"; `lambda-export` CLI end to end {format_cell(cost.get('cli_wall_s'))} s"
+    return [line + ".", *(f"Note: {note}" for note in cost.get("notes", []))]
+
+
+def _gpu_lines(gpu: dict[str, Any]) -> list[str]:
+    """The GPU table (ORT CUDA vs TF GPU, TF32 off and on), or why it was skipped."""
     if gpu.get("skipped"):
-        lines.append("")
-        lines.append(f"GPU: skipped – {gpu.get('reason')}")
-    elif gpu.get("results"):
-        lines.append("")
-        lines.append(
-            "| configuration (GPU) | TF best ms (TF32 off) | ORT CUDA ms | ratio | TF best ms (TF32 on) | ORT CUDA ms | ratio |"
-        )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
-        for record in gpu["results"]:
-            if record.get("status") != "ok":
-                lines.append(f"| {record['name']} | {record.get('status')}: {record.get('reason')} | | | | | |")
-                continue
-            cells = []
-            for key in ("off", "on"):
-                part = record["tf32"][key]
-                cells += [
-                    format_cell(part["latency"][part["tf_best"]]["median_ms"]),
-                    format_cell(part["latency"]["ort_cuda"]["median_ms"]),
-                    format_cell((part["ratio"] or {}).get("median")),
-                ]
-            lines.append(f"| {record['name']} | " + " | ".join(cells) + " |")
-    summary = results.get("summary") or {}
+        return ["", f"GPU: skipped – {gpu.get('reason')}"]
+    if not gpu.get("results"):
+        return []
+    lines = [
+        "",
+        "| configuration (GPU) | TF best ms (TF32 off) | ORT CUDA ms | ratio | TF best ms (TF32 on) | ORT CUDA ms | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in gpu["results"]:
+        if record.get("status") != "ok":
+            lines.append(f"| {record['name']} | {record.get('status')}: {record.get('reason')} | | | | | |")
+            continue
+        cells = []
+        for key in ("off", "on"):
+            part = record["tf32"][key]
+            cells += [
+                format_cell(part["latency"][part["tf_best"]]["median_ms"]),
+                format_cell(part["latency"]["ort_cuda"]["median_ms"]),
+                format_cell((part["ratio"] or {}).get("median")),
+            ]
+        lines.append(f"| {record['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The entries that were skipped (and why) and the ones that failed."""
+    lines = []
     if summary.get("skipped"):
         lines.append("")
-        for item in summary["skipped"]:
-            lines.append(f"Skipped: {item['name']} – {item['reason']}")
-    for item in summary.get("failed", []):
-        lines.append(f"Failed: {item['name']} – {item['reason']}")
-    return "\n".join(lines)
+        lines.extend(f"Skipped: {item['name']} – {item['reason']}" for item in summary["skipped"])
+    lines.extend(f"Failed: {item['name']} – {item['reason']}" for item in summary.get("failed", []))
+    return lines
 
 
 def int8_lines(results: dict[str, Any]) -> list[str]:
