@@ -39,6 +39,7 @@ __all__ = [
     "OUTPUT_REASON",
     "SETTINGS",
     "Quantizer",
+    "int8_macs",
     "node_groups",
     "node_macs",
     "quantizer_version",
@@ -194,12 +195,34 @@ def node_groups(model: onnx.ModelProto, layers: dict[str, str] | None = None) ->
     return groups
 
 
-def node_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """Multiply-adds per sample of each Conv, ConvTranspose, MatMul and Gemm node (by name; a dynamic batch counts
-    as 1): what int8 kernels speed up. A node whose shapes are unknown counts its weights' elements; other ops 0."""
-    from lambda_export.graph import static_shapes
+def _per_sample_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Tensor shapes with every input's dynamic batch set to 1 (shape inference with data propagation): a tensor whose
+    first dimension is the batch folded with another (the lambda layers' position convolution runs on batch × values
+    maps) then has its real size, not the size of one map. Falls back to :func:`lambda_export.graph.static_shapes`."""
+    from lambda_export.graph import skeleton, static_shapes
 
-    shapes = static_shapes(model)
+    copy = skeleton(model)
+    for value in copy.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
+    except Exception:
+        return static_shapes(model)
+    shapes: dict[str, tuple[int | None, ...]] = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    for value in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        if value.type.tensor_type.HasField("shape"):
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shapes
+
+
+def node_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-adds per sample of each Conv, ConvTranspose, MatMul and Gemm node (by name), from shapes inferred at
+    batch 1 (:func:`_per_sample_shapes`): what int8 kernels speed up. A node whose shapes are unknown counts its
+    weights' elements; other ops 0."""
+    shapes = _per_sample_shapes(model)
     weights = {init.name: math.prod(init.dims) for init in model.graph.initializer}
     macs: dict[str, int] = {}
     for node in model.graph.node:
@@ -220,6 +243,21 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
             depth = (first[-2] if node.op_type == "Gemm" and trans_a else first[-1]) or 1
         macs[node.name] = int(size * depth)
     return macs
+
+
+def int8_macs(float_model: onnx.ModelProto, int8_model: onnx.ModelProto) -> tuple[int, int]:
+    """(multiply-adds per sample that run in int8, all of them): the Conv, ConvTranspose, MatMul and Gemm nodes of
+    ``float_model`` counted by their shapes (:func:`node_macs`); one runs in int8 when, in ``int8_model`` (the
+    quantizer keeps node names), its data and weight inputs both come from a ``DequantizeLinear`` (ONNX Runtime then
+    fuses it into an int8 kernel), else it was kept in float."""
+    macs = node_macs(_named(float_model))
+    dequantized = {out for node in int8_model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    quantized = {
+        node.name
+        for node in int8_model.graph.node
+        if node.name in macs and len(node.input) > 1 and all(name in dequantized for name in node.input[:2])
+    }
+    return sum(count for name, count in macs.items() if name in quantized), sum(macs.values())
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:

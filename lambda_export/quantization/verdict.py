@@ -16,6 +16,11 @@ The pass rule (:func:`output_passes`): a classifier passes when its top-1 agreem
 :data:`DEFAULT_MIN_COSINE`); a ``min_cosine`` given explicitly applies to classifiers too (on the logits when they are
 recoverable). The model passes when every output passes on both sets in every runtime that ran. When it fails, the
 layers that add the most int8 error are named (:func:`worst_layers`, matched by the parity check's divergence locator).
+
+The verdict weighs the benefit too (:func:`verdict_line`, :func:`benefit`): an accurate int8 file that is larger and
+slower than its float32 graph is no gain, and the line says so with the measured figures (the share of the
+multiply-adds in int8, the size and the speed against float32 on this CPU) and why (from the measurement:
+:func:`lambda_export.quantization.speed.slow_reasons`, :func:`~lambda_export.quantization.speed.size_reason`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from lambda_export.loading import LoadedModel
 from lambda_export.parity.metrics import finite_or_none
 from lambda_export.parity.running import keras_feed, run_keras
 from lambda_export.quantization.calibration import batches
+from lambda_export.quantization.speed import benefit_record
 
 __all__ = [
     "DEFAULT_MIN_AGREEMENT",
@@ -41,12 +47,14 @@ __all__ = [
     "RUNTIMES",
     "Int8Verdict",
     "OutputVerdict",
+    "benefit",
     "check_thresholds",
     "compare_output",
     "output_passes",
     "run_model",
     "softmax_outputs",
     "tensorflow_outputs",
+    "verdict_line",
     "worst_layers",
 ]
 
@@ -383,6 +391,56 @@ def judge(
         verdict.worst_layers, more = worst_layers(loaded, float_model, int8_model, sets[failing])
         notes.extend(more)
     return verdict
+
+
+# -- the benefit ---------------------------------------------------------------------------------------------------------
+
+
+def benefit(quantization: dict[str, Any]) -> dict[str, Any]:
+    """What the int8 file brings, from a quantization record (``QuantizeResult.summary()``): the timing's
+    ``speed.benefit`` (:func:`lambda_export.quantization.speed.benefit_record`: share of the multiply-adds in int8,
+    size and speed against float32, ``benefit``, ``reason``) when it was timed, else the size and the sensitivity
+    groups' multiply-add shares alone (speed None)."""
+    speed = quantization.get("speed") or {}
+    if speed.get("benefit"):
+        return dict(speed["benefit"])
+    groups = (quantization.get("sensitivity") or {}).get("groups") or []
+    share = sum(group.get("macs_share") or 0.0 for group in groups if not group.get("kept_float")) if groups else None
+    size = quantization.get("size") or {}
+    return benefit_record(mac_share=share, size_ratio=size.get("ratio"), speedup=None)
+
+
+def verdict_line(quantization: dict[str, Any]) -> str:
+    """The int8 verdict in one line: accuracy, runtimes, and what int8 brings here.
+
+    ``int8 verdict: PASS (accuracy) on onnxruntime — no benefit here: 18% of the multiply-adds in int8, 130% of the
+    float32 size, 0.72× its speed; why: ...`` (larger and slower); ``... — smaller but slower here: ...``; ``... —
+    benefit here: 96% of the multiply-adds in int8, 26% of the float32 size, 1.83× its speed``.
+    """
+    verdict = quantization.get("verdict")
+    if verdict is None:
+        head = "int8 verdict: not taken (--skip-verify)"
+    else:
+        runtimes = ", ".join(verdict.get("runtimes_run") or []) or "no runtime"
+        head = f"int8 verdict: {'PASS' if verdict.get('passed') else 'FAIL'} (accuracy) on {runtimes}"
+    record = benefit(quantization)
+    share, size, speed = record.get("int8_mac_share"), record.get("size_ratio"), record.get("speed_ratio")
+    facts = [
+        "multiply-adds not counted" if share is None else f"{share:.0%} of the multiply-adds in int8",
+        "size unknown" if size is None else f"{size:.0%} of the float32 size",
+        "speed not timed" if speed is None else f"{speed:.2f}× its speed",
+    ]
+    smaller, faster = record.get("smaller"), record.get("faster")
+    if not record.get("benefit"):
+        verdict_of_benefit = "no benefit here"
+    elif smaller is False:
+        verdict_of_benefit = "faster but larger here"
+    elif faster is False:
+        verdict_of_benefit = "smaller but slower here"
+    else:
+        verdict_of_benefit = "benefit here"
+    why = f"; why: {record['reason']}" if record.get("reason") else ""
+    return f"{head} — {verdict_of_benefit}: {', '.join(facts)}{why}"
 
 
 # -- the worst layers --------------------------------------------------------------------------------------------------
