@@ -40,6 +40,7 @@ from lambda_export.version import __version__
 _LAZY = {
     "convert": "lambda_export.conversion",
     "ConvertResult": "lambda_export.conversion",
+    "ExportOptions": "lambda_export.conversion",
     "verify": "lambda_export.parity",
     "ParityConfig": "lambda_export.parity",
     "ParityReport": "lambda_export.parity",
@@ -52,7 +53,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from lambda_export.conversion import ConvertResult, convert
+    from lambda_export.conversion import ConvertResult, ExportOptions, convert
     from lambda_export.io import load_onnx
     from lambda_export.loading import load_model
     from lambda_export.parity import ParityConfig, ParityReport, verify
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConversionError",
     "ConvertResult",
+    "ExportOptions",
     "InputError",
     "Int8Verdict",
     "LambdaExportError",

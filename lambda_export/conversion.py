@@ -41,7 +41,15 @@ from lambda_export.loading import LoadedModel, load_model
 from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "OPTIMIZE_CHOICES", "ConvertResult", "convert", "run_tf2onnx"]
+__all__ = [
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "OPTIMIZE_CHOICES",
+    "ConvertResult",
+    "ExportOptions",
+    "convert",
+    "run_tf2onnx",
+]
 
 MIN_OPSET, MAX_OPSET = 13, 18
 WEIGHT_INPUT_BYTES: int | None = 64 * 1024
@@ -548,6 +556,63 @@ def _versions() -> dict[str, str | None]:
     }
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """The float32 export's options: what :func:`convert` takes besides the source and the output, and what
+    :func:`lambda_export.quantize` passes on to it when it converts (one record, one check, no repeated handling).
+
+    Attributes:
+        target: a key of :data:`lambda_export.targets.TARGETS`; the result is checked against it.
+        opset: ONNX opset, :data:`MIN_OPSET` to :data:`MAX_OPSET`.
+        optimize: one of :data:`OPTIMIZE_CHOICES` (see :func:`convert`).
+        batch_size: fix the batch dimension; None keeps it dynamic.
+        input_shapes: full shapes for inputs with unknown dims, by input name.
+        trust_code: allow ``Lambda`` layers (their loading executes code from the file).
+        imports: modules or ``.py`` files registering custom layers, imported before loading.
+    """
+
+    target: str = "portable"
+    opset: int = 17
+    optimize: str = DEFAULT_OPTIMIZE
+    batch_size: int | None = None
+    input_shapes: dict[str, tuple[int | None, ...]] | None = None
+    trust_code: bool = False
+    imports: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Refuse an opset, target, optimize level or batch size :func:`convert` cannot use (before any slow work).
+
+        Raises:
+            InputError: naming the argument.
+        """
+        if not MIN_OPSET <= int(self.opset) <= MAX_OPSET:
+            raise InputError(f"opset {self.opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}", argument="opset")
+        if self.target not in TARGETS:
+            raise InputError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}", argument="target")
+        if self.optimize not in OPTIMIZE_CHOICES:
+            raise InputError(
+                f"optimize {self.optimize!r}: choose one of {', '.join(OPTIMIZE_CHOICES)}", argument="optimize"
+            )
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise InputError(f"batch_size {self.batch_size}: must be a positive integer", argument="batch_size")
+
+    def load(self, source: Any) -> LoadedModel:
+        """``source`` loaded with these options' ``trust_code`` and ``imports``."""
+        return load_model(source, trust_code=self.trust_code, imports=self.imports)
+
+    def convert_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`convert` these options stand for."""
+        return {
+            "target": self.target,
+            "opset": self.opset,
+            "optimize": self.optimize,
+            "batch_size": self.batch_size,
+            "input_shapes": self.input_shapes,
+            "trust_code": self.trust_code,
+            "imports": self.imports,
+        }
+
+
 def convert(
     source: Any,
     output: str | os.PathLike[str] | None = None,
@@ -563,6 +628,10 @@ def convert(
     loaded: LoadedModel | None = None,
 ) -> ConvertResult:
     """Convert a Keras model to ONNX, rewrite it for ``target``, check it, and optionally save it.
+
+    Steps: check the options (:class:`ExportOptions`) → load → trace with tf2onnx, canonical names
+    (:func:`_traced`) → rewrite for the target (:func:`_rewritten`) → target check and provenance metadata
+    (:func:`_stamp`) → an atomic write.
 
     Args:
         source: path to ``.h5`` / ``.keras`` / SavedModel folder, or an in-memory ``keras.Model``.
@@ -584,27 +653,57 @@ def convert(
         InputError: unreadable input, bad shapes/arguments, unwritable output (exit code 2).
         ConversionError: tf2onnx failed or produced an invalid graph (exit code 3).
     """
-    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise InputError(f"opset {opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET}", argument="opset")
-    if target not in TARGETS:
-        raise InputError(f"target {target!r}: choose one of {', '.join(TARGETS)}", argument="target")
-    if optimize not in OPTIMIZE_CHOICES:
-        raise InputError(f"optimize {optimize!r}: choose one of {', '.join(OPTIMIZE_CHOICES)}", argument="optimize")
-    if batch_size is not None and batch_size <= 0:
-        raise InputError(f"batch_size {batch_size}: must be a positive integer", argument="batch_size")
+    options = ExportOptions(
+        target=target,
+        opset=opset,
+        optimize=optimize,
+        batch_size=batch_size,
+        input_shapes=input_shapes,
+        trust_code=trust_code,
+        imports=tuple(imports),
+    )
+    options.check()
     if output is not None and Path(output).exists() and not overwrite:
         raise InputError(f"{output} exists; pass overwrite=True to replace it", argument="overwrite=True")
     if loaded is None:
-        loaded = load_model(source, trust_code=trust_code, imports=imports)
+        loaded = options.load(source)
     inputs = _resolve_shapes(loaded, batch_size, input_shapes)
+    model = _traced(loaded, inputs, int(opset))
+    model, passes, warnings = _rewritten(model, target, optimize)
+    issues = [str(offense) for offense in check_target(model, target)]
+    if issues:
+        warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
+    _stamp(model, loaded, options, passes)
+    result = ConvertResult(
+        model=model,
+        inputs=inputs,
+        outputs=_output_infos(model, loaded.outputs),
+        op_histogram=dict(sorted(collections.Counter(node.op_type for node in model.graph.node).items())),
+        warnings=warnings,
+        passes=passes,
+        target_issues=issues,
+        loaded=loaded,
+    )
+    if output is not None:
+        result.path = save_model_atomic(model, output, overwrite=overwrite)
+    return result
 
-    model = _tf2onnx_convert(loaded, inputs, int(opset))
+
+def _traced(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.ModelProto:
+    """tf2onnx's graph of the model, sorted, with the Keras input/output names, checked, and canonically named."""
+    model = _tf2onnx_convert(loaded, inputs, opset)
     toposort(model.graph)  # tf2onnx's own sort ignores what Loop bodies read from the main graph
     canonical_order(model.graph, _strip_counters)  # tf2onnx's node order differs from one process to the next
     _rename_io(model, inputs, loaded.outputs)
     _check_converted(model)
     _canonical_names(model)  # the passes name new tensors after these: run-independent from here on
+    return model
 
+
+def _rewritten(model: onnx.ModelProto, target: str, optimize: str) -> tuple[onnx.ModelProto, list[str], list[str]]:
+    """The rewrite passes for ``target`` (see :mod:`lambda_export.passes.pipelines`), then canonical order and names
+    again, no value_info, only the opset imports the nodes use, and the checks: (model, passes that changed it,
+    warnings)."""
     rewritten = rewrite_for_target(model, target, optimize, check=_check_converted)
     model, passes, warnings = rewritten.model, rewritten.passes, list(rewritten.warnings)
     canonical_order(model.graph, _strip_counters)
@@ -615,12 +714,11 @@ def convert(
     del model.opset_import[:]
     model.opset_import.extend(kept)
     _check_converted(model)
+    return model, list(passes), warnings
 
-    issues = [str(offense) for offense in check_target(model, target)]
-    if issues:
-        warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
 
-    outputs = _output_infos(model, loaded.outputs)
+def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, passes: list[str]) -> None:
+    """The producer and the provenance ``metadata_props``: source hash, passes, target, optimize, opset, versions."""
     from lambda_export.version import __version__
 
     model.producer_name = "lambda-export"
@@ -629,27 +727,13 @@ def convert(
         "source_sha256": loaded.sha256 or "in-memory",
         "source": os.path.basename(loaded.source) if loaded.source else "in-memory",
         "rewrite_passes": ",".join(passes),
-        "target": target,
-        "optimize": optimize,
-        "opset": str(opset),
+        "target": options.target,
+        "optimize": options.optimize,
+        "opset": str(options.opset),
         **_versions(),
     }
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, metadata)
-    histogram = dict(sorted(collections.Counter(node.op_type for node in model.graph.node).items()))
-    result = ConvertResult(
-        model=model,
-        inputs=inputs,
-        outputs=outputs,
-        op_histogram=histogram,
-        warnings=warnings,
-        passes=passes,
-        target_issues=issues,
-        loaded=loaded,
-    )
-    if output is not None:
-        result.path = save_model_atomic(model, output, overwrite=overwrite)
-    return result
 
 
 def _output_infos(model: onnx.ModelProto, outputs: list[TensorInfo]) -> list[TensorInfo]:
