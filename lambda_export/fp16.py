@@ -39,7 +39,8 @@ after a topological sort. :func:`emulate_fp16_rounding` and :func:`tensor_elem_t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,11 @@ def to_float16(
 
     Float32 constants beyond ±65504 are clamped to ±65504. ``Cast(to=FLOAT)`` nodes become ``Cast(to=FLOAT16)``.
 
+    Steps: refuse control flow → plan each node from the original types (:func:`_plan_node`) → what the readers of
+    each float32 tensor want (:func:`_wishes`) → graph inputs and initializers (:func:`_convert_inputs`,
+    :func:`_convert_initializers`) → the nodes, with the Casts their plans ask for (:class:`_Rewrite`) → graph outputs
+    (:func:`_convert_outputs`) → ``onnx.checker``.
+
     Raises:
         ConversionError: the graph has control flow (If/Loop/Scan subgraphs), which this converter does not handle,
             or the result fails ``onnx.checker``.
@@ -230,106 +236,15 @@ def to_float16(
     opset = _opset(out)
     types = tensor_elem_types(out)
     plans = [_plan_node(node, types, opset, block) for node in graph.node]
-
-    # consumers' wishes for each float32 tensor
-    wishes: dict[str, set[int]] = {}
-    for node, plan in zip(graph.node, plans, strict=True):
-        for name, want in zip(node.input, plan.wants, strict=True):
-            if want is not None:
-                wishes.setdefault(name, set()).add(want)
-    output_names = {value.name for value in graph.output}
-    for name in output_names:  # graph outputs are read "as float32" when kept
-        if types.get(name) == _F32 and keep_io_types:
-            wishes.setdefault(name, set()).add(_F32)
-
-    fresh = UniqueNames(graph_names(graph)).new
-
-    current: dict[str, int] = {}  # tensor name -> element type it has in the new graph
-    for value in graph.input:
-        elem = value.type.tensor_type.elem_type
-        if elem == _F32 and not keep_io_types:
-            value.type.tensor_type.elem_type = _F16
-            elem = _F16
-        current[value.name] = elem
-    # initializers: convert in place when every reader wants float16, add a float16 copy when readers disagree
-    copies: dict[str, str] = {}
-    new_inits = []
-    for init in graph.initializer:
-        current[init.name] = init.data_type
-        if init.data_type != _F32 or _F16 not in wishes.get(init.name, set()):
-            continue
-        half = numpy_helper.from_array(_to_fp16_array(numpy_helper.to_array(init)), init.name)
-        if wishes[init.name] == {_F16}:
-            init.CopyFrom(half)
-            current[init.name] = _F16
-        else:
-            half.name = fresh(f"{init.name}_fp16")
-            new_inits.append(half)
-            copies[init.name] = half.name
-            current[half.name] = _F16
-    graph.initializer.extend(new_inits)
-
-    cast_cache: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-
-    def cast(name: str, to: int) -> str:
-        if current.get(name) == to:
-            return name
-        if to == _F16 and name in copies:
-            return copies[name]
-        key = (name, to)
-        if key not in cast_cache:
-            target = fresh(f"{name}_{'fp16' if to == _F16 else 'fp32'}")
-            new_nodes.append(helper.make_node("Cast", [name], [target], to=to, name=fresh(f"{target}_cast")))
-            current[target] = to
-            cast_cache[key] = target
-        return cast_cache[key]
-
+    wishes = _wishes(graph, plans, types, keep_io_types)
+    rewrite = _Rewrite(fresh=UniqueNames(graph_names(graph)).new)
+    _convert_inputs(graph, keep_io_types, rewrite)
+    _convert_initializers(graph, wishes, rewrite)
     for node, plan in zip(list(graph.node), plans, strict=True):
-        for index, (name, want) in enumerate(zip(node.input, plan.wants, strict=True)):
-            if want is not None and name:
-                node.input[index] = cast(name, want)
-        if node.op_type == "Cast" and plan.out_fp16[0]:
-            for attr in node.attribute:
-                if attr.name == "to":
-                    attr.i = _F16
-        elif node.op_type in ("Constant", "ConstantOfShape") and plan.out_fp16[0]:
-            if wishes.get(node.output[0], set()) == {_F16}:
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == _F32:
-                        attr.t.CopyFrom(
-                            numpy_helper.from_array(_to_fp16_array(numpy_helper.to_array(attr.t)), attr.t.name)
-                        )
-                if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
-                    node.attribute.append(
-                        helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16)))
-                    )
-            else:
-                plan.out_fp16[0] = False
-        new_nodes.append(node)
-        for name, half in zip(node.output, plan.out_fp16, strict=True):
-            if name:
-                current[name] = _F16 if half else types.get(name, 0)
-
-    # graph outputs that became float16
-    for value in graph.output:
-        if current.get(value.name) != _F16 or types.get(value.name) != _F32:
-            continue
-        if not keep_io_types:
-            value.type.tensor_type.elem_type = _F16
-            continue
-        inner = fresh(f"{value.name}_fp16")
-        for node in new_nodes:
-            for i, name in enumerate(node.output):
-                if name == value.name:
-                    node.output[i] = inner
-            for i, name in enumerate(node.input):
-                if name == value.name:
-                    node.input[i] = inner
-        new_nodes.append(helper.make_node("Cast", [inner], [value.name], to=_F32, name=fresh(f"{value.name}_cast")))
-
+        rewrite.add(node, plan, wishes, types)
+    _convert_outputs(graph, types, keep_io_types, rewrite)
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(rewrite.nodes)
     del graph.value_info[:]
     _set_meta(out, "precision", "float16")
     try:
@@ -337,6 +252,127 @@ def to_float16(
     except Exception as exc:
         raise ConversionError(f"the float16 graph is invalid: {first_line(exc, None)}") from exc
     return out
+
+
+def _wishes(
+    graph: onnx.GraphProto, plans: list[_Plan], types: dict[str, int], keep_io_types: bool
+) -> dict[str, set[int]]:
+    """Tensor name → the element types its readers want (float32 graph outputs are read "as float32" when kept)."""
+    wishes: dict[str, set[int]] = {}
+    for node, plan in zip(graph.node, plans, strict=True):
+        for name, want in zip(node.input, plan.wants, strict=True):
+            if want is not None:
+                wishes.setdefault(name, set()).add(want)
+    output_names = {value.name for value in graph.output}
+    for name in output_names:
+        if types.get(name) == _F32 and keep_io_types:
+            wishes.setdefault(name, set()).add(_F32)
+    return wishes
+
+
+@dataclass
+class _Rewrite:
+    """The float16 graph being built: the element type each tensor has in it, the float16 copies of initializers
+    whose readers disagree, one Cast per (tensor, type), and the new node list in order."""
+
+    fresh: Callable[[str], str]
+    current: dict[str, int] = field(default_factory=dict)
+    copies: dict[str, str] = field(default_factory=dict)
+    casts: dict[tuple[str, int], str] = field(default_factory=dict)
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+
+    def cast(self, name: str, to: int) -> str:
+        """``name`` as type ``to``: itself, its float16 initializer copy, or the output of a (shared) Cast."""
+        if self.current.get(name) == to:
+            return name
+        if to == _F16 and name in self.copies:
+            return self.copies[name]
+        key = (name, to)
+        if key not in self.casts:
+            target = self.fresh(f"{name}_{'fp16' if to == _F16 else 'fp32'}")
+            self.nodes.append(helper.make_node("Cast", [name], [target], to=to, name=self.fresh(f"{target}_cast")))
+            self.current[target] = to
+            self.casts[key] = target
+        return self.casts[key]
+
+    def add(self, node: onnx.NodeProto, plan: _Plan, wishes: dict[str, set[int]], types: dict[str, int]) -> None:
+        """``node`` after the Casts of its inputs, a float16 ``Cast``/constant where its plan says so."""
+        for index, (name, want) in enumerate(zip(node.input, plan.wants, strict=True)):
+            if want is not None and name:
+                node.input[index] = self.cast(name, want)
+        if node.op_type == "Cast" and plan.out_fp16[0]:
+            for attr in node.attribute:
+                if attr.name == "to":
+                    attr.i = _F16
+        elif node.op_type in ("Constant", "ConstantOfShape") and plan.out_fp16[0]:
+            if wishes.get(node.output[0], set()) == {_F16}:
+                _constant_to_fp16(node)
+            else:
+                plan.out_fp16[0] = False
+        self.nodes.append(node)
+        for name, half in zip(node.output, plan.out_fp16, strict=True):
+            if name:
+                self.current[name] = _F16 if half else types.get(name, 0)
+
+
+def _constant_to_fp16(node: onnx.NodeProto) -> None:
+    """A ``Constant``/``ConstantOfShape`` whose float32 value becomes float16 (ConstantOfShape's default value too)."""
+    for attr in node.attribute:
+        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == _F32:
+            attr.t.CopyFrom(numpy_helper.from_array(_to_fp16_array(numpy_helper.to_array(attr.t)), attr.t.name))
+    if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+
+
+def _convert_inputs(graph: onnx.GraphProto, keep_io_types: bool, rewrite: _Rewrite) -> None:
+    """Graph inputs: float16 unless ``keep_io_types``; their types recorded."""
+    for value in graph.input:
+        elem = value.type.tensor_type.elem_type
+        if elem == _F32 and not keep_io_types:
+            value.type.tensor_type.elem_type = _F16
+            elem = _F16
+        rewrite.current[value.name] = elem
+
+
+def _convert_initializers(graph: onnx.GraphProto, wishes: dict[str, set[int]], rewrite: _Rewrite) -> None:
+    """Initializers: converted in place when every reader wants float16, a float16 copy added when readers
+    disagree."""
+    new_inits = []
+    for init in graph.initializer:
+        rewrite.current[init.name] = init.data_type
+        if init.data_type != _F32 or _F16 not in wishes.get(init.name, set()):
+            continue
+        half = numpy_helper.from_array(_to_fp16_array(numpy_helper.to_array(init)), init.name)
+        if wishes[init.name] == {_F16}:
+            init.CopyFrom(half)
+            rewrite.current[init.name] = _F16
+        else:
+            half.name = rewrite.fresh(f"{init.name}_fp16")
+            new_inits.append(half)
+            rewrite.copies[init.name] = half.name
+            rewrite.current[half.name] = _F16
+    graph.initializer.extend(new_inits)
+
+
+def _convert_outputs(graph: onnx.GraphProto, types: dict[str, int], keep_io_types: bool, rewrite: _Rewrite) -> None:
+    """Graph outputs that became float16: typed float16, or (``keep_io_types``) computed under a new name and cast
+    back to float32 under their own."""
+    for value in graph.output:
+        if rewrite.current.get(value.name) != _F16 or types.get(value.name) != _F32:
+            continue
+        if not keep_io_types:
+            value.type.tensor_type.elem_type = _F16
+            continue
+        inner = rewrite.fresh(f"{value.name}_fp16")
+        for node in rewrite.nodes:
+            for i, name in enumerate(node.output):
+                if name == value.name:
+                    node.output[i] = inner
+            for i, name in enumerate(node.input):
+                if name == value.name:
+                    node.input[i] = inner
+        cast = helper.make_node("Cast", [inner], [value.name], to=_F32, name=rewrite.fresh(f"{value.name}_cast"))
+        rewrite.nodes.append(cast)
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:
