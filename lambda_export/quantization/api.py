@@ -1,11 +1,16 @@
 """``quantize``: a Keras model (or its float32 export) → an int8 QDQ ONNX model, with a measured exclusion list and an
 accuracy verdict against TensorFlow. The command line's ``--quantize int8`` runs the same steps.
 
-Steps: check the arguments (and that the target can load QDQ) → load the Keras model → its float32 export (given, or
-:func:`lambda_export.convert`) → the calibration and held-out sets (:mod:`~lambda_export.quantization.calibration`) →
-calibrate once, measure each kind of node alone, keep in float what breaks accuracy
-(:mod:`~lambda_export.quantization.sensitivity`) → the verdict on both sets in ONNX Runtime and OpenVINO
-(:mod:`~lambda_export.quantization.verdict`) → metadata → an atomic write.
+Steps, one function each, over typed records (the conversion's options:
+:class:`~lambda_export.conversion.ExportOptions`, shared with :func:`lambda_export.convert`; the quantization's:
+``_Settings``; the samples as given: ``_Samples``; the sets and the batch: ``_Calibrated``): check the arguments (and
+that the target can load QDQ), the conversion's options when converting, and the output (``_checked``) → load the Keras
+model (``_load``) → its float32 export (``_float_model``: given, or :func:`lambda_export.convert` after the samples are
+checked) → the calibration and held-out sets (``_calibrated``, :mod:`~lambda_export.quantization.calibration`) →
+calibrate once, measure each kind of node alone, keep in float what breaks accuracy (``_quantized``,
+:mod:`~lambda_export.quantization.sensitivity`) → the verdict on both sets in ONNX Runtime and OpenVINO (``_verdict``,
+:mod:`~lambda_export.quantization.verdict`) → int8 against float32 timing (``_timed``,
+:mod:`~lambda_export.quantization.speed`) → metadata (``_with_metadata``) → an atomic write (``_written``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -52,6 +57,9 @@ from lambda_export.quantization.verdict import (
     judge,
 )
 from lambda_export.targets import TARGETS, quantization_problem
+
+if TYPE_CHECKING:
+    from lambda_export.conversion import ExportOptions
 
 __all__ = [
     "PRECISIONS",
@@ -250,6 +258,50 @@ def _with_metadata(result: QuantizeResult) -> None:
     result.model.producer_version = result.float_model.producer_version
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`quantize` calibrates, measures, judges and times: its arguments besides the model, the samples,
+    the float32 export and the output (see :func:`quantize` for each)."""
+
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    min_cosine: float | None = None
+    sensitivity: bool = True
+    verify: bool = True
+    runtimes: tuple[str, ...] = RUNTIMES
+    timing: bool = True
+    timing_budget_s: float = DEFAULT_TIMING_BUDGET_S
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """The calibration and held-out samples as given (a path, arrays by input name, or None)."""
+
+    calibration: Any = None
+    held_out: Any = None
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """The calibration and held-out sets, and the batch the float32 export runs them in."""
+
+    data: CalibrationData
+    batch: int
+
+
+_EXPORT_KEYWORDS: dict[str, Any] = {
+    "target": "portable",
+    "opset": 17,
+    "optimize": None,
+    "batch_size": None,
+    "input_shapes": None,
+    "trust_code": False,
+    "imports": (),
+}
+""":func:`quantize`'s keywords that :class:`~lambda_export.conversion.ExportOptions` holds, with their defaults."""
+
+
 def quantize(
     source: Any,
     output: str | os.PathLike[str] | None = None,
@@ -276,6 +328,7 @@ def quantize(
     loaded: LoadedModel | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    export: ExportOptions | None = None,
 ) -> QuantizeResult:
     """Quantize a Keras model's ONNX export to int8 (static, QDQ) and judge it against TensorFlow.
 
@@ -298,13 +351,24 @@ def quantize(
         timing: time the int8 model against the float32 export in ONNX Runtime CPU on a batch of the calibration
             samples for ``timing_budget_s`` seconds (:mod:`~lambda_export.quantization.speed`), and warn when int8 is
             slower. False: no timing, and a warning from the CPU's flags alone where it lacks VNNI/AMX.
+        timing_budget_s: the seconds the timing takes.
         runtimes: where the verdict runs the int8 model (``onnxruntime``, ``openvino``: skipped with a reason when not
             installed).
         sensitivity: measure each kind of node alone and keep in float what breaks accuracy (False: quantize every
             kind but those kept in float for speed, unmeasured).
         target: the float32 export's target; ``opencv4`` is refused (OpenCV 4.6 cannot load QDQ), ``portable`` warns.
+        opset, optimize, batch_size, input_shapes: the conversion's (None ``optimize``: :func:`~lambda_export.convert`'s
+            default); unused when ``onnx_model`` is given.
+        trust_code, imports: how ``source`` is loaded (see :func:`lambda_export.load_model`); unused when ``loaded``
+            is given or ``source`` is a ``LoadedModel``.
+        overwrite: replace an existing output file.
+        loaded: the already loaded Keras model (skips loading ``source``).
         seed: seed of generated inputs.
         progress: called with a line per step.
+        export: the float32 export's options as one record (:class:`~lambda_export.conversion.ExportOptions`),
+            instead of the keywords ``target`` to ``imports`` (which must then keep their defaults).
+
+    Steps: those of the module (:mod:`lambda_export.quantization.api`), one function each.
 
     Raises:
         InputError: bad arguments, an unreadable calibration file or arrays that do not fit the model's inputs, an
@@ -312,86 +376,171 @@ def quantize(
         ConversionError: the conversion or ONNX Runtime's quantizer failed.
     """
     say = progress or (lambda message: None)
-    warnings = check_quantize_arguments(
-        calibration_method=calibration_method, min_agreement=min_agreement, min_cosine=min_cosine, target=target
+    keywords = {"target": target, "opset": opset, "optimize": optimize, "batch_size": batch_size}
+    keywords.update(input_shapes=input_shapes, trust_code=trust_code, imports=tuple(imports))
+    export = _export_options(export, keywords)
+    settings = _Settings(
+        calibration_method=calibration_method,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        sensitivity=sensitivity,
+        verify=verify,
+        runtimes=tuple(runtimes),
+        timing=timing,
+        timing_budget_s=timing_budget_s,
+        seed=seed,
     )
+    samples = _Samples(calibration=calibration, held_out=held_out)
+    warnings = _checked(settings, export, output, overwrite=overwrite, converting=onnx_model is None)
+    loaded = _load(source, loaded, export.trust_code, export.imports)
+    float_model = _float_model(loaded, onnx_model, export, samples, say)
+    calibrated = _calibrated(float_model, samples, settings.seed, warnings)
+    result = _quantized(float_model, calibrated, loaded, settings, export.target, warnings, say)
+    result.verdict = _verdict(result, settings, say)
+    _timed(result, settings, calibrated.batch, say)
+    _with_metadata(result)
+    if output is not None:
+        result.path = _written(result.model, output, overwrite)
+    return result
+
+
+def _export_options(export: ExportOptions | None, keywords: dict[str, Any]) -> ExportOptions:
+    """``export``, or the record of :func:`quantize`'s export keywords (None ``optimize``: convert's default).
+
+    Raises:
+        InputError: both ``export`` and an export keyword other than its default.
+    """
+    from lambda_export.conversion import DEFAULT_OPTIMIZE, ExportOptions
+
+    if export is not None:
+        given = sorted(name for name, value in keywords.items() if value != _EXPORT_KEYWORDS[name])
+        if given:
+            raise InputError(
+                f"export and {', '.join(given)}: give the export options once, in export or as keywords",
+                argument="export",
+            )
+        return export
+    optimize = DEFAULT_OPTIMIZE if keywords["optimize"] is None else keywords["optimize"]
+    return ExportOptions(**{**keywords, "optimize": optimize})
+
+
+def _checked(
+    settings: _Settings, export: ExportOptions, output: Any, *, overwrite: bool, converting: bool
+) -> list[str]:
+    """Refuse bad arguments (and, when converting, bad conversion options) and an existing output before any slow
+    work; the warnings they call for."""
+    warnings = check_quantize_arguments(
+        calibration_method=settings.calibration_method,
+        min_agreement=settings.min_agreement,
+        min_cosine=settings.min_cosine,
+        target=export.target,
+    )
+    if converting:
+        export.check()
     if output is not None and Path(output).exists() and not overwrite:
         raise InputError(f"{output} exists; pass overwrite=True to replace it", argument="overwrite=True")
-    loaded = _load(source, loaded, trust_code, imports)
-    if onnx_model is None:
-        from lambda_export.conversion import convert
+    return warnings
 
-        check_samples(loaded, calibration=calibration, held_out=held_out)  # a bad file fails before the conversion
 
-        say(f"converting (target {target})")
-        options: dict[str, Any] = {"optimize": optimize} if optimize is not None else {}
-        converted = convert(
-            loaded.model,
-            opset=opset,
-            target=target,
-            batch_size=batch_size,
-            input_shapes=input_shapes,
-            loaded=loaded,
-            **options,
-        )
-        float_model = converted.model
-    elif isinstance(onnx_model, onnx.ModelProto):
-        float_model = onnx_model
-    else:
+def _float_model(
+    loaded: LoadedModel,
+    onnx_model: onnx.ModelProto | str | os.PathLike[str] | None,
+    export: ExportOptions,
+    samples: _Samples,
+    say: Callable[[str], None],
+) -> onnx.ModelProto:
+    """The float32 export: ``onnx_model`` (read if a path), or :func:`lambda_export.convert` of the Keras model with
+    ``export``'s options after the samples are checked (a bad file fails before the conversion)."""
+    if isinstance(onnx_model, onnx.ModelProto):
+        return onnx_model
+    if onnx_model is not None:
         from lambda_export.io import load_onnx
 
-        float_model = load_onnx(onnx_model)
+        return load_onnx(onnx_model)
+    from lambda_export import conversion
+
+    check_samples(loaded, calibration=samples.calibration, held_out=samples.held_out)
+    say(f"converting (target {export.target})")
+    return conversion.convert(loaded.model, loaded=loaded, **export.convert_arguments()).model
+
+
+def _calibrated(float_model: onnx.ModelProto, samples: _Samples, seed: int, warnings: list[str]) -> _Calibrated:
+    """The calibration and held-out sets (their notes and the generated-inputs warning added to ``warnings``)."""
     inputs, batch = _batch(float_model)
-    data = calibration_data(inputs, calibration, held_out, seed=seed)
+    data = calibration_data(inputs, samples.calibration, samples.held_out, seed=seed)
     if data.generated:
         warnings.insert(0, GENERATED_WARNING)
     warnings.extend(data.notes)  # samples dropped to fit a fixed batch, nothing held out: never silent
-    with Quantizer(float_model, data.calibration, calibration_method, batch) as quantizer:
+    return _Calibrated(data, batch)
+
+
+def _quantized(
+    float_model: onnx.ModelProto,
+    calibrated: _Calibrated,
+    loaded: LoadedModel,
+    settings: _Settings,
+    target: str,
+    warnings: list[str],
+    say: Callable[[str], None],
+) -> QuantizeResult:
+    """Calibrate once, measure each kind of node alone (unless ``sensitivity`` is off), keep in float what breaks
+    accuracy: the int8 model and why, not judged yet."""
+    with Quantizer(float_model, calibrated.data.calibration, settings.calibration_method, calibrated.batch) as engine:
         selection = choose_float_groups(
-            quantizer,
-            min_agreement=min_agreement,
-            min_cosine=min_cosine,
-            measure=sensitivity,
+            engine,
+            min_agreement=settings.min_agreement,
+            min_cosine=settings.min_cosine,
+            measure=settings.sensitivity,
             layers=_layer_classes(loaded),
             progress=say,
         )
-    result = QuantizeResult(
+    return QuantizeResult(
         model=selection.model,
         float_model=float_model,
-        calibration=data,
-        method=calibration_method,
+        calibration=calibrated.data,
+        method=settings.calibration_method,
         selection=selection,
         warnings=warnings,
         loaded=loaded,
         target=target,
     )
-    if verify:
-        result.verdict = int8_verdict(
-            loaded,
-            selection.model,
-            data,
-            min_agreement=min_agreement,
-            min_cosine=min_cosine,
-            runtimes=runtimes,
-            float_model=float_model,
-            progress=say,
-        )
-    if timing:
-        say(f"timing int8 against float32 in ONNX Runtime CPU ({timing_budget_s:g} s)")
-        result.speed = int8_speed(
-            float_model, selection.model, _timing_feed(data.calibration, batch), budget_s=timing_budget_s
-        )
+
+
+def _verdict(result: QuantizeResult, settings: _Settings, say: Callable[[str], None]) -> Int8Verdict | None:
+    """The int8 model against TensorFlow on both sets (:func:`int8_verdict`); None without ``verify``."""
+    if not settings.verify:
+        return None
+    assert result.loaded is not None
+    return int8_verdict(
+        result.loaded,
+        result.model,
+        result.calibration,
+        min_agreement=settings.min_agreement,
+        min_cosine=settings.min_cosine,
+        runtimes=settings.runtimes,
+        float_model=result.float_model,
+        progress=say,
+    )
+
+
+def _written(model: onnx.ModelProto, output: str | os.PathLike[str], overwrite: bool) -> str:
+    """The int8 model written atomically to ``output``: its path."""
+    from lambda_export.io import save_model_atomic
+
+    return save_model_atomic(model, output, overwrite=overwrite)
+
+
+def _timed(result: QuantizeResult, settings: _Settings, batch: int, say: Callable[[str], None]) -> None:
+    """Time int8 against float32 (a warning when int8 is slower); without timing, the CPU flags' warning."""
+    if settings.timing:
+        say(f"timing int8 against float32 in ONNX Runtime CPU ({settings.timing_budget_s:g} s)")
+        feed = _timing_feed(result.calibration.calibration, batch)
+        result.speed = int8_speed(result.float_model, result.model, feed, budget_s=settings.timing_budget_s)
         slower = speed_warning(result.speed)
-        warnings.extend([slower] if slower else [])
+        result.warnings.extend([slower] if slower else [])
     else:
         unmeasured = cpu_warning()
-        warnings.extend([unmeasured] if unmeasured else [])
-    _with_metadata(result)
-    if output is not None:
-        from lambda_export.io import save_model_atomic
-
-        result.path = save_model_atomic(result.model, output, overwrite=overwrite)
-    return result
+        result.warnings.extend([unmeasured] if unmeasured else [])
 
 
 def int8_verdict(
