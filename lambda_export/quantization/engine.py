@@ -36,9 +36,11 @@ __all__ = [
     "COMPUTE_OPS",
     "DEFAULT_CALIBRATION_METHOD",
     "FLOAT_FOR_SPEED",
+    "ONE_CHANNEL_CONV_REASON",
     "OUTPUT_REASON",
     "SETTINGS",
     "Quantizer",
+    "float_for_speed",
     "int8_macs",
     "node_groups",
     "node_macs",
@@ -107,6 +109,33 @@ FLOAT_FOR_SPEED = {
     "128², batch 8: 8.9 ms against 0.2 ms per run), and OpenVINO gains nothing from it",
 }
 """Op types kept in float whatever the measurement says, and why (measured speed, not accuracy)."""
+
+ONE_CHANNEL_CONV_REASON = (
+    "ONNX Runtime's QLinearConv on a convolution with one input channel (the lambda layers' position convolution, "
+    "batch × values maps convolved by an r×r kernel) runs slower than its float Conv (the demo model, 8 maps of 16×16 "
+    "by 7×7 per sample, batch 8, AVX2, profiled: 8.1 ms against 3.0 ms; with it in float the int8 convolutions took "
+    "3.2 ms instead of 13.8 ms per batch)"
+)
+"""Why a Conv with one input channel per group stays in float (measured speed, not accuracy): its int8 GEMM has a
+depth of only r² and no channel reduction, where the float NCHWc kernel is fast."""
+
+
+def float_for_speed(model: onnx.ModelProto) -> dict[str, str]:
+    """Nodes kept in float for speed whatever the accuracy measurement says, and why: the op types of
+    :data:`FLOAT_FOR_SPEED` and convolutions with one input channel per group (:data:`ONE_CHANNEL_CONV_REASON`)."""
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    found: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type in FLOAT_FOR_SPEED:
+            found[node.name] = FLOAT_FOR_SPEED[node.op_type]
+        elif node.op_type == "Conv" and len(node.input) > 1:
+            kernel = weights.get(node.input[1])
+            if kernel is not None and len(kernel) > 2 and kernel[1] == 1:
+                group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+                if group == 1:  # a depthwise convolution (group = channels) is another kernel: not measured here
+                    found[node.name] = ONE_CHANNEL_CONV_REASON
+    return found
+
 
 OUTPUT_REASON = (
     "it computes a graph output: int8 would round the model's answer itself to 256 levels (measured on the demo: "

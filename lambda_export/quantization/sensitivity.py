@@ -8,8 +8,9 @@ others cost alone adds up to what the goal leaves (independent rounding errors a
 :func:`_within_budget`), those that cost the most cosine per share of the model's multiply-adds first (an Add that
 costs as much as all the convolutions goes first: keeping it in float gives up no speed). The rest is quantized
 together and checked; while the combination misses the goal, the remaining group with the highest cost per
-multiply-add is kept in float too. The op types of :data:`~lambda_export.quantization.engine.FLOAT_FOR_SPEED` stay in
-float whatever their accuracy (measured: slower in int8), and so do the nodes that compute graph outputs
+multiply-add is kept in float too. The nodes of :func:`~lambda_export.quantization.engine.float_for_speed` (op types
+of :data:`~lambda_export.quantization.engine.FLOAT_FOR_SPEED`, one-input-channel convolutions) stay in float whatever
+their accuracy (measured: slower in int8), and so do the nodes that compute graph outputs
 (:data:`~lambda_export.quantization.engine.OUTPUT_REASON`).
 
 The cosine goal is the verdict's threshold with half its slack (0.999 → 0.9995 against the float32 export): the
@@ -29,7 +30,14 @@ import numpy as np
 import onnx
 
 from lambda_export.parity.metrics import finite_or_none
-from lambda_export.quantization.engine import FLOAT_FOR_SPEED, OUTPUT_REASON, Quantizer, node_groups, node_macs
+from lambda_export.quantization.engine import (
+    FLOAT_FOR_SPEED,
+    OUTPUT_REASON,
+    Quantizer,
+    float_for_speed,
+    node_groups,
+    node_macs,
+)
 from lambda_export.quantization.verdict import DEFAULT_MIN_COSINE, compare_output, run_model, softmax_outputs
 
 __all__ = ["Effect", "GroupSensitivity", "Selection", "choose_float_groups", "goals", "measure_effect"]
@@ -134,6 +142,7 @@ class Selection:
     goal_agreement: float
     goal_cosine: float
     steps: list[str] = field(default_factory=list)
+    speed_nodes: list[str] = field(default_factory=list)  # kept in float for speed (engine.float_for_speed)
 
     @property
     def float_groups(self) -> list[str]:
@@ -141,7 +150,8 @@ class Selection:
 
     @property
     def float_nodes(self) -> list[str]:
-        return sorted(name for group in self.groups if group.kept_float for name in group.nodes)
+        kept = {name for group in self.groups if group.kept_float for name in group.nodes}
+        return sorted(kept | set(self.speed_nodes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,18 +193,21 @@ def choose_float_groups(
         GroupSensitivity(name, nodes, None, share=sum(macs.get(node, 0) for node in nodes) / total_macs)
         for name, nodes in node_groups(model, layers).items()
     ]
-    speed = {name for name, node_op in _ops(model).items() if node_op in FLOAT_FOR_SPEED}
+    speed = float_for_speed(model)
+    steps: list[str] = []
     for group in groups:
-        reasons = {FLOAT_FOR_SPEED[_ops(model)[name]] for name in group.nodes if name in speed}
-        if reasons:
+        reasons = {speed[name] for name in group.nodes if name in speed}
+        if reasons and all(name in speed for name in group.nodes):
             group.kept_float = True
             group.reason = "speed: " + "; ".join(sorted(reasons))
         elif group.group.endswith("(output)"):
             group.kept_float = True
             group.reason = OUTPUT_REASON
+        elif reasons:  # some of its nodes only: they stay in float, the rest is measured
+            slow = [name for name in group.nodes if name in speed]
+            steps.append(f"{len(slow)} node(s) of {group.group} kept in float for speed: {'; '.join(sorted(reasons))}")
     say(f"calibrating ({quantizer.method}, {next(iter(arrays.values())).shape[0]} samples)")
     quantizer.calibrate()
-    steps: list[str] = []
     references: list[np.ndarray] = []
     if measure:
         references = run_model(model, arrays, "onnxruntime", batch)
@@ -202,14 +215,15 @@ def choose_float_groups(
             if group.kept_float:
                 continue
             say(f"sensitivity: {group.group} ({len(group.nodes)} node(s)) quantized alone")
-            group.alone = measure_effect(quantizer.quantize(only=group.nodes), arrays, references, batch, softmax)
+            alone = [name for name in group.nodes if name not in speed]
+            group.alone = measure_effect(quantizer.quantize(only=alone), arrays, references, batch, softmax)
             if group.alone.logits_lost or not np.isfinite(group.alone.cosine):
                 group.kept_float = True
                 group.reason = "alone, " + " and ".join(group.alone.misses(agreement_goal, cosine_goal))
         _within_budget(groups, 1.0 - cosine_goal, steps)
     float_ops = set(FLOAT_FOR_SPEED)
     while True:
-        excluded = [name for group in groups if group.kept_float for name in group.nodes]
+        excluded = sorted({name for group in groups if group.kept_float for name in group.nodes} | set(speed))
         candidate = quantizer.quantize(exclude=excluded, float_ops=float_ops)
         if not measure:
             combined = Effect(None, float("nan"), float("nan"))
@@ -231,7 +245,7 @@ def choose_float_groups(
         )
         steps.append(f"{worst.group} kept in float: {worst.reason}")
         say(steps[-1])
-    return Selection(candidate, groups, combined, agreement_goal, cosine_goal, steps)
+    return Selection(candidate, groups, combined, agreement_goal, cosine_goal, steps, sorted(speed))
 
 
 _SHARE_FLOOR = 0.01
