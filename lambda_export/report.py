@@ -6,6 +6,13 @@
 * :func:`render_html` – the same plus the per-layer divergence chart, an error histogram per output, every row, the
   environment and timings; inline CSS and hand-drawn inline SVG, no script and no external reference, so the file
   opens offline and can be attached to a CI run.
+One rule everywhere: each table, mark, colour and line shows the rule that judged its rows. Rows judged by the
+relative rule show their error against float64, the allowed max and RMS, ``× allowed`` and the factor that would pass;
+rows of the absolute rule show |onnx − tf|, the share within atol + rtol·|tf| and the atol that would pass (a table
+per rule, float16 rows with float16's tolerances). The per-layer chart draws each layer's allowed max as a tick
+(relative) or the atol line (absolute); the histograms count each value's error over its allowed error, with the
+limit at 1 (:meth:`lambda_export.parity.ErrorHistogram.add_judged`).
+
 * :func:`write_report` – ``.json`` (schema ``lambda-export/parity-report/v1``) or ``.html``/``.htm``, atomically.
 * :func:`render_quantization_text`, :func:`render_quantization_html` – the int8 section (``--quantize int8``): the
   verdict per runtime, set and output, the groups of nodes kept in float and why, the file sizes; from the
@@ -47,6 +54,28 @@ def _num(value: float | None) -> str:
     if value == 0:
         return "0"
     return f"{value:.2e}"
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    """``1 row``, ``3 rows``."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _percent(fraction: float) -> str:
+    """A share rounded down, so that only all of the values reads 100%."""
+    if fraction >= 1:
+        return "100%"
+    return f"{math.floor(fraction * 10000) / 100:.2f}%"
+
+
+def _times(value: float) -> str:
+    """A ratio to the rule's limit (passes when ≤ 1), never rounded onto 1 from above."""
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "inf"
+    text = f"{value:.3g}"
+    return f">{text}" if value > 1 and float(text) <= 1 else text
 
 
 _SHORT_NAMES = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "TensorrtExecutionProvider": "TensorRT"}
@@ -99,16 +128,39 @@ def _where(row: ResultRow) -> str:
     return f"batch {row.batch_size}, {inputs}{sample}"
 
 
-def _atol_adds_something(rows: list[ResultRow]) -> bool:
-    """Show "atol to pass" only when a row failed on the absolute tolerance: then it says which atol would pass. On
-    rows that pass it is mostly noise (1e-38 where the rtol term alone covers every value)."""
-    return any(
-        not row.metrics.passed
-        and row.metrics.problem is None
-        and math.isfinite(row.metrics.min_passing_atol)
-        and getattr(row.metrics, "rule", "absolute") == "absolute"
-        for row in rows
-    )
+def _row_rule(report: ParityReport, row: ResultRow) -> str:
+    """The rule that judged ``row``: "relative" when it has errors against float64; a row that failed before any
+    comparison (NaN, an ONNX Runtime failure) goes with the rule of its precision's other rows."""
+    if row.metrics.truth is not None:
+        return "relative"
+    if row.metrics.problem and row.precision == "fp32" and report.float64_available:
+        return "relative"
+    return "absolute"
+
+
+def _tolerances(report: ParityReport, row: ResultRow) -> tuple[float, float]:
+    """The absolute rule's (atol, rtol) for ``row``: float16's for float16 rows."""
+    return (report.atol, report.rtol) if row.precision == "fp32" else (report.fp16_atol, report.fp16_rtol)
+
+
+def _groups(report: ParityReport, rows: list[ResultRow]) -> list[tuple[str, tuple[float, float], list[ResultRow]]]:
+    """``rows`` split by the rule that judged them (and, for the absolute rule, its tolerances), in first-seen order."""
+    groups: dict[tuple[str, tuple[float, float]], list[ResultRow]] = {}
+    for row in rows:
+        rule = _row_rule(report, row)
+        key = (rule, (0.0, 0.0) if rule == "relative" else _tolerances(report, row))
+        groups.setdefault(key, []).append(row)
+    return [(rule, tolerances, members) for (rule, tolerances), members in groups.items()]
+
+
+def _group_title(report: ParityReport, rule: str, tolerances: tuple[float, float]) -> str:
+    """What a table's rows were judged by, in one line."""
+    if rule == "relative":
+        return (
+            f"relative rule: max and RMS of |onnx − f64| ≤ allowed = {report.factor:g} × TensorFlow float32's own "
+            f"+ {report.floor:g} float32 eps of the output's scale"
+        )
+    return f"absolute rule: |onnx − tf| ≤ atol + rtol·|tf|, atol = {tolerances[0]:g}, rtol = {tolerances[1]:g}"
 
 
 def _problems(rows: list[ResultRow]) -> list[str]:
@@ -150,16 +202,47 @@ def _paint(text: str, colour: str, color: bool) -> str:
     return f"{colour}{text}{_RESET}" if color else text
 
 
-def _worst_rows(rows: list[ResultRow], atol: bool = False) -> list[list[str]]:
-    """Table rows: provider, output, precision, max abs, max rel, (atol to pass,) worst case, result."""
+_TEXT_HEADERS = {
+    "relative": ["provider", "output", "prec", "max |x−f64|", "allowed", "× allowed", "factor to pass"],
+    "absolute": ["provider", "output", "prec", "max abs", "max rel", "atol to pass"],
+}
+_TEXT_LEGENDS = {
+    "relative": "× allowed: the larger of max/allowed max and RMS/allowed RMS (passes ≤ 1); factor to pass: the "
+    "smallest factor with which it would pass",
+    "absolute": "atol to pass: the smallest atol with which every value would pass (same rtol; passes ≤ atol)",
+}
+
+
+def _rule_cells(rule: str, row: ResultRow) -> list[str]:
+    """The numbers the rule judged ``row`` by: relative: max error vs float64, allowed max, × allowed, factor to
+    pass; absolute: max abs, max rel, atol to pass."""
+    m = row.metrics
+    if rule == "relative":
+        t = m.truth
+        if t is None:
+            return ["—", "—", "—", "—"]
+        return [_num(t.candidate_max), _num(t.allowed_max), _times(t.excess), _num(t.factor_to_pass)]
+    return [_num(m.max_abs), _num(m.max_rel), _num(m.min_passing_atol)]
+
+
+def _atol_adds_something(rows: list[ResultRow]) -> bool:
+    """Show "atol to pass" in the terminal only when a row failed on the absolute tolerance: then it says which atol
+    would pass. On rows that pass it is mostly noise (1e-38 where the rtol term alone covers every value)."""
+    return any(
+        not row.metrics.passed and row.metrics.problem is None and math.isfinite(row.metrics.min_passing_atol)
+        for row in rows
+    )
+
+
+def _worst_rows(rule: str, rows: list[ResultRow], atol: bool = True) -> list[list[str]]:
+    """Table rows: provider, output, precision, the rule's numbers (:func:`_rule_cells`; without the atol to pass
+    unless ``atol``), worst case, result."""
     return [
         [
             row.provider,
             row.output,
             row.precision,
-            _num(row.metrics.max_abs),
-            _num(row.metrics.max_rel),
-            *([_num(row.metrics.min_passing_atol) if _atol_adds_something([row]) else "—"] if atol else []),
+            *_rule_cells(rule, row)[: None if rule == "relative" or atol else -1],
             _where(row),
             _cell_status(row),
         ]
@@ -181,8 +264,25 @@ def _ratio(value: float) -> str:
     return "—" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.2f}")
 
 
+_TRUTH_HEADER = [
+    "provider",
+    "output",
+    "tf32",
+    "export",
+    "ratio",
+    "allowed",
+    "rms tf32",
+    "rms export",
+    "rms ratio",
+    "rms allowed",
+    "worst at",
+    "result",
+]
+
+
 def _truth_rows(rows: list[ResultRow]) -> list[list[str]]:
-    """Provider, output, TensorFlow's and the export's max error vs float64, the ratios (max, RMS), the rule."""
+    """Provider, output, TensorFlow's and the export's error vs float64, their ratio and what the rule allows (max,
+    then RMS), where, and the result."""
     out = []
     for row in rows:
         truth = row.metrics.truth
@@ -195,10 +295,13 @@ def _truth_rows(rows: list[ResultRow]) -> list[list[str]]:
                 _num(truth.baseline_max),
                 _num(truth.candidate_max),
                 _ratio(truth.ratio_max),
-                _ratio(truth.ratio_rms),
                 _num(truth.allowed_max),
+                _num(truth.baseline_rms),
+                _num(truth.candidate_rms),
+                _ratio(truth.ratio_rms),
+                _num(truth.allowed_rms),
                 _where(row),
-                row.metrics.rule,
+                _cell_status(row),
             ]
         )
     return out
@@ -209,22 +312,43 @@ def _verdict(report: ParityReport) -> str:
     providers = ", ".join(_short(p) for p in report.providers_run) or "none"
     sizes = ", ".join(str(s) for s in report.settings.get("batch_sizes", []))
     dists = ", ".join(report.settings.get("distributions", []))
-    what = f"{runs} comparison(s) on {providers}; batch {sizes}; inputs {dists}"
+    what = f"{_plural(runs, 'comparison')} on {providers}; batch {sizes}; inputs {dists}"
     if report.fp16:
         what += f"; float16 {'passed' if all(r.metrics.passed for r in report.fp16_results) else 'FAILED'}"
     return f"{'PASS' if report.passed else 'FAIL'}: {what}"
 
 
+def _layer_numbers(item: Any, report: ParityReport) -> str:
+    """The ONNX tensor of a layer and the numbers its rule judged it by, in words."""
+    if item.truth is not None:
+        t = item.truth
+        return (
+            f"ONNX tensor {item.onnx_tensor}, max |onnx − f64| {_num(t.candidate_max)}, allowed {_num(t.allowed_max)}, "
+            f"{_times(t.excess)}× allowed"
+        )
+    return (
+        f"ONNX tensor {item.onnx_tensor}, max abs {_num(item.max_abs)}, atol to pass {_num(item.min_passing_atol)} "
+        f"{'≤' if item.passed else '>'} atol {report.atol:g}"
+    )
+
+
+def _precisions(rows: list[ResultRow]) -> str:
+    """``fp32`` or ``fp16, fp16-emulated``: the precisions of ``rows``."""
+    return ", ".join(dict.fromkeys(row.precision for row in rows))
+
+
 def render_text(report: ParityReport, color: bool = False) -> str:
     """A compact terminal summary: worst case per provider × output, verdict, skipped providers, divergence."""
     worst = report.worst() + (report.worst(fp16=True) if report.fp16 else [])
-    show_atol = _atol_adds_something(worst)
-    header = ["provider", "output", "prec", "max abs", "max rel", *(["atol to pass"] if show_atol else [])]
-    header += ["worst case", "result"]
     lines = [f"parity vs TensorFlow (CPU reference): {_rule_text(report)}"]
-    table = _table(_worst_rows(worst, atol=show_atol), header)
-    if show_atol:
-        table.append("atol to pass: the smallest atol with which every value of that comparison would pass (same rtol)")
+    table: list[str] = []
+    for rule, tolerances, rows in _groups(report, worst):
+        table.append(f"{_precisions(rows)}, {_group_title(report, rule, tolerances)}:")
+        atol = rule == "relative" or _atol_adds_something(rows)
+        header = _TEXT_HEADERS[rule] if atol else _TEXT_HEADERS[rule][:-1]
+        table += _table(_worst_rows(rule, rows, atol), [*header, "worst case", "result"])
+        if atol:
+            table.append(_TEXT_LEGENDS[rule])
     table += [f"problem: {problem}" for problem in _problems(worst)]
     for line in table:
         if color and line.rstrip().endswith("PASS"):
@@ -235,9 +359,11 @@ def render_text(report: ParityReport, color: bool = False) -> str:
         lines.append(line)
     truth_rows = _truth_rows(report.worst())
     if truth_rows:
-        lines.append("error vs float64 (max |x − f64|; ratio = export / TensorFlow float32, max and RMS):")
-        truth_header = ["provider", "output", "tf32", "export", "ratio", "rms ratio", "allowed", "worst at", "rule"]
-        lines.extend("  " + line for line in _table(truth_rows, truth_header))
+        lines.append(
+            "error vs float64 (max |x − f64| and its RMS; ratio = export / TensorFlow float32; allowed = "
+            f"{report.factor:g} × TensorFlow float32's + the floor):"
+        )
+        lines.extend("  " + line for line in _table(truth_rows, _TRUTH_HEADER))
     if report.fp16:
         lines.append(f"float16 tolerances: |onnx − tf| ≤ {report.fp16_atol:g} + {report.fp16_rtol:g}·|tf|")
     for warning in report.warnings:
@@ -249,14 +375,14 @@ def render_text(report: ParityReport, color: bool = False) -> str:
             (d for d in report.divergence if report.first_divergent_layer in (d.layer, *d.fused)),
             None,
         )
-        where = f" (ONNX tensor {item.onnx_tensor}, max abs {_num(item.max_abs)})" if item else ""
+        where = f" ({_layer_numbers(item, report)})" if item else ""
         if item is not None and item.truth is not None:
             where += f": {_ratio(item.truth.ratio_max)}× TensorFlow float32's own error there"
         found_on = _divergence_found_on(report)
         where += f", found {found_on}" if found_on else ""
         lines.append(_paint(f"first divergent layer: {report.first_divergent_layer}{where}", _RED, color))
     elif report.divergence:
-        lines.append(f"per-layer check: {len(report.divergence)} layer(s) compared, none beyond tolerance")
+        lines.append(f"per-layer check: {_plural(len(report.divergence), 'layer')} compared, none beyond tolerance")
     for note in _notes(report):
         lines.append(_paint(f"note: {note}", _DIM, color))
     verdict = _verdict(report)
@@ -282,28 +408,86 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _html_rows(rows: list[ResultRow], show_all: bool = False) -> str:
-    out = [
-        "<table><tr><th>provider</th><th>output</th><th>precision</th>"
-        + ("<th>batch</th><th>inputs</th><th>sample</th><th>seed</th>" if show_all else "<th>worst case</th>")
-        + "<th>max abs</th><th>max rel</th><th>mean abs</th><th>within</th><th>atol to pass</th><th>result</th></tr>"
-    ]
-    for row in rows:
-        m = row.metrics
-        where = (
-            f"<td class=num>{row.batch_size}</td><td>{_e(row.distribution)}</td><td class=num>{row.sample}</td>"
-            f"<td class=num>{_e(row.seed if row.seed is not None else '—')}</td>"
-            if show_all
-            else f"<td>{_e(_where(row))}</td>"
+_HTML_HEADERS = {
+    "relative": [
+        "max |onnx − f64|",
+        "allowed max",
+        "RMS |onnx − f64|",
+        "allowed RMS",
+        "× allowed",
+        "within allowed max",
+        "factor to pass",
+    ],
+    "absolute": ["max abs", "max rel", "mean abs", "within", "atol to pass"],
+}
+
+
+def _html_rule_cells(rule: str, row: ResultRow) -> list[str]:
+    """The numbers of :data:`_HTML_HEADERS` for ``row`` (text, unescaped)."""
+    m = row.metrics
+    if rule == "relative":
+        t = m.truth
+        if t is None:
+            return ["—"] * len(_HTML_HEADERS["relative"])
+        return [
+            _num(t.candidate_max),
+            _num(t.allowed_max),
+            _num(t.candidate_rms),
+            _num(t.allowed_rms),
+            _times(t.excess),
+            _percent(t.frac_within),
+            _num(t.factor_to_pass),
+        ]
+    return [_num(m.max_abs), _num(m.max_rel), _num(m.mean_abs), _percent(m.frac_within), _num(m.min_passing_atol)]
+
+
+def _html_legend(report: ParityReport, rule: str, tolerances: tuple[float, float]) -> str:
+    """What the columns of a table of ``rule`` mean."""
+    if rule == "relative":
+        return (
+            "<p class=muted><i>max</i>, <i>RMS |onnx − f64|</i>: the ONNX output's error against the float64 truth, "
+            "largest and root mean square over the values of the comparison; <i>allowed</i>: "
+            f"{report.factor:g} × TensorFlow float32's own error + {report.floor:g} float32 eps of the output's scale; "
+            "<i>× allowed</i>: the larger of the two errors over what is allowed (passes when ≤ 1); <i>within allowed "
+            "max</i>: the share of the values whose error is at most the allowed max (the RMS must pass too); "
+            f"<i>factor to pass</i>: the smallest factor with which it would pass (the rule's: {report.factor:g}).</p>"
         )
-        out.append(
-            f"<tr class='{'' if m.passed else 'bad'}'><td>{_e(_short(row.provider))}</td><td>{_e(row.output)}</td>"
-            f"<td>{_e(row.precision)}</td>{where}<td class=num>{_num(m.max_abs)}</td><td class=num>{_num(m.max_rel)}</td>"
-            f"<td class=num>{_num(m.mean_abs)}</td><td class=num>{m.frac_within * 100:.2f}%</td>"
-            f"<td class=num>{_num(m.min_passing_atol)}</td><td title='{_e(_status(row))}'>{_e(_cell_status(row))}</td></tr>"
+    return (
+        "<p class=muted><i>max abs</i>, <i>max rel</i>, <i>mean abs</i>: |onnx − tf| and |onnx − tf| / |tf| over the "
+        f"values of the comparison; <i>within</i>: the share of its values within atol + rtol·|tf| (atol = "
+        f"{tolerances[0]:g}, rtol = {tolerances[1]:g}); <i>atol to pass</i>: the smallest atol with which every value "
+        f"would pass at the same rtol (passes when ≤ {tolerances[0]:g}).</p>"
+    )
+
+
+def _html_rows(report: ParityReport, rows: list[ResultRow], show_all: bool = False) -> str:
+    """One table per rule that judged ``rows`` (a caption line each), with that rule's numbers and the result."""
+    parts = []
+    for rule, tolerances, members in _groups(report, rows):
+        limit = report.factor if rule == "relative" else tolerances[0]
+        parts.append(
+            f"<p class=rule-caption>{_e(_precisions(members))}, {_e(_group_title(report, rule, tolerances))}</p>"
+            f"<table class=results data-rule='{rule}' data-limit='{limit!r}'><tr><th>provider</th><th>output</th>"
+            "<th>precision</th>"
+            + ("<th>batch</th><th>inputs</th><th>sample</th><th>seed</th>" if show_all else "<th>worst case</th>")
+            + "".join(f"<th>{_e(h)}</th>" for h in _HTML_HEADERS[rule])
+            + "<th>result</th></tr>"
         )
-    out.append("</table>")
-    return "".join(out)
+        for row in members:
+            where = (
+                f"<td class=num>{row.batch_size}</td><td>{_e(row.distribution)}</td><td class=num>{row.sample}</td>"
+                f"<td class=num>{_e(row.seed if row.seed is not None else '—')}</td>"
+                if show_all
+                else f"<td>{_e(_where(row))}</td>"
+            )
+            cells = "".join(f"<td class=num>{_e(c)}</td>" for c in _html_rule_cells(rule, row))
+            parts.append(
+                f"<tr class='{'' if row.metrics.passed else 'bad'}'><td>{_e(_short(row.provider))}</td>"
+                f"<td>{_e(row.output)}</td><td>{_e(row.precision)}</td>{where}{cells}"
+                f"<td title='{_e(_status(row))}'>{_e(_cell_status(row))}</td></tr>"
+            )
+        parts.append("</table>" + _html_legend(report, rule, tolerances))
+    return "".join(parts)
 
 
 def _log_position(value: float, low: float, high: float, length: float) -> float:
@@ -311,68 +495,162 @@ def _log_position(value: float, low: float, high: float, length: float) -> float
     return (math.log10(value) - math.log10(low)) / (math.log10(high) - math.log10(low)) * length
 
 
+def _layer_check(item: Any, report: ParityReport) -> tuple[float, float, float]:
+    """(value, limit, value / limit) of the rule that judged a layer: the max |onnx − f64| against the allowed max
+    under the relative rule (the ratio is :attr:`TruthErrors.excess`, which counts the RMS too), the atol with which
+    the layer would pass against atol under the absolute one."""
+    if item.truth is not None:
+        return item.truth.candidate_max, item.truth.allowed_max, item.truth.excess
+    value = item.min_passing_atol
+    ratio = 0.0 if value == 0 else (value / report.atol if report.atol > 0 else math.inf)
+    return value, report.atol, ratio
+
+
 def _divergence_svg(report: ParityReport) -> str:
-    """Horizontal bars of each layer's max abs error on a log scale, with the atol line."""
+    """Horizontal bars, on a log scale, of what the rule compared for each layer, with the rule's limit: per layer
+    (a tick: the allowed max error against float64) under the relative rule, one atol line under the absolute one."""
     items = report.divergence
     if not items:
         return ""
-    finite = [d.max_abs for d in items if d.max_abs > 0 and math.isfinite(d.max_abs)]
-    low = 10 ** math.floor(math.log10(min([*finite, report.atol]) if finite else report.atol) - 0.5)
-    low = max(low, 1e-12)
-    high = 10 ** math.ceil(math.log10(max([*finite, report.atol * 10]) if finite else report.atol * 10) + 0.01)
-    label_w, plot_w, bar_h, top = 240, 600, 16, 46  # the atol label sits on its own line under the title
+    checks = [_layer_check(d, report) for d in items]
+    relative = any(d.truth is not None for d in items)
+    absolute = any(d.truth is None for d in items)
+    positive = [v for value, limit, _ in checks for v in (value, limit) if v > 0 and math.isfinite(v)]
+    low = max(10 ** math.floor(math.log10(min(positive)) - 0.5) if positive else 1e-8, 1e-12)
+    high = 10 ** math.ceil(math.log10(max(positive) * 10) + 0.01) if positive else 1.0
+    label_w, plot_w, bar_h, top = 240, 600, 16, 46  # the limit's label sits on its own line under the title
     height = top + len(items) * (bar_h + 4) + 30
-    width = label_w + plot_w + 110
+    width = label_w + plot_w + 170
+    title = (
+        "max |onnx − f64| per Keras layer (log scale); tick: the allowed max"
+        if relative and not absolute
+        else "atol to pass per Keras layer (log scale)"
+        if not relative
+        else "per Keras layer (log scale): max |onnx − f64| (tick: allowed max), or the atol to pass"
+    )
     parts = [
-        f"<svg role='img' aria-label='per-layer max abs error' width='{width}' "
+        f"<svg role='img' aria-label='per-layer check' class=layers width='{width}' "
         f"height='{height}' viewBox='0 0 {width} {height}' font-family='ui-monospace,monospace' font-size='11'>",
-        f"<text x='{label_w}' y='16' font-size='12' fill='#1d2330'>max |onnx − tf| per Keras layer (log scale)</text>",
+        f"<text x='{label_w}' y='16' font-size='12' fill='#1d2330'>{_e(title)}</text>",
     ]
     decade = math.log10(low)
     while decade <= math.log10(high) + 1e-9:
         x = label_w + _log_position(10**decade, low, high, plot_w)
         parts.append(f"<line x1='{x:.1f}' y1='{top - 4}' x2='{x:.1f}' y2='{height - 26}' stroke='#eef0f4'/>")
-        parts.append(f"<text x='{x:.1f}' y='{height - 12}' text-anchor='middle' fill='#5b6472'>1e{int(decade)}</text>")
+        parts.append(
+            f"<text x='{x:.1f}' y='{height - 12}' text-anchor='middle' fill='#5b6472'>1e{round(decade)}</text>"
+        )
         decade += 1
-    for index, item in enumerate(items):
+    for index, (item, (value, limit, ratio)) in enumerate(zip(items, checks, strict=True)):
         y = top + index * (bar_h + 4)
-        value = item.max_abs if math.isfinite(item.max_abs) else high
-        w = _log_position(value, low, high, plot_w) if value > 0 else 1.0
+        shown = value if math.isfinite(value) else high
+        w = _log_position(shown, low, high, plot_w) if shown > 0 else 1.0
         colour = "#1a7f37" if item.passed else "#c62828"
         name = item.layer if len(item.layer) <= 30 else item.layer[:29] + "…"
         if item.fused:
             name += f" +{len(item.fused)}"
         first = report.first_divergent_layer in (item.layer, *item.fused)
+        rule = "relative" if item.truth is not None else "absolute"
+        what = "max |onnx − f64|" if rule == "relative" else "atol to pass"
+        limit_name = "allowed max" if rule == "relative" else "atol"
         parts.append(
             f"<text x='{label_w - 6}' y='{y + bar_h - 4}' text-anchor='end' fill='#1d2330'>{_e(name)}</text>"
-            f"<rect x='{label_w}' y='{y}' width='{max(w, 1.0):.1f}' height='{bar_h}' fill='{colour}' opacity='0.85'>"
-            f"<title>{_e(item.layer)} → {_e(item.onnx_tensor)}: max abs {_num(item.max_abs)}"
+            f"<rect class=layer x='{label_w}' y='{y}' width='{max(w, 1.0):.1f}' height='{bar_h}' fill='{colour}' "
+            f"opacity='0.85' data-rule='{rule}' data-value='{value!r}' data-limit='{limit!r}' "
+            f"data-passed='{str(item.passed).lower()}'>"
+            f"<title>{_e(item.layer)} → {_e(item.onnx_tensor)}: {what} {_num(value)}, {limit_name} {_num(limit)}"
             f"{' (fused: ' + _e(', '.join(item.fused)) + ')' if item.fused else ''}</title></rect>"
-            f"<text x='{label_w + max(w, 1.0) + 4:.1f}' y='{y + bar_h - 4}' fill='#5b6472'>{_num(item.max_abs)}"
+        )
+        end = label_w + max(w, 1.0)
+        if rule == "relative" and limit > 0:
+            tick = label_w + _log_position(limit, low, high, plot_w)
+            end = max(end, tick + 2)
+            parts.append(
+                f"<line class=limit x1='{tick:.1f}' y1='{y - 2}' x2='{tick:.1f}' y2='{y + bar_h + 2}' stroke='#9a6700' "
+                f"stroke-width='2' data-limit='{limit!r}'><title>allowed max {_num(limit)}</title></line>"
+            )
+        label = f"{_num(value)} ({_times(ratio)}× {limit_name})" if rule == "relative" else _num(value)
+        parts.append(
+            f"<text x='{end + 4:.1f}' y='{y + bar_h - 4}' fill='#5b6472'>{_e(label)}"
             f"{' ◀ first' if first else ''}</text>"
         )
-    x = label_w + _log_position(report.atol, low, high, plot_w)
-    parts.append(
-        f"<line x1='{x:.1f}' y1='{top - 6}' x2='{x:.1f}' y2='{height - 26}' stroke='#9a6700' stroke-width='1.5' "
-        f"stroke-dasharray='5,3'/><text x='{x + 3:.1f}' y='{top - 8}' fill='#9a6700'>atol {report.atol:g}</text>"
-    )
+    if absolute:
+        x = label_w + _log_position(report.atol, low, high, plot_w)
+        parts.append(
+            f"<line class=limit x1='{x:.1f}' y1='{top - 6}' x2='{x:.1f}' y2='{height - 26}' stroke='#9a6700' "
+            f"stroke-width='1.5' stroke-dasharray='5,3' data-limit='{report.atol!r}'/>"
+            f"<text x='{x + 3:.1f}' y='{top - 8}' fill='#9a6700'>atol {report.atol:g}</text>"
+        )
+    if relative:
+        parts.append(
+            f"<text x='{label_w}' y='{top - 8}' fill='#9a6700'>| allowed max = {report.factor:g} × TensorFlow "
+            f"float32's error + {report.floor:g} eps of scale (relative rule; the RMS is checked too)</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _histogram_svg(hist: Any, atol: float) -> str:
-    """Bars of the |onnx − tf| counts per log-spaced bin, with the atol position marked."""
+def _histogram_limit(report: ParityReport, hist: Any) -> tuple[float | None, str, list[tuple[str, bool]]]:
+    """Where a histogram's limit line goes (None: no line), its label, and notes to print under the chart (with
+    whether each says the rule failed)."""
+    rows = [
+        row
+        for row in report.results + report.fp16_results
+        if (row.provider, row.output, row.precision) == (hist.provider, hist.output, hist.precision)
+    ]
+    atol, rtol = (report.atol, report.rtol) if hist.precision == "fp32" else (report.fp16_atol, report.fp16_rtol)
+    if hist.measure == "ratio":
+        truths = [row.metrics.truth for row in rows if row.metrics.truth is not None]
+        notes = []
+        if truths:
+            allowed = sorted(t.allowed_max for t in truths)
+            span = _num(allowed[0]) if allowed[0] == allowed[-1] else f"{_num(allowed[0])}–{_num(allowed[-1])}"
+            label = f"1 = allowed max ({span})"
+            rms = max(_ratio_or_zero(t.candidate_rms, t.allowed_rms) for t in truths)
+            notes.append((f"RMS |onnx − f64|: at most {_times(rms)}× the allowed RMS", rms > 1))
+            if "absolute" in hist.rules:
+                label += f" or atol + rtol·|tf| ({atol:g} + {rtol:g}·|tf|)"
+        else:
+            label = f"1 = atol + rtol·|tf| ({atol:g} + {rtol:g}·|tf|)"
+        return 1.0, label, notes
+    if hist.precision == "fp32" and report.float64_available:
+        return (
+            None,
+            "",
+            ["|onnx − tf| against TensorFlow float32: the relative rule judges |onnx − f64|, no limit drawn"],
+        )
+    notes = [] if rtol == 0 else [(f"values beyond atol may still pass through the rtol term ({rtol:g}·|tf|)", False)]
+    return atol, f"atol {atol:g}", notes
+
+
+def _ratio_or_zero(numerator: float, denominator: float) -> float:
+    if numerator == 0:
+        return 0.0
+    return numerator / denominator if denominator > 0 else math.inf
+
+
+def _histogram_svg(hist: Any, report: ParityReport) -> str:
+    """Bars of the counts per log-spaced bin with the rule's limit marked: under ``measure="ratio"`` each value's
+    error over its allowed error (the limit is 1), else |onnx − tf| with the atol line (absolute rule only)."""
     counts = list(hist.counts)
     edges = list(hist.edges)
     n = len(counts)
+    limit, label, notes = _histogram_limit(report, hist)
+    if hist.measure == "ratio":
+        quantity = "|onnx − f64| / allowed" if "relative" in hist.rules else "|onnx − tf| / (atol + rtol·|tf|)"
+        if len(hist.rules) > 1:
+            quantity = "error / allowed error"
+    else:
+        quantity = "|onnx − tf|"
     bar_w, plot_h, left, top = 22, 150, 50, 32
-    width, height = left + n * bar_w + 20, top + plot_h + 46
+    width, height = max(left + n * bar_w + 20, 560), top + plot_h + 46 + 14 * len(notes)
     peak = max(counts) if any(counts) else 1
     parts = [
-        f"<svg role='img' aria-label='error histogram' width='{width}' "
-        f"height='{height}' viewBox='0 0 {width} {height}' font-family='ui-monospace,monospace' font-size='10'>",
+        f"<svg role='img' aria-label='error histogram' class=histogram data-measure='{_e(hist.measure)}' "
+        f"width='{width}' height='{height}' viewBox='0 0 {width} {height}' font-family='ui-monospace,monospace' "
+        "font-size='10'>",
         f"<text x='{left}' y='14' font-size='12' fill='#1d2330'>{_e(_short(hist.provider))} · {_e(hist.output)} · "
-        f"{_e(hist.precision)}: |onnx − tf| counts ({hist.total} values)</text>",
+        f"{_e(hist.precision)}: {_e(quantity)} ({_plural(hist.total, 'value')})</text>",
         f"<line x1='{left}' y1='{top + plot_h}' x2='{left + n * bar_w}' y2='{top + plot_h}' stroke='#5b6472'/>",
         f"<text x='{left - 4}' y='{top + 8}' text-anchor='end' fill='#5b6472'>{peak}</text>",
         f"<text x='{left - 4}' y='{top + plot_h}' text-anchor='end' fill='#5b6472'>0</text>",
@@ -382,10 +660,11 @@ def _histogram_svg(hist: Any, atol: float) -> str:
         x = left + index * bar_w
         low = edges[index]
         high = edges[index + 1] if index + 1 < n else math.inf
-        over = low >= atol
+        over = limit is not None and low >= limit
         colour = "#c62828" if over else "#3b6fb6"
         parts.append(
-            f"<rect x='{x + 1}' y='{top + plot_h - h:.1f}' width='{bar_w - 2}' height='{h:.1f}' fill='{colour}'>"
+            f"<rect class=bin x='{x + 1}' y='{top + plot_h - h:.1f}' width='{bar_w - 2}' height='{h:.1f}' "
+            f"fill='{colour}' data-low='{low!r}' data-count='{count}' data-over='{str(over).lower()}'>"
             f"<title>[{_num(low)}, {_num(high)}): {count}</title></rect>"
         )
         if low > 0 and abs(math.log10(low) - round(math.log10(low))) < 1e-9:
@@ -394,21 +673,24 @@ def _histogram_svg(hist: Any, atol: float) -> str:
                 f"<line x1='{x}' y1='{top + plot_h}' x2='{x}' y2='{top + plot_h + 4}' stroke='#5b6472'/>"
                 f"<text x='{x}' y='{top + plot_h + 15}' text-anchor='middle' fill='#5b6472'>1e{round(math.log10(low))}</text>"
             )
-    # atol marker between the bins around it
-    position = next((i for i in range(1, n) if edges[i] >= atol), n - 1)
-    x = left + position * bar_w
-    parts.append(
-        f"<line x1='{x}' y1='{top - 2}' x2='{x}' y2='{top + plot_h}' stroke='#9a6700' stroke-dasharray='4,3'/>"
-        f"<text x='{x + 3}' y='{top - 4}' fill='#9a6700'>atol</text>"
-    )
-    if hist.nonfinite:
+    if limit is not None:
+        # the limit line between the bins around it
+        position = next((i for i in range(1, n) if edges[i] >= limit), n - 1)
+        x = left + position * bar_w
         parts.append(
-            f"<text x='{left}' y='{height - 6}' fill='#c62828'>{hist.nonfinite} NaN/Inf value(s) not counted</text>"
+            f"<line class=limit x1='{x}' y1='{top - 2}' x2='{x}' y2='{top + plot_h}' stroke='#9a6700' "
+            f"stroke-dasharray='4,3' data-limit='{limit!r}'/>"
+            f"<text x='{min(x + 3, width - 8 * len(label))}' y='{top - 4}' fill='#9a6700'>{_e(label)}</text>"
         )
+    lines = [*notes]
+    if hist.nonfinite:
+        lines.append((f"{_plural(hist.nonfinite, 'NaN/Inf value')} not counted", True))
     else:
+        lines.append(("bars: half decades; the first from 0, the last open-ended", False))
+    for index, (line, red) in enumerate(lines):
         parts.append(
-            f"<text x='{left}' y='{height - 6}' fill='#5b6472'>bars: half decades; the first from 0, the last "
-            "open-ended</text>"
+            f"<text x='{left}' y='{top + plot_h + 32 + 14 * index}' fill='{'#c62828' if red else '#5b6472'}'>"
+            f"{_e(line)}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -466,11 +748,7 @@ def _html_summary(report: ParityReport, title: str, quantization: dict[str, Any]
         f"<code>{_e(report.model.get('onnx', '?'))}</code></p>",
         *(f"<p class='warn'>⚠ {_e(w)}</p>" for w in report.warnings),
         "<h2>Worst case per provider and output</h2>",
-        _html_rows(report.worst()),
-        "<p class=muted><i>max abs</i>, <i>max rel</i>, <i>mean abs</i>: |onnx − tf| and |onnx − tf| / |tf| over the "
-        "values of the worst comparison; <i>within</i>: the share of its values that pass; <i>atol to pass</i>: the "
-        "smallest atol with which every value would pass at the same rtol (far below atol when the rtol term alone "
-        "covers every value).</p>",
+        _html_rows(report, report.worst()),
         *(f"<p class=muted>Problem: {_e(problem)}</p>" for problem in _problems(report.worst())),
     ]
 
@@ -482,18 +760,19 @@ def _html_truth(report: ParityReport) -> list[str]:
         return []
     parts = [
         "<h2>Against the float64 truth</h2><p>The Keras model rebuilt in float64 with the same weights, on the same "
-        "inputs. <i>tf32</i>: TensorFlow float32's own error against it; <i>export</i>: the ONNX output's; "
-        "<i>ratio</i>: export / TensorFlow (max, and root mean square of the elementwise errors); <i>allowed</i>: "
-        f"{report.factor:g} × TensorFlow's max + the floor.</p><table><tr><th>provider</th><th>output</th>"
-        "<th>tf32 max err</th><th>export max err</th><th>ratio</th><th>RMS ratio</th><th>allowed</th>"
-        "<th>worst at</th><th>rule</th></tr>"
+        "inputs. <i>tf32</i>: TensorFlow float32's own error against it (the largest over the inputs of that kind); "
+        "<i>export</i>: the ONNX output's; <i>ratio</i>: export / TensorFlow; <i>allowed</i>: "
+        f"{report.factor:g} × TensorFlow's + {report.floor:g} float32 eps of the output's scale. The max and the "
+        "root mean square of the elementwise errors must both be within what is allowed.</p>"
+        "<table class=truth data-rule='relative'><tr>" + "".join(f"<th>{_e(h)}</th>" for h in _TRUTH_HEADER) + "</tr>"
     ]
-    for cells in truth_rows:
+    worst = [row for row in report.worst() if row.metrics.truth is not None]
+    for cells, row in zip(truth_rows, worst, strict=True):
         cells = [_short(cells[0]), *cells[1:]]
         parts.append(
-            "<tr>"
+            f"<tr class='{'' if row.metrics.passed else 'bad'}'>"
             + "".join(
-                f"<td class=num>{_e(c)}</td>" if 2 <= i <= 6 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
+                f"<td class=num>{_e(c)}</td>" if 2 <= i <= 9 else f"<td>{_e(c)}</td>" for i, c in enumerate(cells)
             )
             + "</tr>"
         )
@@ -506,9 +785,9 @@ def _html_fp16(report: ParityReport) -> list[str]:
     if not report.fp16:
         return []
     return [
-        f"<h2>float16</h2><p>Tolerances atol = {report.fp16_atol:g}, rtol = {report.fp16_rtol:g}, "
-        "against the float32 TensorFlow reference.</p>",
-        _html_rows(report.worst(fp16=True)),
+        "<h2>float16</h2><p>Against the float32 TensorFlow reference, by the absolute rule with float16's "
+        f"tolerances (atol = {report.fp16_atol:g}, rtol = {report.fp16_rtol:g}).</p>",
+        _html_rows(report, report.worst(fp16=True)),
     ]
 
 
@@ -537,20 +816,23 @@ def _html_divergence(report: ParityReport) -> list[str]:
         if first
         else "<p>No layer beyond tolerance.</p>",
         _divergence_svg(report),
-        "<p class=muted>Bars: max |onnx − tf| of the layer's output against its matching ONNX tensor; red = beyond "
-        "atol + rtol·|tf|. A bar past the atol line can still pass through the rtol term. “+N”: N earlier layers "
-        "(e.g. a convolution whose batch normalisation was folded into it) are computed by the same ONNX node.</p>",
-        "<details><summary>Layer matches</summary><table><tr><th>layer</th><th>class</th><th>ONNX tensor</th>"
-        "<th>layout</th><th>matched by</th><th>fused</th><th>max abs</th><th>ratio vs tf32 (f64)</th>"
-        "<th>result</th></tr>",
+        f"<p class=muted>{_divergence_caption(report)} Red: the layer failed. “+N”: N earlier layers (e.g. a "
+        "convolution whose batch normalisation was folded into it) are computed by the same ONNX node.</p>",
+        "<details><summary>Layer matches</summary><table class=layers><tr><th>layer</th><th>class</th>"
+        "<th>ONNX tensor</th><th>layout</th><th>matched by</th><th>fused</th><th>rule</th><th>checked</th>"
+        "<th>value</th><th>limit</th><th>× limit</th><th>ratio vs tf32 (f64)</th><th>result</th></tr>",
     ]
     for d in report.divergence:
+        value, limit, excess = _layer_check(d, report)
         ratio = _ratio(d.truth.ratio_max) if d.truth is not None else "—"
+        rule = "relative" if d.truth is not None else "absolute"
+        checked = "max |onnx − f64|, RMS" if rule == "relative" else "atol to pass"
         parts.append(
             f"<tr class='{'' if d.passed else 'bad'}'><td>{_e(d.layer)}</td><td>{_e(d.class_name)}</td>"
             f"<td><code>{_e(d.onnx_tensor)}</code></td><td>{_e(d.layout)}</td><td>{_e(d.matched_by)}</td>"
-            f"<td>{_e(', '.join(d.fused))}</td><td class=num>{_num(d.max_abs)}</td><td class=num>{ratio}</td>"
-            f"<td>{'pass' if d.passed else _e('FAIL' + (': ' + d.problem if d.problem else ''))}</td></tr>"
+            f"<td>{_e(', '.join(d.fused))}</td><td>{rule}</td><td>{checked}</td><td class=num>{_num(value)}</td>"
+            f"<td class=num>{_num(limit)}</td><td class=num>{_times(excess)}</td><td class=num>{ratio}</td>"
+            f"<td>{'PASS' if d.passed else _e('FAIL' + (': ' + d.problem if d.problem else ''))}</td></tr>"
         )
     parts.append("</table></details>")
     if report.unmatched_layers:
@@ -560,16 +842,31 @@ def _html_divergence(report: ParityReport) -> list[str]:
     return parts
 
 
+def _divergence_caption(report: ParityReport) -> str:
+    """What the bars of the per-layer chart are, for the rules that judged the layers."""
+    rules = {"relative" if d.truth is not None else "absolute" for d in report.divergence}
+    relative = (
+        "the max |onnx − f64| of the layer's output against its matching ONNX tensor, and as a tick the allowed max "
+        "of the relative rule (the layer also fails when its RMS error is beyond the allowed RMS)"
+    )
+    absolute = (
+        f"the smallest atol with which every value of the layer's output passes (rtol = {report.rtol:g}) against "
+        f"the atol line ({report.atol:g})"
+    )
+    if rules == {"relative"}:
+        return f"Bars: {relative}."
+    if rules == {"absolute"}:
+        return f"Bars: {absolute}."
+    return f"Bars: for layers judged by the relative rule, {relative}; for the others, {absolute}."
+
+
 def _html_histograms(report: ParityReport) -> list[str]:
     """One error histogram chart per output, provider and precision."""
     if not report.histograms:
         return []
     return [
         "<h2>Error histograms</h2>",
-        *(
-            _histogram_svg(hist, report.atol if hist.precision == "fp32" else report.fp16_atol)
-            for hist in report.histograms
-        ),
+        *(_histogram_svg(hist, report) for hist in report.histograms),
     ]
 
 
@@ -582,8 +879,8 @@ def _html_comparisons_and_facts(report: ParityReport) -> list[str]:
     """Every comparison (folded), then the settings, the environment and the timings."""
     return [
         "<h2>All comparisons</h2><details><summary>"
-        + f"{len(report.results) + len(report.fp16_results)} rows</summary>",
-        _html_rows(report.results + report.fp16_results, show_all=True) + "</details>",
+        + f"{_plural(len(report.results) + len(report.fp16_results), 'row')}</summary>",
+        _html_rows(report, report.results + report.fp16_results, show_all=True) + "</details>",
         "<h2>Settings</h2>" + _kv_table(report.settings),
         "<h2>Environment</h2>" + _kv_table(report.environment),
         "<h2>Timings</h2>" + _kv_table({k: f"{v:.3f} s" for k, v in report.timings.items()}),

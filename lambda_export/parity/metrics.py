@@ -41,6 +41,7 @@ __all__ = [
     "FP16_ATOL",
     "FP16_RTOL",
     "HISTOGRAM_EDGES",
+    "RATIO_EDGES",
     "RULES",
     "ErrorHistogram",
     "Metrics",
@@ -71,6 +72,9 @@ float32 happens to be exact, e.g. a saturated softmax)."""
 
 HISTOGRAM_EDGES: tuple[float, ...] = (0.0, *(10.0 ** (k / 2) for k in range(-20, 7)))
 """Histogram bin edges of |onnx − tf|: 0, then 1e-10 … 1e3 every half decade; the last bin is [1e3, ∞)."""
+RATIO_EDGES: tuple[float, ...] = (0.0, *(10.0 ** (k / 2) for k in range(-12, 13)))
+"""Histogram bin edges of error / allowed error (``measure="ratio"``): 0, then 1e-6 … 1e6 every half decade; the
+value 1 is an edge, so every bin is wholly within the rule's limit or wholly beyond it."""
 
 
 def finite_or_none(value: Any) -> Any:
@@ -106,6 +110,9 @@ class TruthErrors:
         baseline_max, baseline_rms: TensorFlow float32's error the rule compares with: the largest over the input
             sets of the same output and input distribution (one sample's own error fluctuates by ~3× from one draw
             to the next), ``reference_max``/``reference_rms`` for a single set.
+        factor: the rule's factor that ``allowed_max``/``allowed_rms`` were computed with.
+        frac_within: the share of the elements whose |candidate − f64| is at most ``allowed_max`` (the rule also
+            needs the RMS within ``allowed_rms``: a row can fail with every element within the allowed max).
     """
 
     reference_max: float
@@ -117,6 +124,8 @@ class TruthErrors:
     scale: float = 0.0
     baseline_max: float | None = None
     baseline_rms: float | None = None
+    factor: float = DEFAULT_FACTOR
+    frac_within: float = 1.0
 
     def __post_init__(self) -> None:
         if self.baseline_max is None:
@@ -146,6 +155,20 @@ class TruthErrors:
     def passed(self) -> bool:
         return self.candidate_max <= self.allowed_max and self.candidate_rms <= self.allowed_rms
 
+    @property
+    def factor_to_pass(self) -> float:
+        """The smallest factor with which this comparison passes, the floor unchanged (0 when the floor alone covers
+        it, inf when TensorFlow float32 is exact and the floor does not): it passes when this is ≤ ``factor``."""
+        needed = 0.0
+        for candidate, allowed, baseline in (
+            (self.candidate_max, self.allowed_max, float(self.baseline_max)),
+            (self.candidate_rms, self.allowed_rms, float(self.baseline_rms)),
+        ):
+            floor_term = allowed - self.factor * baseline
+            if candidate > floor_term:
+                needed = max(needed, _ratio(candidate - floor_term, baseline))
+        return needed
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tf_max": finite_or_none(float(self.reference_max)),
@@ -159,6 +182,10 @@ class TruthErrors:
             "allowed_max": finite_or_none(float(self.allowed_max)),
             "allowed_rms": finite_or_none(float(self.allowed_rms)),
             "scale": finite_or_none(float(self.scale)),
+            "factor": float(self.factor),
+            "excess": finite_or_none(float(self.excess)),
+            "factor_to_pass": finite_or_none(float(self.factor_to_pass)),
+            "frac_within": float(self.frac_within),
         }
 
     @classmethod
@@ -174,6 +201,8 @@ class TruthErrors:
             scale=none_to(data.get("scale"), 0.0),
             baseline_max=data.get("baseline_max"),
             baseline_rms=data.get("baseline_rms"),
+            factor=float(data.get("factor", DEFAULT_FACTOR)),
+            frac_within=float(data.get("frac_within", 1.0)),
         )
 
 
@@ -196,7 +225,10 @@ class Metrics:
         truth: the errors against the float64 truth (None when there is none, e.g. under the absolute rule).
 
     ``max_abs``, ``max_rel``, ``mean_abs``, ``frac_within`` and ``min_passing_atol`` always compare the candidate with
-    TensorFlow's float32 output under the absolute rule's tolerances, whichever rule decided.
+    TensorFlow's float32 output under the absolute rule's tolerances, whichever rule decided. :meth:`to_dict` writes
+    only the deciding rule's judgements: under the relative rule ``frac_within`` is ``truth.frac_within`` (the share
+    within the allowed max error against float64) and ``min_passing_atol`` is null (the factor that would pass is
+    ``vs_float64.factor_to_pass``).
     """
 
     max_abs: float
@@ -216,12 +248,13 @@ class Metrics:
         return cls(inf, inf, inf, 0.0, inf, False, problem, 0)
 
     def to_dict(self) -> dict[str, Any]:
+        relative = self.truth is not None
         return {
             "max_abs": finite_or_none(float(self.max_abs)),
             "max_rel": finite_or_none(float(self.max_rel)),
             "mean_abs": finite_or_none(float(self.mean_abs)),
-            "frac_within": float(self.frac_within),
-            "min_passing_atol": finite_or_none(float(self.min_passing_atol)),
+            "frac_within": float(self.truth.frac_within if relative else self.frac_within),
+            "min_passing_atol": None if relative else finite_or_none(float(self.min_passing_atol)),
             "passed": bool(self.passed),
             "problem": self.problem,
             "size": int(self.size),
@@ -383,16 +416,19 @@ def compare_to_truth(
     base_max, base_rms = (
         (ref_max, ref_rms) if baseline is None else (max(baseline[0], ref_max), max(baseline[1], ref_rms))
     )
+    allowed_max = factor * base_max + floor * FLOAT32_EPS * scale
     errors = TruthErrors(
         reference_max=ref_max,
         reference_rms=ref_rms,
         candidate_max=float(cand_err.max()),
         candidate_rms=float(np.sqrt(np.mean(cand_err * cand_err))),
-        allowed_max=factor * base_max + floor * FLOAT32_EPS * scale,
+        allowed_max=allowed_max,
         allowed_rms=factor * base_rms + floor * FLOAT32_EPS * scale_rms,
         scale=scale,
         baseline_max=base_max,
         baseline_rms=base_rms,
+        factor=float(factor),
+        frac_within=float(np.count_nonzero(cand_err <= allowed_max)) / cand_err.size,
     )
     metrics.truth = errors
     metrics.passed = errors.passed
@@ -424,7 +460,15 @@ def _nonfinite_problems(arrays: tuple[tuple[np.ndarray, str], ...], size: int) -
 
 @dataclass
 class ErrorHistogram:
-    """Counts of |onnx − tf| in :data:`HISTOGRAM_EDGES` bins, over every comparison of one provider × output."""
+    """Counts of the elementwise errors of one provider × output over every comparison, in ``edges`` bins.
+
+    ``measure`` says what is counted: ``"ratio"`` (:meth:`add_judged`, what :func:`lambda_export.parity.verify`
+    records): each element's error over the allowed error of the rule that judged its comparison, |onnx − f64| /
+    ``allowed_max`` under the relative rule, |onnx − tf| / (atol + rtol·|tf|) under the absolute one, in
+    :data:`RATIO_EDGES` bins, so a value above 1 is beyond the rule's limit (under the relative rule the RMS is
+    checked too, see ``rules`` and :class:`TruthErrors`); ``"abs"`` (:meth:`add`): |onnx − tf| in
+    :data:`HISTOGRAM_EDGES` bins. ``rules`` lists the rules that judged the counted comparisons.
+    """
 
     provider: str
     output: str
@@ -432,16 +476,57 @@ class ErrorHistogram:
     edges: list[float] = field(default_factory=lambda: list(HISTOGRAM_EDGES))
     counts: list[int] = field(default_factory=lambda: [0] * len(HISTOGRAM_EDGES))
     nonfinite: int = 0
+    measure: str = "abs"
+    rules: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of_ratios(cls, provider: str, output: str, precision: str = "fp32") -> ErrorHistogram:
+        """An empty histogram of error / allowed error (:meth:`add_judged`)."""
+        return cls(provider, output, precision, list(RATIO_EDGES), [0] * len(RATIO_EDGES), measure="ratio")
 
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Count |candidate − reference| (``measure="abs"``)."""
         ref = np.asarray(reference, dtype=np.float64)
         cand = np.asarray(candidate, dtype=np.float64)
         if ref.shape != cand.shape:
             return
         finite = np.isfinite(ref) & np.isfinite(cand)
         self.nonfinite += int((~finite).sum())
-        diff = np.abs(cand[finite] - ref[finite])
-        bins = np.searchsorted(np.asarray(self.edges), diff, side="right") - 1
+        self._count(np.abs(cand[finite] - ref[finite]))
+
+    def add_judged(
+        self,
+        reference: np.ndarray,
+        candidate: np.ndarray,
+        metrics: Metrics,
+        truth: np.ndarray | None,
+        atol: float,
+        rtol: float,
+    ) -> None:
+        """Count each element's error over the allowed error of the rule that gave ``metrics`` (``measure="ratio"``).
+
+        ``truth`` is the float64 output ``metrics`` was judged against (relative rule, ``metrics.truth`` set);
+        otherwise the absolute rule's ``atol + rtol·|reference|`` is the allowed error of each element.
+        """
+        ref = np.asarray(reference, dtype=np.float64)
+        cand = np.asarray(candidate, dtype=np.float64)
+        relative = metrics.truth is not None and truth is not None
+        base = np.asarray(truth, dtype=np.float64) if relative else ref
+        if base.shape != cand.shape:
+            return
+        rule = "relative" if relative else "absolute"
+        if rule not in self.rules:
+            self.rules.append(rule)
+        finite = np.isfinite(base) & np.isfinite(cand)
+        self.nonfinite += int((~finite).sum())
+        error = np.abs(cand[finite] - base[finite])
+        allowed = metrics.truth.allowed_max if relative else atol + rtol * np.abs(base[finite])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(error == 0, 0.0, error / allowed)
+        self._count(ratio)
+
+    def _count(self, values: np.ndarray) -> None:
+        bins = np.searchsorted(np.asarray(self.edges), values, side="right") - 1
         counts = np.bincount(np.clip(bins, 0, len(self.edges) - 1), minlength=len(self.edges))
         self.counts = [int(a + b) for a, b in zip(self.counts, counts, strict=True)]
 
@@ -457,6 +542,8 @@ class ErrorHistogram:
             "edges": [float(e) for e in self.edges],
             "counts": [int(c) for c in self.counts],
             "nonfinite": int(self.nonfinite),
+            "measure": self.measure,
+            "rules": list(self.rules),
         }
 
     @classmethod
@@ -468,4 +555,6 @@ class ErrorHistogram:
             edges=[float(e) for e in data["edges"]],
             counts=[int(c) for c in data["counts"]],
             nonfinite=int(data.get("nonfinite", 0)),
+            measure=data.get("measure", "abs"),
+            rules=list(data.get("rules", [])),
         )

@@ -16,19 +16,30 @@ written as ``null``)::
     model                  {source, onnx, inputs: [{name, shape, dtype}], outputs: [...]}
     results                [row], row = {provider, output, batch_size, distribution, sample, seed, precision, metrics}
                            metrics = {max_abs, max_rel, mean_abs, frac_within, min_passing_atol, passed, problem, size,
-                                      rule, vs_float64}; max_abs ... min_passing_atol compare with TensorFlow float32;
-                           vs_float64 = {tf_max, tf_rms, onnx_max, onnx_rms, ratio_max, ratio_rms, allowed_max,
-                                         allowed_rms, scale} (errors against the float64 truth) or null
+                                      rule, vs_float64}; max_abs, max_rel, mean_abs: |onnx − tf| against TensorFlow
+                                      float32; frac_within: the share of values within the rule that decided
+                                      (absolute: atol + rtol·|tf|; relative: the allowed max error against float64);
+                                      min_passing_atol: the smallest atol that would pass (absolute rule; null under
+                                      the relative rule, see vs_float64.factor_to_pass)
+                           vs_float64 = {tf_max, tf_rms, baseline_max, baseline_rms, onnx_max, onnx_rms, ratio_max,
+                                         ratio_rms, allowed_max, allowed_rms, scale, factor, excess, factor_to_pass,
+                                         frac_within} (errors against the float64 truth; the row passes when
+                                         onnx_max ≤ allowed_max and onnx_rms ≤ allowed_rms, i.e. excess ≤ 1, i.e.
+                                         factor_to_pass ≤ factor) or null
     worst                  [row]: the worst row of each provider × output (see :meth:`ParityReport.worst`)
     fp16, fp16_atol, fp16_rtol, fp16_results, fp16_worst
                            float16 check: asked?, its tolerances, its rows (precision "fp16": the float16 model as
                            exported; "fp16-emulated": CPU run of the same model with float16 rounding after every op)
     divergence             [{layer, onnx_tensor, max_abs, passed, class_name, fused, matched_by, layout, max_rel,
                              min_passing_atol, problem, rule, vs_float64}] in Keras topological order
+                           (min_passing_atol null under the relative rule, as in results)
     first_divergent_layer  str or null
     unmatched_layers       {layer: why it has no ONNX counterpart}
-    histograms             [{provider, output, precision, edges, counts, nonfinite}]: |onnx − tf| counted in
-                           [edges[i], edges[i+1]), the last bin open ([edges[-1], ∞)); edges[0] = 0
+    histograms             [{provider, output, precision, edges, counts, nonfinite, measure, rules}]: values
+                           counted in [edges[i], edges[i+1]), the last bin open ([edges[-1], ∞)); edges[0] = 0;
+                           measure "ratio": each value's error over the allowed error of the rule that judged its
+                           comparison (|onnx − f64| / allowed_max, or |onnx − tf| / (atol + rtol·|tf|)), beyond the
+                           rule's limit above 1; "abs" (older reports): |onnx − tf|; rules: the rules that judged
     warnings               [str]: e.g. an output constant across the inputs, where no check can tell right from wrong
     insensitive_outputs    {output: {samples, spread, constant}}: the outputs those warnings are about
     notes                  [str]
@@ -144,7 +155,7 @@ class LayerDivergence:
             "matched_by": self.matched_by,
             "layout": self.layout,
             "max_rel": finite_or_none(float(self.max_rel)),
-            "min_passing_atol": finite_or_none(float(self.min_passing_atol)),
+            "min_passing_atol": None if self.truth is not None else finite_or_none(float(self.min_passing_atol)),
             "problem": self.problem,
             "rule": self.rule,
             "vs_float64": None if self.truth is None else self.truth.to_dict(),

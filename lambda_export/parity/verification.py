@@ -569,7 +569,7 @@ def _run_candidates(
     candidate_name = "ONNX output" if precision == "fp32" else f"ONNX {precision} output"
     for provider in providers:
         say(f"ONNX Runtime {provider}{suffix}: {len(sets)} input set(s)")
-        hist = {name: ErrorHistogram(provider, name, precision) for name in output_names}
+        hist = {name: ErrorHistogram.of_ratios(provider, name, precision) for name in output_names}
         histograms.extend(hist.values())
         step = time.perf_counter()
         try:
@@ -596,7 +596,7 @@ def _run_candidates(
                     metrics = _judge(
                         truth, baseline, item.reference[index], outputs[name], name, rule, candidate_name, notes
                     )
-                    hist[name].add(item.reference[index], outputs[name])
+                    hist[name].add_judged(item.reference[index], outputs[name], metrics, truth, rule.atol, rule.rtol)
                 rows.append(
                     ResultRow(
                         provider, name, item.batch_size, item.distribution, item.sample, metrics, item.seed, precision
