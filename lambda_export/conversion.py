@@ -35,8 +35,7 @@ from lambda_export.graph import (
     skeleton,
     toposort,
 )
-from lambda_export.io import save_model_atomic, too_large_for_protobuf
-from lambda_export.lean import write_model
+from lambda_export.io import save_model_atomic, too_large_for_protobuf, write_model_file
 from lambda_export.loading import LoadedModel, load_model
 from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
@@ -68,6 +67,7 @@ class ConvertResult:
         op_histogram: op type → node count.
         warnings: everything the user should know (unrewritten Einsum, target issues, ...).
         passes: the rewrite passes that changed the graph (see :mod:`lambda_export.passes.pipelines`).
+        pass_log: one line per pass run: what it rewrote and, where it looked and refused, why (``-v`` prints it).
         target_issues: nodes the chosen target would refuse (empty when the graph fits the target).
         path: where the model was written, if an output path was given.
         loaded: the loaded Keras model (reused by the parity check).
@@ -82,6 +82,7 @@ class ConvertResult:
     target_issues: list[str] = field(default_factory=list)
     path: str | None = None
     loaded: LoadedModel | None = None
+    pass_log: list[str] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
@@ -451,8 +452,7 @@ def _check_converted(model: onnx.ModelProto) -> None:
             # weights, not ~4x (ResNet50: +171 MB, not +381 MB); the parity check runs every optimization
             with tempfile.TemporaryDirectory(prefix="lambda_export_check.") as folder:
                 path = os.path.join(folder, "model.onnx")
-                with open(path, "wb") as handle:
-                    write_model(model, handle)
+                write_model_file(model, path, external_data=False)
                 ort.session(path, layout=False)
         except Exception as exc:
             raise ConversionError(f"ONNX Runtime refuses the exported graph: {str(exc).strip()[:300]}") from exc
@@ -669,7 +669,7 @@ def convert(
         loaded = options.load(source)
     inputs = _resolve_shapes(loaded, batch_size, input_shapes)
     model = _traced(loaded, inputs, int(opset))
-    model, passes, warnings = _rewritten(model, target, optimize)
+    model, passes, warnings, pass_log = _rewritten(model, target, optimize)
     issues = [str(offense) for offense in check_target(model, target)]
     if issues:
         warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
@@ -683,6 +683,7 @@ def convert(
         passes=passes,
         target_issues=issues,
         loaded=loaded,
+        pass_log=pass_log,
     )
     if output is not None:
         result.path = save_model_atomic(model, output, overwrite=overwrite)
@@ -700,10 +701,12 @@ def _traced(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.M
     return model
 
 
-def _rewritten(model: onnx.ModelProto, target: str, optimize: str) -> tuple[onnx.ModelProto, list[str], list[str]]:
+def _rewritten(
+    model: onnx.ModelProto, target: str, optimize: str
+) -> tuple[onnx.ModelProto, list[str], list[str], list[str]]:
     """The rewrite passes for ``target`` (see :mod:`lambda_export.passes.pipelines`), then canonical order and names
     again, no value_info, only the opset imports the nodes use, and the checks: (model, passes that changed it,
-    warnings)."""
+    warnings, the per-pass log)."""
     rewritten = rewrite_for_target(model, target, optimize, check=_check_converted)
     model, passes, warnings = rewritten.model, rewritten.passes, list(rewritten.warnings)
     canonical_order(model.graph, _strip_counters)
@@ -714,7 +717,7 @@ def _rewritten(model: onnx.ModelProto, target: str, optimize: str) -> tuple[onnx
     del model.opset_import[:]
     model.opset_import.extend(kept)
     _check_converted(model)
-    return model, list(passes), warnings
+    return model, list(passes), warnings, rewritten.log_lines()
 
 
 def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, passes: list[str]) -> None:

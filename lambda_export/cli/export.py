@@ -77,36 +77,11 @@ def export(
     """
     from lambda_export.conversion import convert as convert_model
     from lambda_export.io import save_model_atomic
-    from lambda_export.loading import load_model
 
     quantize = quantize or QuantizeOptions()
     input_shapes, output_path = _check(model, convert, parity, output, quantize)
-    quantize_warnings = quantize.check(convert.target)
-    if quantize.enabled and not quantize.calibration:
-        from lambda_export.quantization.calibration import GENERATED_WARNING
-
-        quantize_warnings.append(GENERATED_WARNING.replace("calibration=FILE.npz", "--calibration FILE.npz"))
-    if quantize_warnings and not STATE.json:  # said before the slow work: the user may want another --target
-        for warning in quantize_warnings:
-            click.echo(f"warning: {warning}", err=True)
-    if loaded is None:
-        tensorflow_progress()
-        with timed("load", f"loading {model}"):
-            loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
-    # bad files fail before the conversion starts, against the inputs the export will have
-    expected = expected_inputs(loaded.inputs, convert.batch_size, input_shapes)
-    if parity.inputs and not convert.skip_verify:
-        check_inputs_file(parity.inputs, expected)
-    if quantize.calibration:
-        from lambda_export.quantization.calibration import fixed_batch, load_calibration
-
-        samples = len(next(iter(load_calibration(quantize.calibration, expected).values())))
-        batch = fixed_batch(expected)  # any number of samples, but at least one batch where --batch-size fixes it
-        if batch is not None and samples < batch:
-            raise InputError(
-                f"--calibration {quantize.calibration}: {samples} sample(s), but the batch is fixed to {batch}: "
-                f"give at least {batch}"
-            )
+    quantize_warnings = _early_warnings(convert, quantize)
+    loaded = _load_and_check_samples(model, loaded, convert, parity, load, quantize, input_shapes)
     checkpoint()
     with timed("convert", f"converting (opset {convert.opset}, target {convert.target})"):
         result = convert_model(
@@ -120,22 +95,16 @@ def export(
             overwrite=convert.force,
             loaded=loaded,
         )
+    if STATE.verbose and not STATE.json:  # what each pass rewrote and, where it looked and refused, why
+        for line in result.pass_log:
+            click.echo(f"pass {line}", err=True)
     checkpoint()  # an interruption swallowed inside TensorFlow/tf2onnx must not end in a written file
     int8 = _quantize(loaded, result.model, quantize, verify=not convert.skip_verify) if quantize.enabled else None
     checkpoint()
     written = result.model if int8 is None else int8.model
     with timed("write"):
         result.path = save_model_atomic(written, output_path, overwrite=convert.force)
-    said = {warning.split(" (")[0] for warning in quantize_warnings}
-    for warning in [*result.warnings, *(w for w in (int8.warnings if int8 else []) if w.split(" (")[0] not in said)]:
-        if not STATE.json:
-            click.echo(f"warning: {warning}", err=True)
-    STATE.written = result.path
-    if not (STATE.json or STATE.quiet):  # said even when piped: the file is the result
-        nodes = len(written.graph.node)
-        size = size_text(_file_bytes(result.path))
-        extra = f", {int8.int8_bytes / int8.float_bytes:.0%} of the float32 graph" if int8 else ""
-        click.echo(f"wrote {result.path} ({'int8, ' if int8 else ''}{nodes} nodes, {size}{extra})")
+    _say_written(result, written, int8, quantize_warnings)
     summary: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "model": str(model) if model else None,
@@ -160,6 +129,67 @@ def export(
         conversion=summary["conversion"],
         quantization=summary.get("quantization"),
     )
+
+
+def _early_warnings(convert: ConvertOptions, quantize: QuantizeOptions) -> list[str]:
+    """The int8 warnings known before any work (said at once: the user may want another ``--target``)."""
+    quantize_warnings = quantize.check(convert.target)
+    if quantize.enabled and not quantize.calibration:
+        from lambda_export.quantization.calibration import GENERATED_WARNING
+
+        quantize_warnings.append(GENERATED_WARNING.replace("calibration=FILE.npz", "--calibration FILE.npz"))
+    if quantize_warnings and not STATE.json:
+        for warning in quantize_warnings:
+            click.echo(f"warning: {warning}", err=True)
+    return quantize_warnings
+
+
+def _load_and_check_samples(
+    model: str | None,
+    loaded: Any,
+    convert: ConvertOptions,
+    parity: ParityOptions,
+    load: LoadOptions,
+    quantize: QuantizeOptions,
+    input_shapes: dict[str, tuple[int | None, ...]],
+) -> Any:
+    """The Keras model (loaded here unless given), after checking ``--inputs`` and ``--calibration`` against the
+    inputs the export will have: a bad file fails before the conversion starts."""
+    from lambda_export.loading import load_model
+
+    if loaded is None:
+        tensorflow_progress()
+        with timed("load", f"loading {model}"):
+            loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+    expected = expected_inputs(loaded.inputs, convert.batch_size, input_shapes)
+    if parity.inputs and not convert.skip_verify:
+        check_inputs_file(parity.inputs, expected)
+    if quantize.calibration:
+        from lambda_export.quantization.calibration import fixed_batch, load_calibration
+
+        samples = len(next(iter(load_calibration(quantize.calibration, expected).values())))
+        batch = fixed_batch(expected)  # any number of samples, but at least one batch where --batch-size fixes it
+        if batch is not None and samples < batch:
+            raise InputError(
+                f"--calibration {quantize.calibration}: {samples} sample(s), but the batch is fixed to {batch}: "
+                f"give at least {batch}"
+            )
+    return loaded
+
+
+def _say_written(result: Any, written: Any, int8: Any, quantize_warnings: list[str]) -> None:
+    """The conversion's and int8's warnings (each once: those said before the work are not repeated), then the line
+    that names the file written."""
+    said = {warning.split(" (")[0] for warning in quantize_warnings}
+    for warning in [*result.warnings, *(w for w in (int8.warnings if int8 else []) if w.split(" (")[0] not in said)]:
+        if not STATE.json:
+            click.echo(f"warning: {warning}", err=True)
+    STATE.written = result.path
+    if not (STATE.json or STATE.quiet):  # said even when piped: the file is the result
+        nodes = len(written.graph.node)
+        size = size_text(_file_bytes(result.path))
+        extra = f", {int8.int8_bytes / int8.float_bytes:.0%} of the float32 graph" if int8 else ""
+        click.echo(f"wrote {result.path} ({'int8, ' if int8 else ''}{nodes} nodes, {size}{extra})")
 
 
 def _quantize(loaded: Any, float_model: Any, quantize: QuantizeOptions, *, verify: bool) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lambda_export import ort
+from lambda_export import ort, upstream
 from lambda_export.errors import first_line
 from lambda_export.loading import LoadedModel
 from lambda_export.ort import CPU
@@ -98,9 +98,8 @@ def _keras_layer_outputs(
 ) -> tuple[list[tuple[Any, Any]], dict[str, set[str]]]:
     """(layer, its output tensor in ``model``'s graph) for each top-level layer with one call and one output, and
     layer name → names of the layers that read its outputs."""
-    graph = model if hasattr(model, "_nodes_by_depth") else getattr(model, "_functional", None)
-    nodes_by_depth = getattr(graph, "_nodes_by_depth", None)
-    if not isinstance(nodes_by_depth, dict):  # not a functional graph: trust layer.output, chain the layers
+    nodes_by_depth = upstream.nodes_by_depth(model)  # Keras internals live in the bridge
+    if nodes_by_depth is None:  # not a functional graph: trust layer.output, chain the layers
         return _chained_layer_outputs(layers, unmatched)
     return _functional_layer_outputs(nodes_by_depth, layers, unmatched)
 

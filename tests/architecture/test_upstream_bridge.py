@@ -24,11 +24,7 @@ UPSTREAM = ("tf2onnx", "keras", "tensorflow")
 PUBLIC_TF2ONNX_MODULES = ("tf2onnx", "tf2onnx.convert")
 INTERNAL_PREFIXES = ("keras.src", "keras._", "tensorflow.python", "tensorflow._")
 
-KNOWN_OUTSIDE: dict[str, set[str]] = {
-    # parity/locate.py (another owner) reads a functional model's graph by depth; the bridge has it as
-    # upstream.nodes_by_depth(model): this entry goes when locate.py calls that
-    "lambda_export/parity/locate.py": {"getattr _nodes_by_depth", "getattr _functional", "hasattr _nodes_by_depth"},
-}
+KNOWN_OUTSIDE: dict[str, set[str]] = {}
 """Offences known and waiting to move into the bridge (file → offences); the test fails once one is gone, too."""
 
 

@@ -276,3 +276,21 @@ def test_without_onnx_runtime_the_error_says_which_extra(demo_artifacts: dict) -
     (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "ONNX Runtime is not installed" in line and "lambda-export[cpu]" in line and "lambda-export[gpu]" in line
     assert "Traceback" not in proc.stderr
+
+
+def test_verbose_lists_what_each_pass_did_and_why_it_refused(
+    workdir: Path, demo_artifacts: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-v prints the per-pass log: every pass of the pipeline, what it rewrote, and its counted refusals."""
+    from lambda_export.passes.pipelines import pipeline_passes
+
+    out = workdir / "verbose.onnx"
+    code, _, err = run_main(["export", str(demo_artifacts["h5"]), "-o", str(out), "-v", "--skip-verify"], capsys)
+    assert code == 0, err
+    lines = [line.removeprefix("pass ") for line in err.splitlines() if line.startswith("pass ")]
+    logged = {line.split(":")[0] for line in lines}
+    assert logged == {p.name for p in pipeline_passes("speed")}, logged
+    assert any(" rewritten" in line and not line.split(":")[1].strip().startswith("0 ") for line in lines), lines
+    assert any("refused" in line for line in lines), lines  # the demo has convolutions the dense-matmul pass refuses
+    code, _, err = run_main(["export", str(demo_artifacts["h5"]), "-o", str(out), "--force", "--skip-verify"], capsys)
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("pass ")]  # only with -v
