@@ -1022,6 +1022,8 @@ def _speed_text(speed: dict[str, Any] | None) -> str:
 
 def render_quantization_text(quantization: dict[str, Any], color: bool = False) -> str:
     """The int8 section for the terminal: verdict table, groups kept in float (and why), size, worst layers."""
+    from lambda_export.quantization.verdict import verdict_line
+
     verdict = quantization.get("verdict")
     calibration = quantization.get("calibration") or {}
     method = (quantization.get("settings") or {}).get("calibration_method", "?")
@@ -1054,11 +1056,9 @@ def render_quantization_text(quantization: dict[str, Any], color: bool = False) 
     lines.append(_speed_text(quantization.get("speed")))
     for warning in quantization.get("warnings") or []:
         lines.append(_paint(f"warning: {warning}", _YELLOW, color))
-    if verdict is None:
-        lines.append("int8 verdict: not taken (--skip-verify)")
-    else:
-        text = f"int8 verdict: {'PASS' if verdict['passed'] else 'FAIL'} on {', '.join(verdict['runtimes_run'])}"
-        lines.append(_paint(text, _GREEN if verdict["passed"] else _RED, color))
+    # accuracy, runtimes and what int8 brings here (share of the multiply-adds, size, speed: "no benefit here: ...")
+    text = verdict_line(quantization)
+    lines.append(text if verdict is None else _paint(text, _GREEN if verdict["passed"] else _RED, color))
     return "\n".join(lines)
 
 

@@ -53,6 +53,7 @@ from lambda_export.quantization.verdict import (
     DEFAULT_MIN_AGREEMENT,
     RUNTIMES,
     Int8Verdict,
+    benefit,
     check_thresholds,
     judge,
 )
@@ -120,8 +121,9 @@ class QuantizeResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able record of the quantization (the ``quantization`` part of the command line's JSON verdict and
-        of the report)."""
-        return {
+        of the report); ``benefit`` says what int8 brings here (:func:`~lambda_export.quantization.verdict.benefit`:
+        multiply-add share in int8, size and speed against float32, and why when it brings nothing)."""
+        record = {
             "precision": "int8",
             "settings": {**SETTINGS, "calibration_method": self.method, "tool": quantizer_version()},
             "calibration": self.calibration.to_dict(),
@@ -140,6 +142,8 @@ class QuantizeResult:
             "passed": self.passed,
             "path": self.path,
         }
+        record["benefit"] = benefit(record)
+        return record
 
 
 def check_quantize_arguments(

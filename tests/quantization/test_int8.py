@@ -80,8 +80,11 @@ def test_int8_is_timed_against_float32_and_a_slower_int8_is_said(small_result) -
     assert speed.float32_ms > 0 and speed.int8_ms > 0 and speed.speedup_p10 <= speed.speedup <= speed.speedup_p90
     # the paired median and the ratio of medians agree roughly (both from the same interleaved rounds)
     assert 0.5 < speed.speedup / (speed.float32_ms / speed.int8_ms) < 2.0
-    record = small_result.summary()["speed"]
+    summary = small_result.summary()
+    record = summary["speed"]
     assert record["runtime"] == "onnxruntime-cpu" and record["speedup"] == speed.speedup
+    # what int8 brings, at the top of the record: the timed benefit, with the measured speed in it
+    assert summary["benefit"] == record["benefit"] and summary["benefit"]["speed_ratio"] is not None
     slower = [w for w in small_result.warnings if w.startswith("int8 ran slower than float32 here")]
     assert bool(slower) == (speed.speedup < 1.0)
 
@@ -215,7 +218,9 @@ def test_cli_quantize_passes_with_exit_0_and_json_fields(
     assert metadata["quantization"] == "int8" and metadata["target"] == "ort"
     # the same as a table: the verdict and the float groups are printed
     code, stdout, _ = run_main([*args, "--force"], capsys)
-    assert code == 0 and "int8 verdict: PASS on onnxruntime, openvino" in stdout and "kept in float:" in stdout
+    assert code == 0 and "int8 verdict: PASS (accuracy) on onnxruntime, openvino — " in stdout
+    assert "kept in float:" in stdout and "of the multiply-adds in int8" in stdout  # the verdict weighs the benefit
+    assert quantization["benefit"]["int8_mac_share"] is not None and "benefit" in quantization["benefit"]
     assert "speed: int8 " in stdout and "x the float32 speed in ONNX Runtime CPU" in stdout
 
 
