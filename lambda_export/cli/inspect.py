@@ -15,7 +15,7 @@ from lambda_export.cli.app import set_state
 from lambda_export.cli.options import OutputOptions, output_options
 from lambda_export.errors import EXIT_OK
 
-__all__ = ["INSPECT_SCHEMA", "command", "describe_model"]
+__all__ = ["INSPECT_SCHEMA", "command", "describe_model", "opset_text"]
 
 INSPECT_SCHEMA = "lambda-export/inspect/v1"
 
@@ -33,7 +33,8 @@ def command(onnx_file: str, output: OutputOptions) -> int:
         click.echo(json.dumps(info, indent=2))
         return EXIT_OK
     click.echo(
-        f"{onnx_file}: {info['nodes']} nodes, {info['parameters']:,} parameters, opset {info['opset']}, {info['producer']}"
+        f"{onnx_file}: {info['nodes']} nodes, {info['parameters']:,} parameters, {opset_text(info['opset'])}, "
+        f"{info['producer']}"
     )
     for kind in ("inputs", "outputs"):
         for item in info[kind]:
@@ -45,6 +46,14 @@ def command(onnx_file: str, output: OutputOptions) -> int:
     for key, value in info["metadata"].items():
         click.echo(f"  meta   {key} = {value}")
     return EXIT_OK
+
+
+def opset_text(opsets: dict[str, int]) -> str:
+    """The opsets of a model (domain → version) for people: ``opset 17``, other domains after it by name
+    (``opset 17, ai.onnx.ml 3``)."""
+    main = opsets.get("ai.onnx")
+    others = [f"{domain} {version}" for domain, version in opsets.items() if domain != "ai.onnx"]
+    return ", ".join([f"opset {main}" if main is not None else "no ai.onnx opset", *others])
 
 
 def describe_model(model: Any, path: str) -> dict[str, Any]:
