@@ -97,6 +97,7 @@ __all__ = [
     "CEILING_RUNNER",
     "CEILING_TARGET",
     "INT8_RUNNER",
+    "OPENVINO_MISSING",
     "OPENVINO_RUNNER",
     "ORT_RUNNERS",
     "RATIO_TARGET_LAYER",
@@ -121,6 +122,7 @@ INT8_RUNNER = "ort_int8"  # the int8 QDQ model `lambda-export MODEL --quantize i
 INT8_MAX_BYTES = 256 * 10**6  # larger exports are not quantized by the benchmark (one quantizer pass per node group)
 ORT_RUNNERS = ("ort_portable", "ort_convert_only", "ort_tf2onnx", INT8_RUNNER)
 OPENVINO_RUNNER = "openvino"  # the portable file on OpenVINO, f32 pinned: what a user would pick instead of ORT
+OPENVINO_MISSING = "not installed (pip install 'lambda-export[openvino]')"
 CEILING_RUNNER = "ort_matmul"
 
 
@@ -421,7 +423,12 @@ def _other_runners(
         try:
             run_openvino = openvino_runner(prepared.portable.path, prepared.inputs, settings.threads)
             runners.calls[OPENVINO_RUNNER] = lambda run=run_openvino, x=arrays: run(x)
-        except Exception as exc:  # not installed (an optional extra), or the file does not load there
+        except ModuleNotFoundError as exc:  # an optional extra: the table says so under its OpenVINO column
+            if exc.name is None or exc.name.split(".")[0] != "openvino":
+                runners.errors[OPENVINO_RUNNER] = described(exc)
+            else:
+                runners.errors[OPENVINO_RUNNER] = OPENVINO_MISSING
+        except Exception as exc:  # the file does not load there
             runners.errors[OPENVINO_RUNNER] = described(exc)
     if settings.ceiling:
         from lambda_export.io import model_bytes
@@ -728,7 +735,8 @@ def run_suite(
             _log(settings, f"{entry.name}: ERROR {record['reason']}")
         if record.get("status") == "ok":
             ratio = record["target"]["value"]
-            _log(settings, f"{entry.name}: ORT/TF best = {ratio} (target {entry.ratio_target})")
+            target = "" if mode == "model" else f" (target {entry.ratio_target})"  # a user's model has none
+            _log(settings, f"{entry.name}: ORT/TF best = {ratio}{target}")
         results["entries"].append(record)
         write_json(results, out_json)
     rank = {entry.name: position for position, entry in enumerate(entries)}

@@ -105,8 +105,12 @@ def format_cell(value: Any, digits: int = 2) -> str:
 
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as Markdown: the latency/ratio table, then the int8, GFLOP/s and memory, export cost and GPU
-    sections, and the skipped and failed entries."""
-    lines = _latency_table(results["entries"])
+    sections, and the skipped and failed entries.
+
+    The project's own runs judge each configuration against its target (``target``, ``met`` columns); a user's model
+    (``lambda-export bench MODEL``, mode ``model``) gets the ratios only: those targets are the project's benchmark
+    goals for its layers and models, not a verdict on someone else's model."""
+    lines = _latency_table(results["entries"], targets=results.get("mode") != "model")
     lines.extend(int8_lines(results))
     lines.append("")
     lines.extend(_throughput_table(results["entries"]))
@@ -119,33 +123,59 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 _LATENCY_NOTE = (
     "Latency: medians over all timed runs. Ratios: median (p10–p90) of the paired per-round ratios against the "
-    "better TF (ᴳ graph mode, ˣ XLA); the targets are judged on it. *min-latency ratio*: fastest ORT run over "
+    "better TF (ᴳ graph mode, ˣ XLA){judged}. *min-latency ratio*: fastest ORT run over "
     "fastest TF run, a best case that other work on the machine disturbs least. *ORT portable*: the "
     "default export (`lambda-export MODEL`, `--optimize speed`); *--optimize size*: the fewest-nodes export of the "
     "same target (– where the two are the same graph). *OpenVINO*: the same portable file on OpenVINO's CPU "
     "plugin, f32 inference precision pinned, the same thread count, latency hint; *ORT/OpenVINO*: paired "
-    "per-round ratio on that file (target ≤ 1.25)."
+    "per-round ratio on that file{openvino_target}."
 )
 
 
-def _latency_table(entries: list[dict[str, Any]]) -> list[str]:
-    """The main table: latencies of every runner and the ratios against the better TF, one row per entry."""
-    lines = [
+def _latency_table(entries: list[dict[str, Any]], *, targets: bool = True) -> list[str]:
+    """The main table: latencies of every runner and the ratios against the better TF, one row per entry; with
+    ``targets``, each entry's target and whether it is met."""
+    header = (
         "| configuration | TF graph ms | TF XLA ms | ORT portable ms | ORT tf2onnx ms | OpenVINO ms "
         "| ORT/TF best (p10–p90) | min-latency ratio | --optimize size / TF best | tf2onnx/TF best "
-        "| ORT/OpenVINO (p10–p90) | target | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
-    ]
+        "| ORT/OpenVINO (p10–p90) |"
+    )
+    align = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    lines = [header + " target | met |", align + "---:|:---:|"] if targets else [header, align]
     for record in entries:
         if record.get("status") != "ok":
             reason = record.get("reason", "")
-            lines.append(f"| {record['name']} | {record.get('status')}: {reason} | | | | | | | | | | | |")
+            cells = [record["name"], f"{record.get('status')}: {reason}", *[""] * (11 if targets else 9)]
+            lines.append("| " + " | ".join(cells) + " |")
             continue
-        lines.append(_latency_row(record))
-    return [*lines, "", _LATENCY_NOTE]
+        lines.append(_latency_row(record, targets=targets))
+    note = _LATENCY_NOTE.format(
+        judged="; the targets are judged on it" if targets else "",
+        openvino_target=" (target ≤ 1.25)" if targets else "",
+    )
+    return [*lines, "", note, *_openvino_lines(entries)]
 
 
-def _latency_row(record: dict[str, Any]) -> str:
+def _openvino_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """Why the OpenVINO column is empty, once: ``OpenVINO: not installed (pip install 'lambda-export[openvino]')``, or
+    the error of the entries where the file did not load there."""
+    reasons = dict.fromkeys(
+        _openvino_reason(record["errors"]["openvino"])
+        for record in entries
+        if record.get("status") == "ok" and (record.get("errors") or {}).get("openvino")
+    )
+    return [f"OpenVINO: {reason}" for reason in reasons]
+
+
+def _openvino_reason(error: str) -> str:
+    """An OpenVINO runner error as the table's footnote says it (results written before the harness said "not
+    installed" recorded the ModuleNotFoundError)."""
+    if error.startswith("ModuleNotFoundError") and "openvino" in error:
+        return "not installed (pip install 'lambda-export[openvino]')"
+    return error
+
+
+def _latency_row(record: dict[str, Any], *, targets: bool = True) -> str:
     lat = record["latency"]
 
     def ms(name: str) -> str:
@@ -164,14 +194,16 @@ def _latency_row(record: dict[str, Any]) -> str:
         if versus
         else "–"
     )
-    return (
+    row = (
         f"| {record['name']} | {ms('tf_graph')} | {ms('tf_xla')} | {ms('ort_portable')} | {ms('ort_tf2onnx')} "
         f"| {ms('openvino')} "
         f"| **{format_cell(paired.get('median'), 3)}**{mark}{spread} | {format_cell(min_latency_ratio(record))} "
         f"| {format_cell(raw)} | {format_cell(anchor)} "
-        f"| {versus_text} | ≤ {record['target']['ratio']} "
-        f"| {'✅' if met else '❌' if met is not None else '–'} |"
+        f"| {versus_text} |"
     )
+    if not targets:
+        return row
+    return row + f" ≤ {record['target']['ratio']} | {'✅' if met else '❌' if met is not None else '–'} |"
 
 
 def _throughput_table(entries: list[dict[str, Any]]) -> list[str]:
@@ -334,11 +366,16 @@ def draw_chart(results: dict[str, Any], path: str | os.PathLike[str]) -> str | N
     names = [r["name"] for r in records]
     portable = [(r["ratios"].get("ort_portable/tf_best") or {}).get("median") or np.nan for r in records]
     anchor = [(r["ratios"].get("ort_tf2onnx/tf_best") or {}).get("median") or np.nan for r in records]
-    targets = [r["target"]["ratio"] for r in records]
+    # a user's model (mode "model") has no target: the project's goals are no verdict on it
+    targets = [] if results.get("mode") == "model" else [r["target"]["ratio"] for r in records]
     height = max(3.0, 0.28 * len(records) + 1.5)
     fig, ax = plt.subplots(figsize=(10, height))
     y = np.arange(len(records))
-    colors = ["#2a9d8f" if p <= t else "#e76f51" for p, t in zip(portable, targets, strict=True)]
+    colors = (
+        ["#2a9d8f" if p <= t else "#e76f51" for p, t in zip(portable, targets, strict=True)]
+        if targets
+        else ["#2a9d8f"] * len(records)
+    )
     ax.barh(y - 0.2, portable, height=0.4, color=colors, label="ORT portable / TF best")
     ax.barh(y + 0.2, anchor, height=0.4, color="#b0b0b0", label="ORT tf2onnx (anchor) / TF best")
     for i, target in enumerate(targets):
@@ -354,7 +391,8 @@ def draw_chart(results: dict[str, Any], path: str | os.PathLike[str]) -> str | N
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("latency ratio (lower is better; black tick = target, dashed = parity with TF)")
+    ticks_note = "black tick = target, " if targets else ""
+    ax.set_xlabel(f"latency ratio (lower is better; {ticks_note}dashed = parity with TF)")
     ax.set_title(
         f"{results.get('title', 'benchmark')}: ORT / TF latency, {results['environment']['threads']['n']} threads"
     )
