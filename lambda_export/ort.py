@@ -20,6 +20,7 @@ __all__ = [
     "GPU_PROVIDERS",
     "KNOWN_PROVIDERS",
     "TENSORRT",
+    "absent_here",
     "available_providers",
     "canonical_provider",
     "cpu_session",
@@ -113,6 +114,19 @@ def session_providers(provider: str, *, tf32: bool = False) -> list[Any]:
     return [provider] if provider == CPU else [provider, CPU]
 
 
+NO_GPU_PACKAGE = "onnxruntime-gpu not installed"
+NO_DEVICE = "no NVIDIA device"
+_ABSENT = (NO_GPU_PACKAGE, NO_DEVICE)
+
+
+def absent_here(reason: str) -> str | None:
+    """When :func:`provider_problem`'s ``reason`` says the provider cannot exist on this machine at all (a GPU
+    provider without onnxruntime-gpu, or without an NVIDIA device), that in short (``onnxruntime-gpu not installed``,
+    ``no NVIDIA device``); None for a provider that should be there and is broken (libraries missing, a session that
+    fails), which the user must hear about. Reports say the absent ones in one quiet line."""
+    return next((short for short in _ABSENT if reason.startswith(short)), None)
+
+
 @functools.cache
 def provider_problem(provider: str) -> str | None:
     """None when ``provider`` can run a session here, else why not (probed once per process with a tiny model)."""
@@ -121,7 +135,7 @@ def provider_problem(provider: str) -> str | None:
     gpu_package = env.installed("onnxruntime-gpu")
     if provider not in ort.get_available_providers():
         if provider in GPU_PROVIDERS and not gpu_package:
-            return "onnxruntime-gpu not installed (this environment has the CPU-only onnxruntime package)"
+            return f"{NO_GPU_PACKAGE} (this environment has the CPU-only onnxruntime package)"
         return f"not built into this onnxruntime {ort.__version__}"
     if provider == CPU:
         return None
@@ -131,10 +145,12 @@ def provider_problem(provider: str) -> str | None:
     try:
         probe = ort.InferenceSession(_tiny_model(), options, providers=session_providers(provider))
     except Exception as exc:
+        if provider in GPU_PROVIDERS and not env.nvidia_device_present():
+            return f"{NO_DEVICE} (cannot create a session: {first_line(exc, None)})"
         return f"cannot create a session: {first_line(exc, None)}"
     if provider not in probe.get_providers():
         if provider in GPU_PROVIDERS and not env.nvidia_device_present():
-            return "no CUDA device"
+            return f"{NO_DEVICE} (ONNX Runtime fell back to the CPU)"
         if provider == TENSORRT:
             return "TensorRT libraries not found (ONNX Runtime fell back to another provider)"
         why = f": {preload_problem}" if preload_problem else ""

@@ -368,8 +368,12 @@ def render_text(report: ParityReport, color: bool = False) -> str:
         lines.append(f"float16 tolerances: |onnx − tf| ≤ {report.fp16_atol:g} + {report.fp16_rtol:g}·|tf|")
     for warning in report.warnings:
         lines.append(_paint(f"warning: {warning}", _YELLOW, color))
-    for provider, reason in report.providers_skipped.items():
-        lines.append(_paint(f"skipped {_short(provider)}: {reason}", _YELLOW, color))
+    absent, skipped = _skipped_providers(report.providers_skipped)
+    lines.extend(
+        _paint(f"skipped {_short(provider)}: {reason}", _YELLOW, color) for provider, reason in skipped.items()
+    )
+    if absent:
+        lines.append(_paint(absent, _DIM, color))
     if report.first_divergent_layer:
         item = next(
             (d for d in report.divergence if report.first_divergent_layer in (d.layer, *d.fused)),
@@ -791,17 +795,38 @@ def _html_fp16(report: ParityReport) -> list[str]:
     ]
 
 
+def _skipped_providers(skipped: dict[str, str]) -> tuple[str | None, dict[str, str]]:
+    """The providers that did not run: one quiet line for the GPU providers that cannot exist on this machine
+    (``GPU providers: not available here (onnxruntime-gpu not installed)``; None when there are none), and the others
+    (there but unusable: the user must hear why), provider → reason. The JSON keeps every reason."""
+    from lambda_export.ort import absent_here
+
+    absent = {provider: absent_here(reason) for provider, reason in skipped.items()}
+    others = {provider: reason for provider, reason in skipped.items() if absent[provider] is None}
+    shorts = {provider: short for provider, short in absent.items() if short is not None}
+    if not shorts:
+        return None, others
+    if len(set(shorts.values())) == 1:
+        why = next(iter(shorts.values()))
+    else:
+        why = "; ".join(f"{_short(provider)}: {short}" for provider, short in shorts.items())
+    return f"GPU providers: not available here ({why})", others
+
+
 def _html_skipped(report: ParityReport) -> list[str]:
-    """The providers that were asked for but not run, and why."""
-    if not report.providers_skipped:
-        return []
+    """The providers that were asked for but not run, and why (those that cannot exist here in one quiet line)."""
+    absent, skipped = _skipped_providers(report.providers_skipped)
+    parts = [f"<p class=muted>{_e(absent)}</p>"] if absent else []
+    if not skipped:
+        return parts
     return [
         "<h2>Skipped providers</h2><table><tr><th>provider</th><th>reason</th></tr>",
         *(
             f"<tr><td><span class='badge skip'>{_e(_short(p))}</span></td><td>{_e(r)}</td></tr>"
-            for p, r in report.providers_skipped.items()
+            for p, r in skipped.items()
         ),
         "</table>",
+        *parts,
     ]
 
 
