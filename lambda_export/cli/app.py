@@ -5,8 +5,9 @@
   the table alone, so it starts without TensorFlow, ONNX or the verbs' code. :class:`DefaultVerbGroup` adds the
   default verb: ``lambda-export MODEL ...`` is ``lambda-export export MODEL ...``.
 * :data:`STATE` holds the settings of this invocation (:func:`set_state`), the file written so far, the timings of
-  its steps (:func:`timed`) and a pending interruption; :func:`progress` prints progress lines; :func:`checkpoint`
-  raises an interruption that library code swallowed.
+  its steps (:func:`timed`) and a pending interruption; :func:`progress` prints progress lines; :func:`warn` prints
+  a warning (once, on stderr, worded for the command line); :func:`checkpoint` raises an interruption that library
+  code swallowed.
 * :func:`main`, the console-script entry point: SIGINT/SIGTERM handlers, and every failure → one line on stderr
   (and a JSON verdict with ``--json``) and an exit code.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import click
 
-from lambda_export.cli.options import EXIT_CODES_HELP, RESULT_SCHEMA, OutputOptions, cli_message
+from lambda_export.cli.options import EXIT_CODES_HELP, RESULT_SCHEMA, OutputOptions, cli_message, cli_warning
 from lambda_export.errors import EXIT_CONVERSION, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, LambdaExportError, described
 from lambda_export.ort import ONNXRUNTIME_MISSING
 from lambda_export.version import __version__
@@ -46,6 +47,7 @@ __all__ = [
     "set_state",
     "tensorflow_progress",
     "timed",
+    "warn",
 ]
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -98,6 +100,7 @@ class _State:
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}  # step → seconds, for the report (set_state starts each invocation's)
+        self.warned: set[str] = set()  # the warnings said so far (each is said once)
 
 
 STATE = _State()
@@ -109,6 +112,7 @@ def set_state(output: OutputOptions) -> None:
     STATE.quiet, STATE.verbose, STATE.json = output.quiet, output.verbose, output.json
     STATE.written = None
     STATE.started, STATE.timings = time.perf_counter(), {}
+    STATE.warned = set()
     # TensorFlow's C++ INFO/WARNING lines would break the one-line error promise; -v shows them (TensorFlow reads the
     # variable once, when it starts: lambda_export.loading.import_keras)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if output.verbose else "2")
@@ -120,6 +124,17 @@ def progress(message: str) -> None:
         return
     if STATE.verbose or sys.stderr.isatty():
         click.echo(f"… {message}", err=True)
+
+
+def warn(message: str) -> None:
+    """Say a warning: one line on stderr, worded for the command line (:func:`~lambda_export.cli.options.cli_warning`:
+    ``calibration=FILE.npz`` → ``--calibration FILE.npz``), once per invocation however often it is raised (the
+    library repeats some in later results); nothing with --json, whose document carries them."""
+    text = cli_warning(message)
+    if STATE.json or text in STATE.warned:
+        return
+    STATE.warned.add(text)
+    click.echo(f"warning: {text}", err=True)
 
 
 def tensorflow_progress() -> None:

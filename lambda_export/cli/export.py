@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed, warn
 from lambda_export.cli.options import (
     EXIT_CODES_HELP,
     RESULT_SCHEMA,
@@ -80,7 +80,7 @@ def export(
 
     quantize = quantize or QuantizeOptions()
     input_shapes, output_path = _check(model, convert, parity, output, quantize)
-    quantize_warnings = _early_warnings(convert, quantize)
+    _early_warnings(convert, quantize)
     loaded = _load_and_check_samples(model, loaded, convert, parity, load, quantize, input_shapes)
     checkpoint()
     with timed("convert", f"converting (opset {convert.opset}, target {convert.target})"):
@@ -104,7 +104,7 @@ def export(
     written = result.model if int8 is None else int8.model
     with timed("write"):
         result.path = save_model_atomic(written, output_path, overwrite=convert.force)
-    _say_written(result, written, int8, quantize_warnings)
+    _say_written(result, written, int8)
     summary: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "model": str(model) if model else None,
@@ -131,17 +131,15 @@ def export(
     )
 
 
-def _early_warnings(convert: ConvertOptions, quantize: QuantizeOptions) -> list[str]:
-    """The int8 warnings known before any work (said at once: the user may want another ``--target``)."""
-    quantize_warnings = quantize.check(convert.target)
+def _early_warnings(convert: ConvertOptions, quantize: QuantizeOptions) -> None:
+    """Say the int8 warnings known before any work at once (the user may want another ``--target``); the int8 result
+    repeats them, and :func:`~lambda_export.cli.app.warn` says each once."""
+    for warning in quantize.check(convert.target):
+        warn(warning)
     if quantize.enabled and not quantize.calibration:
         from lambda_export.quantization.calibration import GENERATED_WARNING
 
-        quantize_warnings.append(GENERATED_WARNING.replace("calibration=FILE.npz", "--calibration FILE.npz"))
-    if quantize_warnings and not STATE.json:
-        for warning in quantize_warnings:
-            click.echo(f"warning: {warning}", err=True)
-    return quantize_warnings
+        warn(GENERATED_WARNING)
 
 
 def _load_and_check_samples(
@@ -177,13 +175,11 @@ def _load_and_check_samples(
     return loaded
 
 
-def _say_written(result: Any, written: Any, int8: Any, quantize_warnings: list[str]) -> None:
+def _say_written(result: Any, written: Any, int8: Any) -> None:
     """The conversion's and int8's warnings (each once: those said before the work are not repeated), then the line
     that names the file written."""
-    said = {warning.split(" (")[0] for warning in quantize_warnings}
-    for warning in [*result.warnings, *(w for w in (int8.warnings if int8 else []) if w.split(" (")[0] not in said)]:
-        if not STATE.json:
-            click.echo(f"warning: {warning}", err=True)
+    for warning in [*result.warnings, *(int8.warnings if int8 else [])]:
+        warn(warning)
     STATE.written = result.path
     if not (STATE.json or STATE.quiet):  # said even when piped: the file is the result
         nodes = len(written.graph.node)

@@ -8,7 +8,8 @@
 * Parsers of option text: :func:`parse_shape` (``--input-shape``), :func:`parse_providers` (``--providers``),
   :func:`parse_batch_sizes` (``--batch-sizes``).
 * :func:`cli_message`: a library error's message with the Python argument it names (``opset``, ``overwrite=True``)
-  replaced by the flag (``--opset``, ``--force``).
+  replaced by the flag (``--opset``, ``--force``); :func:`cli_warning`: the same for a library warning, whose
+  arguments are written ``name=VALUE`` (``calibration=FILE.npz`` → ``--calibration FILE.npz``).
 * Constants the verbs share: the choices of ``--target``/``--optimize``, the exit-code epilog, the result schema.
 
 This module imports only click: ``lambda-export --help`` must start without TensorFlow, ONNX or ONNX Runtime.
@@ -45,6 +46,8 @@ __all__ = [
     "ParityOptions",
     "QuantizeOptions",
     "cli_message",
+    "cli_text",
+    "cli_warning",
     "convert_options",
     "load_options",
     "output_options",
@@ -109,6 +112,9 @@ FLAGS = {
     "calibration_method": "--calibration-method",
     "min_agreement": "--min-agreement",
     "min_cosine": "--min-cosine",
+    # what warnings suggest (cli_warning)
+    "calibration=FILE.npz": "--calibration FILE.npz",
+    "inputs=FILE.npz": "--inputs FILE.npz",
 }
 
 
@@ -119,10 +125,38 @@ def cli_message(exc: LambdaExportError) -> str:
 
     A message without an argument, or with one the table does not know, is returned as it is.
     """
-    message = str(exc)
-    arguments = getattr(exc, "argument", None) or ()
+    return cli_text(str(exc), getattr(exc, "argument", None) or ())
+
+
+def cli_warning(message: str) -> str:
+    """A library warning as the command line says it: each Python argument it names as ``name=VALUE`` (how warnings
+    write them: ``calibration=FILE.npz``, ``overwrite=True``) replaced by its flag (``--calibration FILE.npz``,
+    ``--force``) with :func:`cli_text`. A ``name=VALUE`` whose name is not an argument is left as it is."""
+    arguments = [
+        match.group(0)
+        for match in re.finditer(r"(?<![\w-])([a-z_][a-z0-9_]*)=([^\s,;)]*)", message)
+        if match.group(0) in FLAGS or match.group(1) in FLAGS
+    ]
+    return cli_text(message, tuple(arguments), flags={**FLAGS, **_value_flags(arguments)})
+
+
+def _value_flags(tokens: list[str]) -> dict[str, str]:
+    """``name=VALUE`` tokens that the table lacks → ``--flag VALUE`` (``--flag`` alone for ``True`` or no value)."""
+    flags = {}
+    for token in tokens:
+        if token in FLAGS:
+            continue
+        name, _, value = token.partition("=")
+        flags[token] = FLAGS[name] if value in ("", "True") else f"{FLAGS[name]} {value}"
+    return flags
+
+
+def cli_text(message: str, arguments: str | tuple[str, ...], *, flags: dict[str, str] | None = None) -> str:
+    """``message`` with each of ``arguments`` (a token or a tuple of them; the first time it stands as a word)
+    replaced by its flag in ``flags`` (default :data:`FLAGS`); tokens the table does not know stay as they are."""
+    table = FLAGS if flags is None else flags
     for argument in (arguments,) if isinstance(arguments, str) else arguments:
-        flag = FLAGS.get(argument)
+        flag = table.get(argument)
         if flag is None:
             continue
         match = re.search(rf"(?<![\w-]){re.escape(argument)}(?!\w)", message)

@@ -7,6 +7,7 @@ the report and returns the exit code.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
@@ -14,20 +15,21 @@ from typing import Any
 
 import click
 
-from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed
+from lambda_export.cli.app import STATE, checkpoint, progress, set_state, tensorflow_progress, timed, warn
 from lambda_export.cli.options import (
     EXIT_CODES_HELP,
     RESULT_SCHEMA,
     LoadOptions,
     OutputOptions,
     ParityOptions,
+    cli_warning,
     load_options,
     output_options,
     parity_options,
 )
 from lambda_export.errors import EXIT_OK, EXIT_PARITY_FAILED, InputError
 
-__all__ = ["check_inputs_file", "command", "finish", "run_parity"]
+__all__ = ["check_inputs_file", "command", "finish", "run_parity", "source_mismatch"]
 
 
 @click.command("verify", epilog=EXIT_CODES_HELP)
@@ -53,6 +55,9 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
     tensorflow_progress()
     with timed("load", f"loading {model}"):
         loaded = load_model(model, trust_code=load.trust_code, imports=load.imports)
+    provenance = source_mismatch(onnx_model, onnx_file, model, loaded.sha256)
+    if provenance:
+        warn(provenance)  # at once: the parity that follows compares two models that may be unrelated
     onnx_inputs = [value.name for value in onnx_model.graph.input]
     expected = [info.name for info in loaded.inputs]
     initializers = {init.name for init in onnx_model.graph.initializer}
@@ -61,11 +66,25 @@ def command(model: str, onnx_file: str, parity: ParityOptions, load: LoadOptions
     dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
     fixed = bool(dims) and dims[0].HasField("dim_value")
     report = run_parity(loaded, onnx_model, parity, fixed_batch=fixed)
+    if provenance:
+        report.warnings.insert(0, provenance)  # in the JSON and the report file too (finish says it once)
     checkpoint()
     summary = onnx_summary(onnx_model) if output.report else None
     return finish(
         {"schema": RESULT_SCHEMA, "model": model, "onnx": onnx_file}, report, output.report, conversion=summary
     )
+
+
+def source_mismatch(onnx_model: Any, onnx_file: str, model: str, sha256: str | None) -> str | None:
+    """The warning when the ONNX file's metadata records another source than the Keras model given (the SHA-256 that
+    :func:`lambda_export.conversion.convert` stamps, ``source_sha256``, differs from the model's), else None (also
+    for a file without that record: not exported by lambda-export, or from a model in memory)."""
+    metadata = {prop.key: prop.value for prop in onnx_model.metadata_props}
+    recorded = metadata.get("source_sha256")
+    if not recorded or recorded == "in-memory" or not sha256 or recorded == sha256:
+        return None
+    source = metadata.get("source") or "another model"
+    return f"{onnx_file} was exported from {source} (sha256 {recorded[:12]}…), not from {model} (sha256 {sha256[:12]}…)"
 
 
 def check_inputs_file(path: str, inputs: list[Any]) -> None:
@@ -147,6 +166,23 @@ def _int_high(loaded: Any) -> int:
     return max(1, min([INT_HIGH, *sizes]))
 
 
+def _say_warnings(report: Any, conversion: dict[str, Any] | None, quantization: dict[str, Any] | None) -> None:
+    """Word the warnings of the parity report, the conversion and int8 for the command line (in the JSON and the
+    report file too: ``calibration=FILE.npz`` → ``--calibration FILE.npz``) and say each once on stderr (those said
+    earlier in this run are not repeated)."""
+    if report is not None:
+        report.warnings = [cli_warning(warning) for warning in report.warnings]
+    for part in (conversion, quantization):
+        if part and part.get("warnings"):
+            part["warnings"] = [cli_warning(warning) for warning in part["warnings"]]
+    for warning in [
+        *(conversion or {}).get("warnings", []),
+        *(quantization or {}).get("warnings", []),
+        *(report.warnings if report is not None else []),
+    ]:
+        warn(warning)
+
+
 def finish(
     result: dict[str, Any],
     report: Any,
@@ -166,6 +202,7 @@ def finish(
     """
     exit_code = EXIT_OK
     int8_failed = bool(quantization and quantization.get("passed") is False)
+    _say_warnings(report, conversion, quantization)
     if report is not None:
         exit_code = EXIT_OK if report.passed and not int8_failed else EXIT_PARITY_FAILED
         if result.get("onnx") and report.model.get("onnx") in (None, "in-memory"):
@@ -185,11 +222,17 @@ def finish(
     if report is not None and not STATE.quiet:
         from lambda_export.report import render_text
 
-        click.echo(render_text(report, color=sys.stdout.isatty()))
+        table = copy.copy(report)
+        table.warnings = []  # said on stderr (_say_warnings), not again in the table
+        click.echo(render_text(table, color=sys.stdout.isatty()))
+        if STATE.verbose:  # the table says the GPU providers that cannot exist here in one line; -v says each and why
+            for provider, reason in report.providers_skipped.items():
+                click.echo(f"skipped {provider}: {reason}", err=True)
     if quantization is not None and not STATE.quiet:
         from lambda_export.report import render_quantization_text
 
-        click.echo(render_quantization_text(quantization, color=sys.stdout.isatty()))
+        text = render_quantization_text({**quantization, "warnings": []}, color=sys.stdout.isatty())
+        click.echo(text)
     if report is None:
         click.echo(f"converted: {result.get('onnx')} (parity not checked)")
     elif STATE.quiet:

@@ -59,6 +59,7 @@ from lambda_export.parity.running import (
     keras_feed,
     load_onnx_model,
     model_bytes,
+    ort_failure,
     run_keras,
     session_source,
 )
@@ -209,6 +210,7 @@ def verify(
     Raises:
         InputError: unreadable model/inputs, mismatched input/output names, bad arguments.
         ProviderUnavailableError: a requested provider cannot run here.
+        ConversionError: ONNX Runtime cannot load or run the ONNX graph (the node named; exit code 3).
     """
     config = _with_options(config, options)
     say = progress or (lambda message: None)
@@ -528,7 +530,7 @@ def _insensitive_outputs(
         )
         report.warnings.append(
             f"output {name!r} {what} the {samples} input samples: it barely depends on its inputs, so this check cannot "
-            "tell a right graph from a wrong one; check with real samples (--inputs FILE.npz, or inputs= in Python)"
+            "tell a right graph from a wrong one; check with real samples (inputs=FILE.npz)"
         )
 
 
@@ -561,7 +563,11 @@ def _run_candidates(
     """Run the model on each provider over every input set: one row per output and set, one histogram per output.
 
     Rows are judged by the relative rule where the set has a float64 truth (:func:`_judge`), else by the absolute
-    one. A session that cannot be created or a run that fails gives rows that fail with the reason (no exception).
+    one.
+
+    Raises:
+        ConversionError: ONNX Runtime cannot load or run the graph (:func:`lambda_export.parity.running.ort_failure`:
+            the node and op named): a graph that does not run is a conversion failure (exit 3), not a parity one.
     """
     rows: list[ResultRow] = []
     histograms: list[ErrorHistogram] = []
@@ -574,29 +580,22 @@ def _run_candidates(
         step = time.perf_counter()
         try:
             session = ort.session(serialized, provider, tf32=rule.tf32)
-            error = None
         except Exception as exc:
-            session, error = None, f"ONNX Runtime could not create a {provider} session: {first_line(exc)}"
+            raise ort_failure(exc, provider, precision, "load") from exc
         timings[f"session[{provider}]{suffix}"] = time.perf_counter() - step
         step = time.perf_counter()
         for item in sets:
-            outputs = None
-            run_error = error
-            if session is not None:
-                try:
-                    outputs = dict(zip(output_names, session.run(output_names, item.feed), strict=True))
-                except Exception as exc:
-                    run_error = f"ONNX Runtime failed on {provider}: {first_line(exc)}"
+            try:
+                outputs = dict(zip(output_names, session.run(output_names, item.feed), strict=True))
+            except Exception as exc:
+                raise ort_failure(exc, provider, precision, "run", item.batch_size) from exc
             for index, name in enumerate(output_names):
-                if outputs is None:
-                    metrics = Metrics.failure(run_error or "no output")
-                else:
-                    truth = _truth_for(item, index, provider, rule, notes)
-                    baseline = item.baseline[index] if item.baseline else None
-                    metrics = _judge(
-                        truth, baseline, item.reference[index], outputs[name], name, rule, candidate_name, notes
-                    )
-                    hist[name].add_judged(item.reference[index], outputs[name], metrics, truth, rule.atol, rule.rtol)
+                truth = _truth_for(item, index, provider, rule, notes)
+                baseline = item.baseline[index] if item.baseline else None
+                metrics = _judge(
+                    truth, baseline, item.reference[index], outputs[name], name, rule, candidate_name, notes
+                )
+                hist[name].add_judged(item.reference[index], outputs[name], metrics, truth, rule.atol, rule.rtol)
                 rows.append(
                     ResultRow(
                         provider, name, item.batch_size, item.distribution, item.sample, metrics, item.seed, precision
