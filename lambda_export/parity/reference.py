@@ -1,15 +1,36 @@
-"""The float64 truth of the relative rule: the Keras model rebuilt to compute in float64, with the same weights.
+"""The float64 truth of the relative rule: the Keras model's own TensorFlow graph, run in float64 with the same weights.
 
-* :func:`float64_model`: a clone of the model under the ``float64`` dtype policy (every layer rebuilt from its config
-  with ``dtype="float64"``, nested models too), the float32 weights copied exactly; or why there can be none (a custom
-  layer that refuses float64, a SavedModel that only has a float32 graph).
+* :func:`float64_model`: a :class:`Float64Model` of the model, or why there can be none.
 * :func:`run_float64`: call it on the same inputs (float inputs widened to float64 exactly, integers unchanged); it
   refuses a result with a float output that is not float64.
 
-The float32 weights and inputs are exactly representable in float64, so the clone computes the float32 model's
+How: the model's call (``model(x, training=False)``, as the converter traces it) is traced into a TensorFlow graph
+with float32 inputs, its variables are frozen into constants as the conversion freezes them
+(:func:`lambda_export.upstream.freeze_function`; a weight over 2 GB cannot be frozen: no float64 truth then), the
+library's functions get new names, and then every float32 in the graph becomes float64:
+the inputs, the constants (weights, and the Python numbers a layer's code put in the graph; all exactly widened), and
+the ``T``/``dtype``/``DstT``/... type attributes of every op, inside function bodies too (the loops of recurrent
+layers). The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
+``AvgPool3D``) are replaced by an exact float64 equivalent: 3-D pooling is separable into 2-D pooling over
+(height, width) and a second pooling over depth.
+
+Why the graph and not a clone of the Keras model under a float64 dtype policy (what this module did before): a clone
+rebuilds every layer from its config with ``dtype="float64"``, which fails for layers whose config does not rebuild
+with another dtype (many of keras-hub's, ``TimeDistributed``), and it silently leaves float32 whatever a layer creates
+outside its config: ``SpectralNormalization(Conv2D)`` kept its wrapped layer in float32, so its "float64" outputs were
+float32's bit for bit, TensorFlow's own error was 0, and a right export was failed. The graph does not depend on any
+layer's config, wrapper or Python code: whatever the call computes, nested models, wrappers (``SpectralNormalization``,
+``TimeDistributed``, ``Bidirectional``) and custom layers with raw TensorFlow ops included, is computed in float64.
+The model itself is never touched (no dtype policy or variable of it changes).
+
+A :class:`Float64Model` is checked when it is built: no float32 (or float16/bfloat16) type may be left in its graph,
+and on a probe input its float outputs must not all equal the float32 model's bit for bit (a "float64" model that
+computes in float32 would make TensorFlow's own error 0 and the rule fail right exports). Either gives a reason, and
+the absolute rule decides.
+
+The float32 weights and inputs are exactly representable in float64, so the graph computes the float32 model's
 function with 2⁻⁵³ roundings instead of 2⁻²⁴: its error is ~10⁹ times smaller than float32's, a truth for both
-TensorFlow's float32 run and the ONNX export. A layer that casts to float32 inside its ``call`` makes the truth only
-as accurate as float32 there; that makes the relative rule stricter for that layer, never more lenient.
+TensorFlow's float32 run and the ONNX export. The weights are those of the moment :func:`float64_model` ran.
 """
 
 from __future__ import annotations
@@ -20,116 +41,346 @@ import numpy as np
 
 from lambda_export.errors import first_line
 from lambda_export.loading import LoadedModel
-from lambda_export.parity.running import keras_feed, run_keras
+from lambda_export.parity.running import keras_feed
 
-__all__ = ["float64_model", "run_float64"]
+__all__ = ["Float64Model", "float64_model", "run_float64"]
+
+_POOL3D = {"MaxPool3D": "MAX", "AvgPool3D": "AVG"}  # no float64 kernel in TensorFlow: replaced (see _pool3d_function)
 
 
 class _RefusedError(Exception):
-    """A layer cannot be rebuilt in float64 (the message names it)."""
+    """The model cannot be run in float64 (the message says why)."""
 
 
-def _as_float64(layer: Any) -> Any:
-    """``layer`` rebuilt from its config with ``dtype="float64"`` (a clone_model clone function)."""
-    try:
-        config = layer.get_config()
-        if "dtype" in config:
-            config["dtype"] = "float64"
-        return type(layer).from_config(config)
-    except Exception as exc:
-        raise _RefusedError(
-            f"layer {layer.name!r} ({type(layer).__name__}) cannot be rebuilt with dtype float64: {_root_cause(exc)}"
-        ) from exc
+def _widen_attr(attr: Any, float_type: int, double_type: int) -> None:
+    """Turn float32 into float64 in one ``AttrValue`` (a type, a list of types, a constant tensor, a function's)."""
+    import tensorflow as tf
+
+    kind = attr.WhichOneof("value")
+    if kind == "type" and attr.type == float_type:
+        attr.type = double_type
+    elif kind == "list":
+        for index, item in enumerate(attr.list.type):
+            if item == float_type:
+                attr.list.type[index] = double_type
+    elif kind == "tensor" and attr.tensor.dtype == float_type:
+        wide = tf.make_ndarray(attr.tensor).astype(np.float64)  # exact
+        attr.tensor.CopyFrom(tf.make_tensor_proto(wide, dtype=tf.float64))
+    elif kind == "func":
+        for inner in attr.func.attr.values():
+            _widen_attr(inner, float_type, double_type)
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The first line of the innermost exception ``exc`` was raised from (Keras wraps a constructor's error)."""
-    seen = {id(exc)}
-    inner = exc.__cause__ or exc.__context__
-    while inner is not None and id(inner) not in seen:
-        exc = inner
-        seen.add(id(exc))
-        inner = exc.__cause__ or exc.__context__
-    return first_line(exc)
+def _widen_graph(graph_def: Any) -> None:
+    """Every float32 of ``graph_def`` (nodes, function bodies and signatures) made float64, in place."""
+    from tensorflow.core.framework import types_pb2
+
+    single, double = types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+        for arg in [*function.signature.input_arg, *function.signature.output_arg]:
+            if arg.type == single:
+                arg.type = double
+        for attr in function.attr.values():
+            _widen_attr(attr, single, double)
+        for arg_attrs in function.arg_attr.values():
+            for attr in arg_attrs.attr.values():
+                _widen_attr(attr, single, double)
+    for node in nodes:
+        for attr in node.attr.values():
+            _widen_attr(attr, single, double)
 
 
-def _copy_weights(source: Any, clone: Any) -> None:
-    """Assign ``source``'s weights to ``clone``'s, matched by path (or by order when paths differ), widened exactly."""
-    theirs, ours = list(source.weights), list(clone.weights)
-    if len(theirs) != len(ours):
-        raise _RefusedError(f"the float64 clone has {len(ours)} weights, the model {len(theirs)}")
-    by_path = {getattr(v, "path", None): v for v in ours}
-    if None not in by_path and len(by_path) == len(ours) and all(getattr(v, "path", None) in by_path for v in theirs):
-        pairs = [(v, by_path[v.path]) for v in theirs]
-    else:
-        pairs = list(zip(theirs, ours, strict=True))
-    for src, dst in pairs:
-        if tuple(src.shape) != tuple(dst.shape):
-            raise _RefusedError(
-                f"weight {getattr(src, 'path', src.name)} has shape {tuple(src.shape)} in the model and "
-                f"{tuple(dst.shape)} in its float64 clone"
-            )
-        dst.assign(np.asarray(src.numpy()).astype(np.dtype(dst.dtype)))
+_RENAMED = iter(range(1 << 62))
 
 
-def _float32_layers(model: Any) -> list[str]:
-    """Layers of the clone (nested ones too) whose compute dtype is a float type other than float64."""
-    import keras
+def _rename_functions(graph_def: Any) -> None:
+    """Give every function of ``graph_def``'s library a new name (references too): the float32 definitions of the
+    same names are already registered in TensorFlow's context, and a different definition of a name is refused."""
+    suffix = f"_float64_{next(_RENAMED)}"
+    names = {f.signature.name: f.signature.name + suffix for f in graph_def.library.function}
 
+    def rename_attr(attr: Any) -> None:
+        kind = attr.WhichOneof("value")
+        if kind == "func":
+            attr.func.name = names.get(attr.func.name, attr.func.name)
+            for inner in attr.func.attr.values():
+                rename_attr(inner)
+        elif kind == "list":
+            for func in attr.list.func:
+                func.name = names.get(func.name, func.name)
+
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        function.signature.name = names[function.signature.name]
+        nodes.extend(function.node_def)
+    for gradient in graph_def.library.gradient:
+        gradient.function_name = names.get(gradient.function_name, gradient.function_name)
+    for node in nodes:
+        node.op = names.get(node.op, node.op)
+        for attr in node.attr.values():
+            rename_attr(attr)
+
+
+def _narrow_types(graph_def: Any) -> list[str]:
+    """Nodes of ``graph_def`` (function bodies included) that still compute in a float type other than float64."""
+    from tensorflow.core.framework import types_pb2
+
+    narrow = {types_pb2.DT_FLOAT: "float32", types_pb2.DT_HALF: "float16", types_pb2.DT_BFLOAT16: "bfloat16"}
     found = []
-    stack = list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop(0)
-        dtype = str(getattr(layer, "compute_dtype", "float64"))
-        if (
-            dtype.startswith(("float", "bfloat"))
-            and dtype != "float64"
-            and not isinstance(layer, keras.layers.InputLayer)
-        ):
-            found.append(f"{layer.name} ({type(layer).__name__}, {dtype})")
-        stack.extend(getattr(layer, "layers", []) if isinstance(layer, keras.Model) else [])
+    for node in [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]:
+        for attr in node.attr.values():
+            kind = attr.WhichOneof("value")
+            types = [attr.type] if kind == "type" else list(attr.list.type) if kind == "list" else []
+            if kind == "tensor":
+                types = [attr.tensor.dtype]
+            hits = [narrow[t] for t in types if t in narrow]
+            if hits:
+                found.append(f"{node.name} ({node.op}, {hits[0]})")
+                break
     return found
 
 
-def float64_model(model: Any) -> tuple[Any | None, str | None]:
-    """``(clone, None)``: ``model`` computing in float64 with its exact weights; ``(None, why)`` when it cannot.
+def _pool3d_function(node: Any) -> Any:
+    """A float64 ``tf.function`` computing ``node`` (a MaxPool3D/AvgPool3D) exactly: 2-D pooling over (height,
+    width) of every depth slice, then 2-D pooling over (depth, 1). Both max and average pooling of a box are separable
+    (with SAME padding too: the padded positions are left out of the max and of the average's count per axis)."""
+    import tensorflow as tf
 
-    Every layer is rebuilt from its config with ``dtype="float64"`` (the global dtype policy is float64 meanwhile, so
-    the sub-layers a custom layer creates follow), nested functional and sequential models recursively
-    (``keras.models.clone_model``); then the weights are copied. A model that is not a functional or sequential
-    Keras model, a layer whose config or constructor refuses float64, a layer that still computes in another float
-    dtype, or weights that do not line up give a reason instead.
+    kind = _POOL3D[node.op]
+    ksize, strides = list(node.attr["ksize"].list.i), list(node.attr["strides"].list.i)
+    padding = node.attr["padding"].s.decode()
+    channels_first = node.attr["data_format"].s.decode() == "NCDHW"
+    if channels_first:
+        ksize, strides = [ksize[0], *ksize[2:], ksize[1]], [strides[0], *strides[2:], strides[1]]
+    if ksize[0] != 1 or ksize[4] != 1 or strides[0] != 1 or strides[4] != 1:
+        raise _RefusedError(f"{node.op} {node.name!r} pools over the batch or the channels")
+
+    def pool(x: Any, window: list[int], stride: list[int]) -> Any:
+        pool2d = tf.nn.max_pool2d if kind == "MAX" else tf.nn.avg_pool2d
+        return pool2d(x, window, stride, padding)
+
+    @tf.function(input_signature=[tf.TensorSpec([None] * 5, tf.float64)])
+    def pool3d(x: Any) -> Any:
+        if channels_first:
+            x = tf.transpose(x, [0, 2, 3, 4, 1])
+        shape = tf.shape(x)
+        batch, depth, channels = shape[0], shape[1], shape[4]
+        y = pool(tf.reshape(x, tf.stack([batch * depth, shape[2], shape[3], channels])), ksize[2:4], strides[2:4])
+        inner = tf.shape(y)
+        y = pool(tf.reshape(y, tf.stack([batch, depth, inner[1] * inner[2], channels])), [ksize[1], 1], [strides[1], 1])
+        y = tf.reshape(y, tf.stack([batch, tf.shape(y)[1], inner[1], inner[2], channels]))
+        return tf.transpose(y, [0, 4, 1, 2, 3]) if channels_first else y
+
+    return pool3d.get_concrete_function()
+
+
+def _replace_pool3d(graph_def: Any) -> None:
+    """Each top-level MaxPool3D/AvgPool3D node of ``graph_def`` made a call of its float64 equivalent, in place."""
+    for node in graph_def.node:
+        if node.op not in _POOL3D:
+            continue
+        concrete = _pool3d_function(node)
+        library = concrete.graph.as_graph_def().library
+        known = {f.signature.name for f in graph_def.library.function}
+        for function in [concrete.function_def, *library.function]:
+            if function.signature.name not in known:
+                graph_def.library.function.add().CopyFrom(function)
+                known.add(function.signature.name)
+        node.op = concrete.function_def.signature.name
+        node.ClearField("attr")
+    inner = [f"{n.name} ({n.op})" for f in graph_def.library.function for n in f.node_def if n.op in _POOL3D]
+    if inner:
+        raise _RefusedError(f"{inner[0]} has no float64 kernel in TensorFlow")
+
+
+def _structure(argument: Any) -> tuple[Any, list[Any]]:
+    """``(structure, flat arrays)`` of a Keras call argument (an array, a list or a dict of arrays)."""
+    import keras
+
+    return argument, list(keras.tree.flatten(argument))
+
+
+class Float64Model:
+    """A Keras model's call run as a float64 TensorFlow graph (see the module docstring); ``model`` is untouched.
+
+    Reading an attribute it lacks reads the Keras model's (``layers``, ``input`` ...): the layer locator walks the
+    model's layer graph through it, and runs the per-layer models it builds with :func:`run_float64`.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._functions: dict[Any, tuple[Any, Any, list[str]]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("model", "_functions"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def _function(self, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any, list[str]]:
+        """The float64 graph function for arguments shaped like ``flat`` (any batch), traced once per signature."""
+        key = (repr(structure_spec(structure)), tuple((a.shape[1:], a.dtype.str) for a in flat))
+        if key not in self._functions:
+            self._functions[key] = _trace(self.model, structure, flat)
+        return self._functions[key]
+
+    def __call__(self, argument: Any) -> list[np.ndarray]:
+        """The outputs (flattened) of the model on ``argument`` (float arrays widened to float64 here)."""
+        import tensorflow as tf
+
+        structure, flat = _structure(argument)
+        flat = [np.asarray(a) for a in flat]
+        function, _, _ = self._function(structure, flat)
+        wide = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in flat]
+        with tf.device("/CPU:0"):
+            outputs = function(*[tf.constant(a) for a in wide])
+        return [np.asarray(t) for t in outputs]
+
+    def narrow_nodes(self, argument: Any) -> list[str]:
+        """The graph's nodes that do not compute in float64 (empty for a genuine float64 graph)."""
+        structure, flat = _structure(argument)
+        return self._function(structure, [np.asarray(a) for a in flat])[2]
+
+
+def structure_spec(structure: Any) -> Any:
+    """``structure`` with its arrays replaced by None (the shape of a call argument, for a cache key)."""
+    import keras
+
+    return keras.tree.map_structure(lambda _: None, structure)
+
+
+def _trace(model: Any, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any, list[str]]:
+    """Trace ``model(structure-of-flat, training=False)`` with float32 inputs, freeze its variables into constants
+    (as the conversion freezes them: :func:`lambda_export.upstream.freeze_function`), widen to float64, import."""
+    import keras
+    import tensorflow as tf
+
+    from lambda_export import upstream
+
+    specs = [
+        tf.TensorSpec(
+            (None, *a.shape[1:]) if a.ndim else (), tf.float32 if a.dtype.kind == "f" else tf.as_dtype(a.dtype)
+        )
+        for a in flat
+    ]
+
+    def forward(*args: Any) -> list[Any]:
+        argument = keras.tree.pack_sequence_as(structure, list(args))
+        return list(keras.tree.flatten(model(argument, training=False)))
+
+    with tf.device("/CPU:0"):
+        concrete = tf.function(forward, input_signature=specs).get_concrete_function()
+        inputs = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+        outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+        graph_def = upstream.freeze_function(concrete, inputs, outputs)
+    _widen_graph(graph_def)
+    _rename_functions(graph_def)
+    _replace_pool3d(graph_def)
+    narrow = _narrow_types(graph_def)
+
+    def imported() -> None:
+        tf.graph_util.import_graph_def(graph_def, name="")
+
+    with tf.device("/CPU:0"):
+        wrapped = tf.compat.v1.wrap_function(imported, [])
+    graph = wrapped.graph
+    function = wrapped.prune(
+        [graph.get_tensor_by_name(name) for name in inputs[: len(specs)]],
+        [graph.get_tensor_by_name(name) for name in outputs],
+    )
+    return function, graph_def, narrow
+
+
+def _message(exc: BaseException) -> str:
+    """The line of a TensorFlow error that says what went wrong (a traced function's error starts "in user code:"
+    and ends with it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0] == "in user code:":
+        return f"{type(exc).__name__}: {lines[-1]}"
+    return first_line(exc)
+
+
+def _probe_argument(model: Any) -> Any:
+    """A small deterministic call argument for ``model``: N(0, 1) floats, ones for integer inputs, batch 2."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for tensor in model.inputs:
+        shape = tuple(2 if d is None else int(d) for d in tensor.shape)
+        dtype = np.dtype(str(tensor.dtype))
+        arrays[tensor.name] = (
+            rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype=dtype)
+        )
+    try:
+        if isinstance(model.input, dict):
+            return {name: arrays[t.name] for name, t in model.input.items()}
+    except (AttributeError, ValueError):
+        pass
+    import keras
+
+    return keras.tree.map_structure(lambda tensor: arrays[tensor.name], model.input)
+
+
+def float64_model(model: Any) -> tuple[Float64Model | None, str | None]:
+    """``(Float64Model, None)``: ``model`` computing in float64 with its exact weights; ``(None, why)`` when not.
+
+    The model's graph is traced, frozen and widened to float64 (see the module docstring), then checked on a probe
+    input: it must run, return float64, keep no float32/float16 node, and its float outputs must not all equal the
+    float32 model's bit for bit (that would be float32 computing, not float64). Anything else gives a reason.
     """
     import keras
 
     if not isinstance(model, keras.Model):
         return None, f"{type(model).__name__} is not a Keras model"
-    previous = keras.config.dtype_policy()
+    result = Float64Model(model)
     try:
-        keras.config.set_dtype_policy("float64")
-        try:
-            clone = keras.models.clone_model(model, clone_function=_as_float64, recursive=True)
-        finally:
-            keras.config.set_dtype_policy(previous)
-        other = _float32_layers(clone)
-        if other:
-            return None, f"layer {other[0]} does not compute in float64 under a float64 dtype policy"
-        _copy_weights(model, clone)
+        argument = _probe_argument(model)
+        narrow = result.narrow_nodes(argument)
+        if narrow:
+            return None, f"node {narrow[0]} does not compute in float64 in the model's float64 graph"
+        wide = result(argument)
+        single = _run_float32(model, argument)
     except _RefusedError as exc:
         return None, str(exc)
     except Exception as exc:
-        return None, f"the model cannot be rebuilt with dtype float64: {first_line(exc)}"
-    return clone, None
+        return None, f"the model's graph cannot run in float64: {_message(exc)}"
+    if len(wide) != len(single):
+        return None, f"the float64 graph returns {len(wide)} outputs, the model {len(single)}"
+    pairs = [(w, s) for w, s in zip(wide, single, strict=True) if s.dtype.kind == "f"]
+    not_wide = [w.dtype for w, _ in pairs if w.dtype != np.float64]
+    if not_wide:
+        return None, f"the float64 graph returns {not_wide[0]} outputs"
+    if pairs and all(np.array_equal(w, s.astype(np.float64)) for w, s in pairs):
+        return None, (
+            "the float64 model's outputs equal the float32 model's bit for bit on a probe input: it does not compute "
+            "in float64"
+        )
+    return result, None
 
 
-def run_float64(clone: Any, loaded: LoadedModel, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The float64 clone's outputs on ``feed`` (float inputs widened to float64; integer and boolean ones as given).
+def _run_float32(model: Any, argument: Any) -> list[np.ndarray]:
+    import keras
+    import tensorflow as tf
+
+    with tf.device("/CPU:0"):
+        result = model(argument, training=False)
+    return [np.asarray(t) for t in keras.tree.flatten(result)]
+
+
+def run_float64(model: Any, loaded: LoadedModel | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The float64 outputs of ``model`` (a :class:`Float64Model`, or a Keras model, traced here) on ``feed`` (float
+    inputs widened to float64; integer and boolean ones as given), called as ``loaded``'s model is.
 
     Raises:
-        ValueError: a float output that is not float64 (a layer computes in float32 regardless of its policy).
+        ValueError: a float output that is not float64.
     """
-    wide = {name: a.astype(np.float64) if a.dtype.kind == "f" else a for name, a in feed.items()}
-    outputs = run_keras(clone, keras_feed(loaded, wide))
+    runner = model if isinstance(model, Float64Model) else Float64Model(model)
+    if loaded is not None:
+        argument = keras_feed(loaded, feed)
+    else:
+        arrays = [feed[t.name] for t in runner.model.inputs]
+        argument = arrays[0] if len(arrays) == 1 else arrays
+    outputs = runner(argument)
     for index, array in enumerate(outputs):
         if array.dtype.kind == "f" and array.dtype != np.float64:
             raise ValueError(f"output {index} of the float64 model is {array.dtype}")

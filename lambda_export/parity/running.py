@@ -7,13 +7,15 @@
 * :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
   traced function calls it.
 
-Sessions themselves come from :func:`lambda_export.ort.session`.
+Sessions themselves come from :func:`lambda_export.ort.session`; :func:`ort_failure` turns ONNX Runtime's refusal to
+load or run the graph into a :class:`~lambda_export.errors.ConversionError` naming the node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +24,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lambda_export.errors import InputError
+from lambda_export.errors import ConversionError, InputError
 from lambda_export.io import load_onnx, write_model_file
 from lambda_export.io import model_bytes as serialized
 from lambda_export.loading import LoadedModel
 
-__all__ = ["keras_feed", "load_onnx_model", "model_bytes", "run_keras", "session_source"]
+__all__ = ["keras_feed", "load_onnx_model", "model_bytes", "ort_failure", "run_keras", "session_source"]
 
 
 def load_onnx_model(onnx_model: Any) -> tuple[onnx.ModelProto, str | None]:
@@ -87,3 +89,38 @@ def run_keras(model: Any, argument: Any) -> list[np.ndarray]:
     with tf.device("/CPU:0"):
         result = model(argument, training=False)
     return [np.asarray(t) for t in keras.tree.flatten(result)]
+
+
+# how ONNX Runtime names the node it failed at: while running ("... running Reshape node. Name:'r' Status Message:
+# ...") and while loading ("... Node (r) Op (Reshape) [ShapeInferenceError] ..." or "... Node:r Output:...")
+_RUN_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: ")
+_LOAD_NODE = re.compile(r"Node \(([^)]*)\) Op \(([^)]*)\)")
+_TYPE_NODE = re.compile(r"of operator \(([^)]*)\) in node \(([^)]*)\)")
+_SOURCE = re.compile(r"^/\S+:\d+ [^()]*\([^()]*\) ")  # ORT's C++ file, line and function before its message
+_ORT_CODE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def ort_failure(
+    exc: BaseException, provider: str, precision: str = "fp32", stage: str = "run", batch: int | None = None
+) -> ConversionError:
+    """The :class:`ConversionError` (exit code 3) for ONNX Runtime failing to load (``stage="load"``) or run the
+    graph: one line with the provider, the node and op ONNX Runtime names, and its own message.
+
+    A graph that ONNX Runtime cannot run is a broken conversion, whatever the numbers would have been: a parity
+    failure (exit 1) would send the user looking for a wrong weight.
+    """
+    text = " ".join(str(exc).split())
+    node = _RUN_NODE.search(text)
+    if node:
+        where, detail = f"node {node.group(2)!r} ({node.group(1)})", _SOURCE.sub("", text[node.end() :])
+    else:
+        load, typed = _LOAD_NODE.search(text), _TYPE_NODE.search(text)
+        if load:
+            where = f"node {load.group(1)!r} ({load.group(2)})"
+        else:
+            where = f"node {typed.group(2)!r} ({typed.group(1)})" if typed else "the graph"
+        detail = _ORT_CODE.sub("", text)
+    model = "the ONNX model" if precision == "fp32" else f"the {precision} ONNX model"
+    action = f"load {model}" if stage == "load" else f"run {model}" + (f" at batch {batch}" if batch else "")
+    detail = detail if len(detail) <= 400 else detail[:399] + "…"
+    return ConversionError(f"ONNX Runtime ({provider}) cannot {action}: {where}: {detail or type(exc).__name__}")
