@@ -37,6 +37,7 @@ from lambda_export.graph import (
 )
 from lambda_export.io import save_model_atomic, too_large_for_protobuf, write_model_file
 from lambda_export.loading import LoadedModel, load_model
+from lambda_export.lookups import HASHING_OPS, TableLookups
 from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
 from lambda_export.targets import TARGETS, check_target
 
@@ -230,6 +231,7 @@ def run_tf2onnx(
     *,
     plain: bool = False,
     weights: Sequence[Callable[[], np.ndarray]] = (),
+    model: Any = None,
 ) -> onnx.ModelProto:
     """Convert a ``tf.function`` with tf2onnx (what ``tf2onnx.convert.from_function`` does), per call configured.
 
@@ -244,6 +246,13 @@ def run_tf2onnx(
     :func:`_tf2onnx_convert`), each given here as a function returning its value. tf2onnx converts them as graph
     inputs (nothing to freeze, fold or deep-copy); then what the graph computes from them alone is folded and they
     become initializers (:func:`lambda_export.folding.attach_weights`).
+
+    Lookup tables the function captured (``StringLookup``, ``IntegerLookup``) are read now and their lookups become
+    ``ai.onnx.ml`` nodes (:mod:`lambda_export.lookups`); ``model`` (optional) names the layer holding each table in
+    errors.
+
+    Raises:
+        ConversionError: a lookup table that cannot be resolved (naming its layer).
     """
     import tensorflow as tf
 
@@ -259,8 +268,11 @@ def run_tf2onnx(
         if placeholder.dtype != tf.dtypes.resource
     }
     renames = upstream.tensor_renames(concrete, input_names, output_names)
-    with tf.device("/cpu:0"), _frozen_heap():
+    lookups = TableLookups.of(concrete, model)
+    with tf.device("/cpu:0"), _frozen_heap(), _tensorflow_warnings_off():
         frozen = upstream.freeze_function(concrete, input_names, output_names)
+        if not plain:
+            lookups.pin_shapes(frozen)
         if not plain and upstream.allow_xla_inlining(frozen):
             with tf.Graph().as_default():  # grappler runs on a graph, as in tf_loader.from_function
                 frozen = upstream.grappler_optimize(input_names, output_names, frozen)
@@ -268,13 +280,15 @@ def run_tf2onnx(
             frozen,
             name=concrete.name,
             opset=opset,
-            custom_rewriter=None if plain else [_relabel_einsums],
-            custom_op_handlers=None if plain else _ERFC_AS_ERF,
+            custom_rewriter=None if plain else [_relabel_einsums, upstream.integer_floor_mod, *lookups.rewriters()],
+            custom_op_handlers=None if plain else {**_ERFC_AS_ERF, **lookups.handlers()},
             input_names=input_names,
             output_names=output_names,
             tensors_to_rename=renames,
             optimizers=tf2onnx_optimizers(einsum=plain),
         )
+    if not plain:
+        lookups.check(proto)
     _inline_captured(proto, captured)
     if weights:
         before = {init.name for init in proto.graph.initializer}
@@ -285,8 +299,23 @@ def run_tf2onnx(
     return proto
 
 
+@contextlib.contextmanager
+def _tensorflow_warnings_off() -> Iterator[None]:
+    """TensorFlow's Python warnings off for the duration: freezing a function that captured a lookup table prints
+    "Issue encountered when serializing table_initializer ... probably safe to ignore" (three lines) on stderr."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _inline_captured(model: onnx.ModelProto, captured: dict[str, Any]) -> None:
-    """Turn the graph inputs that stand for captured constants into initializers holding their values."""
+    """Turn the graph inputs that stand for captured constants into initializers holding their values (and drop
+    those no node reads: a lookup's default value, a mask token, once the lookup is an ai.onnx.ml node)."""
+    read = {name for node in all_nodes(model.graph) for name in node.input}
     values = {}
     for value in model.graph.input:
         if value.name in captured:
@@ -294,6 +323,7 @@ def _inline_captured(model: onnx.ModelProto, captured: dict[str, Any]) -> None:
     if not values:
         return
     kept = [value for value in model.graph.input if value.name not in values]
+    values = {name: array for name, array in values.items() if name in read}
     del model.graph.input[:]
     model.graph.input.extend(kept)
     model.graph.initializer.extend(onnx.numpy_helper.from_array(array, name) for name, array in values.items())
@@ -320,7 +350,7 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     variables = weight_inputs(model)
     if variables:
-        proto = _convert_with_weight_inputs(forward, signature, variables, opset)
+        proto = _convert_with_weight_inputs(forward, signature, variables, opset, model)
         if proto is not None:
             return proto
     function = tf.function(forward, input_signature=signature)
@@ -328,7 +358,7 @@ def _tf2onnx_convert(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) 
     try:
         with contextlib.redirect_stdout(sink), pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            proto = run_tf2onnx(function, signature, opset)
+            proto = run_tf2onnx(function, signature, opset, model=model)
     except ConversionError:
         raise
     except Exception as exc:
@@ -360,7 +390,7 @@ def weight_inputs(model: Any, min_bytes: int | None = None) -> list[Any]:
 
 
 def _convert_with_weight_inputs(
-    forward: Callable[..., Any], signature: list[Any], variables: list[Any], opset: int
+    forward: Callable[..., Any], signature: list[Any], variables: list[Any], opset: int, model: Any = None
 ) -> onnx.ModelProto | None:
     """``forward`` traced with ``variables`` as extra arguments (a ``keras.StatelessScope`` maps each variable to its
     argument), converted by :func:`run_tf2onnx` with their values attached as initializers after the conversion.
@@ -397,7 +427,9 @@ def _convert_with_weight_inputs(
     try:
         with contextlib.redirect_stdout(io.StringIO()), pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            proto = run_tf2onnx(function, [*signature, *specs], opset, weights=[value(v) for v in variables])
+            proto = run_tf2onnx(
+                function, [*signature, *specs], opset, weights=[value(v) for v in variables], model=model
+            )
     except Exception as exc:  # any failure here means: convert the ordinary way
         logging.getLogger(__name__).debug("weights as graph inputs failed, freezing them instead: %s", exc)
         return None
@@ -408,13 +440,21 @@ def _convert_with_weight_inputs(
 
 def _unconverted_ops(model: onnx.ModelProto) -> list[str]:
     """``op (node)`` for each node that is not a standard ONNX op (tf2onnx leaves TensorFlow ops it cannot convert)."""
+    return [f"{node.op_type} ({node.name})" for node in all_nodes(model.graph) if not _is_onnx_op(node)]
+
+
+_ONNX_DOMAINS = {"": "", "ai.onnx": "", "ai.onnx.ml": "ai.onnx.ml"}
+"""The domains of ONNX's own operator sets (the default one under both its names, and the ML one), as onnx.defs
+names them."""
+
+
+def _is_onnx_op(node: onnx.NodeProto) -> bool:
+    """Whether ``node`` is an operator of ONNX's own sets (``ai.onnx.ml``'s CategoryMapper and LabelEncoder, which
+    table lookups become, included), not a TensorFlow op tf2onnx left."""
     from onnx import defs
 
-    return [
-        f"{node.op_type} ({node.name})"
-        for node in all_nodes(model.graph)
-        if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type)
-    ]
+    domain = _ONNX_DOMAINS.get(node.domain)
+    return domain is not None and defs.has(node.op_type, domain)
 
 
 def _too_large_message(model: Any) -> str:
@@ -430,14 +470,19 @@ def _too_large_message(model: Any) -> str:
 
 def _check_converted(model: onnx.ModelProto) -> None:
     """Fail loudly on what tf2onnx returns as if fine: unconverted TF ops, invalid graphs, graphs ORT refuses."""
-    from onnx import defs
-
     bad = []
     for node in all_nodes(model.graph):  # tf2onnx leaves unconverted ops in If/Loop bodies too (tf.cond)
-        if node.domain not in ("", "ai.onnx") or not defs.has(node.op_type):
+        if not _is_onnx_op(node):
             bad.append(f"{node.op_type} ({node.name})")
     if bad:
-        raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}")
+        hashes = sorted({HASHING_OPS[op.split(" ")[0]] for op in bad if op.split(" ")[0] in HASHING_OPS})
+        why = (
+            f": {' and '.join(hashes)} string hashing (keras Hashing, or a StringLookup/IntegerLookup hashing "
+            "out-of-vocabulary values with num_oov_indices > 1 or oov_method='farmhash') has no ONNX equivalent"
+            if hashes
+            else ""
+        )
+        raise ConversionError(f"TensorFlow op(s) with no ONNX conversion: {', '.join(sorted(set(bad)))}{why}")
     large = too_large_for_protobuf(model)
     try:
         # the graph without the weight data: onnx.checker serializes what it checks (refusing models over 2 GiB) and
@@ -470,13 +515,29 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
-    """Give graph inputs/outputs the Keras names (tf2onnx appends ':0' and names outputs 'Identity:0')."""
+    """Give graph inputs/outputs the Keras names (tf2onnx appends ':0' and names outputs 'Identity:0'), and an output
+    whose rank tf2onnx could not tell (after a table lookup: none, or a scalar's) the Keras output's shape.
+
+    Raises:
+        ConversionError: the graph has other inputs or outputs than the model (naming the extra or missing ones).
+    """
     graph = model.graph
+    _check_count("input", [value.name for value in graph.input], [info.name for info in inputs])
+    _check_count("output", [value.name for value in graph.output], [info.name for info in outputs])
     mapping = {}
     for value, info in zip(graph.input, inputs, strict=True):
         mapping[value.name] = info.name
     for value, info in zip(graph.output, outputs, strict=True):
         mapping[value.name] = info.name
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type and len(tensor_type.shape.dim) != len(info.shape):
+            tensor_type.ClearField("shape")  # tf2onnx's guess after an op of unknown shape (a lookup) was wrong
+            tensor_type.shape.SetInParent()
+            for dim in info.shape:
+                if dim is None:
+                    tensor_type.shape.dim.add().dim_param = "unk"
+                else:
+                    tensor_type.shape.dim.add().dim_value = int(dim)
     for value in [*graph.input, *graph.output]:
         value.name = mapping.get(value.name, value.name)
     for node in graph.node:
@@ -485,6 +546,28 @@ def _rename_io(model: onnx.ModelProto, inputs: list[TensorInfo], outputs: list[T
         for i, name in enumerate(node.output):
             node.output[i] = mapping.get(name, name)
     rename_reads(graph, mapping, subgraphs_only=True)
+
+
+def _check_count(kind: str, found: list[str], expected: list[str]) -> None:
+    """A ConversionError unless the graph has as many ``kind``s (inputs/outputs) as the Keras model, naming the extra
+    graph ones (tf2onnx lists the model's own first) or the model's missing ones."""
+    if len(found) == len(expected):
+        return
+    if len(found) > len(expected):
+        extra = found[len(expected) :]
+        why = (
+            " (a captured resource tf2onnx could not resolve, e.g. a lookup table)"
+            if any("table_handle" in name or "resource" in name.lower() for name in extra)
+            else ""
+        )
+        raise ConversionError(
+            f"the converted graph has {len(found)} {kind}s, the model {len(expected)} "
+            f"({', '.join(expected) or 'none'}); extra graph {kind}(s): {', '.join(extra)}{why}"
+        )
+    raise ConversionError(
+        f"the converted graph has {len(found)} {kind}s ({', '.join(found) or 'none'}), the model {len(expected)}: "
+        f"{', '.join(expected[len(found) :])} missing"
+    )
 
 
 _COUNTER = re.compile(r"(__\d+)+")
@@ -740,6 +823,7 @@ def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, 
 
 
 def _output_infos(model: onnx.ModelProto, outputs: list[TensorInfo]) -> list[TensorInfo]:
+    _check_count("output", [value.name for value in model.graph.output], [info.name for info in outputs])
     infos = []
     for value, info in zip(model.graph.output, outputs, strict=True):
         dims = value.type.tensor_type.shape.dim

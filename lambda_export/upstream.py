@@ -43,10 +43,14 @@ __all__ = [
     "functional_operations",
     "grappler_optimize",
     "inbound_calls",
+    "input_layer_name",
+    "integer_floor_mod",
     "is_functional",
     "nodes_by_depth",
     "stable_merge_duplicates",
+    "string_equality_rewriter",
     "sublayers",
+    "table_lookup_handler",
     "tensor_renames",
 ]
 
@@ -68,10 +72,15 @@ PRIVATE_SYMBOLS: dict[str, str] = {
     "(erfc_as_one_minus_erf)",
     "tf2onnx.graph.Node.type/get_attr_value/attr": "the node API of a custom rewriter (einsum_relabeller)",
     "tf2onnx.utils.make_name/map_onnx_to_numpy_type": "fresh node names and ONNX→NumPy dtypes in an op handler",
+    "tf2onnx.graph.Graph.remove_node/make_node/get_shape/find_output_consumers, Node.inputs/is_const/"
+    "get_tensor_value": "replace a table lookup by an ai.onnx.ml node (table_lookup_handler)",
+    "tf2onnx.graph.Graph.make_node(skip_conversion)/get_nodes/remove_node, Node.output_shapes/output_dtypes": "custom "
+    "rewriters replacing nodes before tf2onnx's handlers (string_equality_rewriter, integer_floor_mod)",
     # Keras
     "keras Functional._operations": "the operations of a functional model, nested models included "
     "(functional_operations, is_functional)",
     "keras Operation._inbound_nodes": "the calls of an operation (inbound_calls)",
+    "keras KerasTensor._keras_history.operation": "the InputLayer that made a model input (input_layer_name)",
     "keras Node.arguments.args/kwargs, Node.outputs": "what one call read and produced (inbound_calls)",
     "keras Layer._flatten_layers": "every layer a custom layer tracks (sublayers)",
     "keras Functional._nodes_by_depth, Sequential._functional": "a functional graph by depth (nodes_by_depth)",
@@ -228,6 +237,28 @@ def einsum_relabeller(relabel: Callable[[str], str]) -> Callable[[Any, list[Any]
     return rewriter
 
 
+def integer_floor_mod(ctx: Any, ops: list[Any]) -> list[Any]:
+    """A tf2onnx ``custom_rewriter``: an integer ``FloorMod`` becomes ONNX ``Mod`` (``fmod=0``: the remainder takes
+    the divisor's sign, which is TensorFlow's floor modulo for integers).
+
+    tf2onnx 1.17 writes ``x − (x / y) · y`` with ONNX's integer ``Div``, which truncates: ``FloorMod(−3, 2)`` gives −1,
+    not 1 (``IntegerLookup(num_oov_indices=2)`` sends a negative out-of-vocabulary id to the wrong OOV index).
+    """
+    from onnx import TensorProto
+
+    integers = {
+        TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+        TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+    }  # fmt: skip
+    for node in list(ops):
+        if node.type == "FloorMod" and ctx.get_dtype(node.input[0]) in integers:
+            name, inputs, outputs = node.name, list(node.input), list(node.output)
+            shapes, dtypes = node.output_shapes, node.output_dtypes
+            ctx.remove_node(name)
+            ctx.make_node("Mod", inputs, attr={"fmod": 0}, name=name, outputs=outputs, shapes=shapes, dtypes=dtypes)
+    return ctx.get_nodes()
+
+
 def erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
     """A tf2onnx op handler for ``Erfc``: the node becomes ``Erf`` followed by ``1 − ·`` (see conversion.py)."""
     from tf2onnx import utils
@@ -238,6 +269,113 @@ def erfc_as_one_minus_erf(ctx: Any, node: Any, name: str, args: Any) -> None:
     ctx.insert_new_node_on_output(
         "Sub", node.output[0], name=utils.make_name(f"{node.name}/one_minus"), inputs=[one.output[0], node.output[0]]
     )
+
+
+def table_lookup_handler(
+    build: Callable[[str, str, Any], tuple[str, dict[str, Any]] | None],
+) -> Callable[[Any, Any, str, Any], None]:
+    """A tf2onnx op handler for ``LookupTableFindV2`` that asks ``build`` what replaces the lookup.
+
+    ``build(table, node, default)`` gets the name of the node that holds the table (a ``Placeholder`` standing for a
+    captured table resource, Identity nodes skipped), the lookup node's name and the default value (a NumPy array,
+    or the name of the tensor that holds it when it is not a constant: a captured value is a graph input), and returns ``(op_type, attributes)`` of the ``ai.onnx.ml`` node that maps the
+    keys to the values, or None to leave the node unconverted (the caller reports why). The replacement reads the
+    lookup's keys and writes its output; the table's node goes when nothing else reads it.
+    """
+
+    def handler(ctx: Any, node: Any, name: str, args: Any) -> None:
+        table = node.inputs[0]
+        while table.type == "Identity":
+            table = table.inputs[0]
+        default = node.inputs[2]
+        value = default.get_tensor_value(as_list=False) if default.is_const() else node.input[2]
+        built = build(table.name, node.name, value)
+        if built is None:
+            return
+        op_type, attributes = built
+        keys, outputs = node.input[1], list(node.output)
+        shape, dtype = ctx.get_shape(outputs[0]) or ctx.get_shape(keys), ctx.get_dtype(outputs[0])
+        ctx.remove_node(node.name)
+        ctx.make_node(
+            op_type,
+            [keys],
+            attr=attributes,
+            name=node.name,
+            outputs=outputs,
+            shapes=[shape],
+            dtypes=[dtype],
+            domain="ai.onnx.ml",
+        )
+        if not ctx.find_output_consumers(table.output[0]):
+            ctx.remove_node(table.name)
+
+    return handler
+
+
+def string_equality_rewriter(
+    value_of: Callable[[str], Any], refused: Callable[[str], None]
+) -> Callable[[Any, list[Any]], list[Any]]:
+    """A tf2onnx ``custom_rewriter``: ``Equal``/``NotEqual`` of a string tensor and one string becomes
+    ``CategoryMapper`` (the string → 1, anything else → 0), ``Cast`` to bool (and ``Not``).
+
+    tf2onnx 1.17 converts a string ``Equal`` by casting both sides to numbers ("FIXME: casting is not the same as
+    equal"), which ONNX Runtime refuses at run time (``stoll``); ONNX's ``Equal`` takes strings from opset 19 only,
+    beyond tf2onnx's 18. Keras' ``StringLookup(mask_token=...)`` compares its input with the mask token this way.
+    ``value_of(tensor)`` gives the value of a tensor that is not a constant in tf2onnx's graph (a captured value is a
+    graph input), or None; a string comparison with no single known string on either side goes to
+    ``refused(node name)`` and is left as it is.
+    """
+    from onnx import TensorProto
+
+    def known(node: Any, position: int) -> Any:
+        source = node.inputs[position]
+        if source is not None and source.is_const():
+            return source.get_tensor_value(as_list=False)
+        return value_of(node.input[position])
+
+    def rewriter(ctx: Any, ops: list[Any]) -> list[Any]:
+        for node in list(ops):
+            if node.type not in ("Equal", "NotEqual") or ctx.get_dtype(node.input[0]) != TensorProto.STRING:
+                continue
+            for data, other in ((0, 1), (1, 0)):
+                value = known(node, other)
+                if (
+                    value is not None
+                    and np.size(value) == 1
+                    and np.ndim(value) <= len(ctx.get_shape(node.input[data]) or ())
+                ):
+                    break
+            else:
+                refused(node.name)
+                continue
+            token = np.asarray(value).reshape(()).item()
+            token = token if isinstance(token, bytes) else str(token).encode()
+            source, outputs, name, negate = node.input[data], list(node.output), node.name, node.type == "NotEqual"
+            shape = ctx.get_shape(outputs[0]) or ctx.get_shape(source)
+            ctx.remove_node(name)
+            mapper = ctx.make_node(
+                "CategoryMapper",
+                [source],
+                attr={"cats_strings": [token], "cats_int64s": [1], "default_int64": 0},
+                name=f"{name}/is_token",
+                shapes=[shape],
+                dtypes=[TensorProto.INT64],
+                domain="ai.onnx.ml",
+            )
+            if negate:
+                cast = ctx.make_node(
+                    "Cast", mapper.output, attr={"to": TensorProto.BOOL}, name=f"{name}/equal", shapes=[shape],
+                    dtypes=[TensorProto.BOOL],
+                )  # fmt: skip
+                ctx.make_node("Not", cast.output, name=name, outputs=outputs, shapes=[shape], dtypes=[TensorProto.BOOL])
+            else:
+                ctx.make_node(
+                    "Cast", mapper.output, attr={"to": TensorProto.BOOL}, name=name, outputs=outputs,
+                    shapes=[shape], dtypes=[TensorProto.BOOL],
+                )  # fmt: skip
+        return ctx.get_nodes()
+
+    return rewriter
 
 
 # -- TensorFlow ----------------------------------------------------------------------------------------------------
@@ -281,6 +419,21 @@ def inbound_calls(operation: Any) -> Iterator[tuple[tuple[Any, ...], dict[str, A
     for node in getattr(operation, "_inbound_nodes", None) or []:
         arguments = node.arguments
         yield tuple(arguments.args), dict(arguments.kwargs), list(node.outputs)
+
+
+def input_layer_name(tensor: Any) -> str | None:
+    """The name of the ``InputLayer`` that made the model input ``tensor`` (None when it was not made by one).
+
+    ``keras.Input(shape)`` without a name makes an ``InputLayer`` named ``input_layer`` (``input_layer_N``) whose
+    tensor is named ``keras_tensor_N``: the layer's name is the model's own (``model.summary()``, plain tf2onnx's input
+    name); with a name both carry it.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    if operation is None or type(operation).__name__ != "InputLayer":
+        return None
+    name = getattr(operation, "name", None)
+    return name if isinstance(name, str) and name else None
 
 
 def sublayers(operation: Any) -> list[Any]:
