@@ -176,7 +176,23 @@ def _explain_load_error(path: Path, exc: BaseException) -> InputError:
             f"imports=[MODULE_OR_FILE]; the class must be decorated with @keras.saving.register_keras_serializable()",
             argument="imports=[MODULE_OR_FILE]",
         )
-    return InputError(f"{path}: cannot load the Keras model: {described(exc, None)}")
+    return InputError(f"{path}: cannot load the Keras model: {_load_error_line(exc)}")
+
+
+_VALUE_DUMP = re.compile(r",? value=[\[(<].*$")
+"""A variable's repr from its values on (Keras' ``<Variable path=..., value=[[[...`` runs over many lines)."""
+
+
+def _load_error_line(exc: BaseException, limit: int = 400) -> str:
+    """``TypeName: first line`` of a load error, and, when that line only introduces the cause ("... Example error
+    message for object <Conv2D name=top_conv, built=True>:"), the cause's line joined with " — " (a variable's values
+    left out): one line that says why."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = described(exc, None)
+    if len(lines) > 1 and lines[0].endswith(":"):
+        cause = _VALUE_DUMP.sub("", lines[1]).rstrip(" :")
+        text = f"{text} — {cause}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _tensor_infos(tensors: list[Any], names: list[str]) -> list[TensorInfo]:
@@ -201,13 +217,33 @@ def describe(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
         ) from exc
     if not inputs or not outputs:
         raise InputError("the model has no defined inputs or outputs")
-    input_names = [getattr(t, "name", None) or f"input_{i}" for i, t in enumerate(inputs)]
+    input_names = _input_names(model, inputs)
     output_names = list(getattr(model, "output_names", None) or [])
     if len(output_names) != len(outputs):
         output_names = [f"output_{i}" for i in range(len(outputs))]
     output_names = _unique([_sanitize(name) for name in output_names])
     input_names = _unique([_sanitize(name) for name in input_names])
     return _tensor_infos(inputs, input_names), _tensor_infos(outputs, output_names)
+
+
+def _input_names(model: Any, inputs: list[Any]) -> list[str]:
+    """The model's own name of each input: its key for a model called with a dict (how Keras matches the call's
+    arguments), else the name of the ``InputLayer`` that made it (``keras.Input(shape)`` without a name: the layer is
+    ``input_layer``, its tensor ``keras_tensor``), else the tensor's name."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        structure = None
+    if isinstance(structure, dict):
+        import keras
+
+        keys = keras.tree.flatten({key: key for key in structure})
+        if len(keys) == len(inputs):
+            return [str(key) for key in keys]
+    return [
+        upstream.input_layer_name(tensor) or getattr(tensor, "name", None) or f"input_{index}"
+        for index, tensor in enumerate(inputs)
+    ]
 
 
 def _sanitize(name: str) -> str:

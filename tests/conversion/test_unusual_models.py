@@ -207,3 +207,56 @@ def test_cli_exports_and_verifies(name: str, cli_runs: dict) -> None:
     assert result["verdict"] == "pass" and result["exit_code"] == 0, where
     assert result["parity"]["passed"] is True
     assert out.exists() and onnx.load(str(out)).graph.node
+
+
+# -- the model's own input names, and why a file does not load -------------------------------------------------------
+
+
+class HubStyleBackbone(keras.Model):
+    """Built the way keras-hub builds its backbones (DeiT, ViT...): an unnamed ``keras.Input`` inside the constructor
+    of a ``keras.Model`` subclass that calls the functional constructor. The input's layer is ``input_layer``, its
+    tensor ``keras_tensor``: the export used to be named after the tensor."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        images = keras.Input(shape=(8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="patches")(images)
+        super().__init__(inputs=images, outputs=keras.layers.GlobalAveragePooling2D(name="pool")(x), **kwargs)
+
+
+@pytest.mark.parametrize("style", ["hub_backbone", "functional"])
+def test_unnamed_inputs_keep_the_input_layer_name(style: str) -> None:
+    if style == "hub_backbone":
+        model = HubStyleBackbone()
+    else:
+        images = keras.Input((8, 8, 3))
+        model = keras.Model(images, keras.layers.Dense(2, name="dense")(images))
+    (input_layer,) = [layer for layer in model.layers if type(layer).__name__ == "InputLayer"]
+    assert input_layer.name.startswith("input_layer") and model.inputs[0].name != input_layer.name
+    result = convert(model)
+    assert result.input_names == [input_layer.name]
+    assert [value.name for value in result.model.graph.input] == [input_layer.name]
+
+
+def test_a_file_keras_cannot_reload_says_why(tmp_path: Path) -> None:
+    """A ``.keras`` file whose config says 128 filters and whose weights hold 1280: Keras' first line only introduces
+    the cause ("... Example error message for object <Conv2D name=top_conv, built=True>:"); the error keeps it."""
+    import zipfile
+
+    from lambda_export.errors import InputError
+    from lambda_export.loading import load_model
+
+    images = keras.Input((4, 4, 40), name="images")
+    good, bad = tmp_path / "good.keras", tmp_path / "bad.keras"
+    keras.Model(images, keras.layers.Conv2D(1280, 1, name="top_conv")(images)).save(good)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b'"filters": 1280', b'"filters": 128')
+            target.writestr(item, data)
+    with pytest.raises(InputError) as caught:
+        load_model(bad)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 500, message
+    assert "Example error message for object <Conv2D name=top_conv, built=True>: — " in message, message
+    assert "variable.shape=(1, 1, 40, 128), Received: value.shape=(1, 1, 40, 1280)" in message, message
