@@ -283,5 +283,5 @@ def test_demo_subprocess(tmp_path: Path) -> None:
     assert (predicted == y).mean() > 0.6 and len(set(predicted.tolist())) >= 8
     html = (tmp_path / "demo_output" / "report.html").read_text()
     train = float(re.search(r"<th>train</th><td>([\d.]+) s</td>", html).group(1))
-    assert 1 < train < seconds
+    assert 0 < train < seconds  # the report's training time is part of the run (no bound on how fast a machine is)
     print(f"lambda-export demo: {seconds:.1f} s wall, training {train:.1f} s")
