@@ -102,10 +102,15 @@ class Target:
     no_dynamic_shapes: bool = False
     no_broadcast: bool = False
     no_einsum: bool = False
+    # ops of the official ``ai.onnx.ml`` domain it runs: the lookup tables of StringLookup / IntegerLookup
+    # (lambda_export.lookups writes CategoryMapper and LabelEncoder); ONNX Runtime implements the whole domain
+    ml_ops: frozenset[str] = frozenset()
 
+
+_LOOKUP_OPS = frozenset(["CategoryMapper", "LabelEncoder"])
 
 TARGETS: dict[str, Target] = {
-    "ort": Target("ort", "ONNX Runtime CPU/CUDA", None),
+    "ort": Target("ort", "ONNX Runtime CPU/CUDA", None, ml_ops=_LOOKUP_OPS),
     "openvino": Target("openvino", "OpenVINO (f32 inference precision)", None),
     "opencv5": Target("opencv5", "OpenCV DNN 5.x", None, no_dynamic_shapes=True),
     "opencv4": Target(
@@ -148,6 +153,10 @@ def check_target(model: onnx.ModelProto, target: str) -> list[Offense]:
     offenses: list[Offense] = []
     for node in model.graph.node:
         name = node.name or node.output[0]
+        if node.domain == "ai.onnx.ml":
+            if node.op_type not in spec.ml_ops:
+                offenses.append(Offense(name, node.op_type, f"ai.onnx.ml op not supported by {spec.description}"))
+            continue
         if node.domain not in ("", "ai.onnx"):
             offenses.append(Offense(name, node.op_type, f"non-standard domain {node.domain!r}"))
             continue

@@ -566,3 +566,23 @@ def test_run_cleanup_on_a_projection_with_batch_norm() -> None:
     np.testing.assert_allclose(_run(model, feeds)[0], before, rtol=0, atol=1e-5)
     assert check_target(model, "portable") == []
     assert "Mul" not in _ops(model) and "Identity" not in _ops(model)
+
+
+def test_lookup_ops_of_ai_onnx_ml_run_on_onnx_runtime_only():
+    """StringLookup exports as CategoryMapper (ai.onnx.ml, an official domain): fine on ONNX Runtime, refused by name
+    on the OpenCV targets; a domain that is not ONNX's own is still 'non-standard'."""
+    nodes = [
+        helper.make_node("CategoryMapper", ["s"], ["i"], domain="ai.onnx.ml", cats_strings=["a"], cats_int64s=[1]),
+        helper.make_node("Custom", ["i"], ["y"], domain="com.example"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    ort_reasons = [offense.reason for offense in check_target(model, "ort")]
+    assert ort_reasons == ["non-standard domain 'com.example'"]
+    portable = [offense.reason for offense in check_target(model, "portable")]
+    assert portable[0].startswith("ai.onnx.ml op not supported by") and portable[1] == ort_reasons[0]
