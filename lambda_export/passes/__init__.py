@@ -2,6 +2,8 @@
 
 * :mod:`~lambda_export.passes.base` – the contract (a pass edits ``ctx.model`` and returns a ``PassResult``), the
   ``PassContext`` (target, options, cached shapes) and the ``PassManager`` (fixed point, target guard, per-pass log).
+* :mod:`~lambda_export.passes.repair` – repairs of what tf2onnx gets wrong where the graph says what was meant (a
+  Reshape's 0 that copies the wrong dim); first in ``CLEANUP``.
 * :mod:`~lambda_export.passes.cleanup` – exact clean-up and portability passes (every target).
 * :mod:`~lambda_export.passes.einsum` (+ :mod:`~lambda_export.passes.einsum_spec`, the equation parser) – Einsum
   into standard ops.

@@ -51,6 +51,7 @@ from lambda_export.passes.performance import (
     transpose_as_identity_matmul,
     unmerge_split_matmul,
 )
+from lambda_export.passes.repair import fix_reshape_zero_copies
 from lambda_export.targets import TARGETS
 
 __all__ = [
@@ -73,6 +74,10 @@ DEFAULT_OPTIMIZE = "speed"
 CLEANUP_ROUNDS = 5
 
 CLEANUP: tuple[Pass, ...] = (
+    # before everything: a Reshape whose 0 copies the wrong dim (tf2onnx, keras-hub's MiT) makes every shape inferred
+    # downstream of it wrong, and the passes below read those shapes (squeeze_to_reshape would write a wrong one into
+    # a constant); merge_reshapes refuses a shape with a 0, so it also merges the repaired Reshape where it can
+    fix_reshape_zero_copies,
     # first: tf2onnx's Identity nodes sit between producers and consumers and hide every pattern below
     remove_identities,
     # before the folds: they take 2D constant weights only
