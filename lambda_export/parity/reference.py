@@ -12,7 +12,11 @@ the inputs, the constants (weights, and the Python numbers a layer's code put in
 the ``T``/``dtype``/``DstT``/... type attributes of every op, inside function bodies too (the loops of recurrent
 layers). The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
 ``AvgPool3D``) are replaced by an exact float64 equivalent: 3-D pooling is separable into 2-D pooling over
-(height, width) and a second pooling over depth.
+(height, width) and a second pooling over depth. ``ResizeBilinear`` (Keras' bilinear ``UpSampling2D`` and
+``Resizing``), whose output is float32 whatever its input, is replaced by the same interpolation computed in float64
+(gathers and lerps, its ``align_corners``/``half_pixel_centers`` honoured); ``ResizeNearestNeighbor`` has a float64
+kernel (a copy). ``ResizeBicubic``, ``ResizeArea`` and ``ScaleAndTranslate`` (bicubic, area, lanczos, gaussian or
+antialiased resizing) are not replaced: no float64 truth then.
 
 Why the graph and not a clone of the Keras model under a float64 dtype policy (what this module did before): a clone
 rebuilds every layer from its config with ``dtype="float64"``, which fails for layers whose config does not rebuild
@@ -46,6 +50,9 @@ from lambda_export.parity.running import keras_feed
 __all__ = ["Float64Model", "float64_model", "run_float64"]
 
 _POOL3D = {"MaxPool3D": "MAX", "AvgPool3D": "AVG"}  # no float64 kernel in TensorFlow: replaced (see _pool3d_function)
+_FLOAT_OUTPUT = ("ResizeBilinear",)  # float32 output whatever the input type: replaced (see _bilinear_function)
+_NO_FLOAT64 = (*_POOL3D, "ResizeBicubic", "ResizeArea", "ScaleAndTranslate")
+"""Ops without a float64 kernel or result in TensorFlow; one left in the graph means no float64 truth."""
 
 
 class _RefusedError(Exception):
@@ -176,12 +183,62 @@ def _pool3d_function(node: Any) -> Any:
     return pool3d.get_concrete_function()
 
 
+def _bilinear_function(node: Any) -> Any:
+    """A float64 ``tf.function`` of (images, size) computing ``node`` (a ResizeBilinear, whose output is float32 for
+    every input type) as TensorFlow's kernel does, in float64: source coordinate ``(i + 0.5)·scale − 0.5`` with
+    ``half_pixel_centers`` (what Keras' UpSampling2D and Resizing use), ``i·scale`` otherwise, ``scale = in / out``
+    (``(in − 1) / (out − 1)`` with ``align_corners`` and out > 1); the rows ``max(floor, 0)`` and
+    ``min(ceil, in − 1)`` interpolated with weight ``coordinate − floor``, along the width then the height."""
+    import tensorflow as tf
+
+    half_pixel = bool(node.attr["half_pixel_centers"].b)
+    align = bool(node.attr["align_corners"].b)
+    dtype = tf.as_dtype(node.attr["T"].type)
+
+    def weights(in_size: Any, out_size: Any) -> tuple[Any, Any, Any]:
+        size_in, size_out = tf.cast(in_size, tf.float64), tf.cast(out_size, tf.float64)
+        if align:
+            scale = tf.where(out_size > 1, (size_in - 1) / tf.maximum(size_out - 1, 1), size_in / size_out)
+        else:
+            scale = size_in / size_out
+        position = tf.range(size_out, dtype=tf.float64)
+        source = (position + 0.5) * scale - 0.5 if half_pixel else position * scale
+        low = tf.floor(source)
+        lower = tf.maximum(tf.cast(low, tf.int32), 0)
+        upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), in_size - 1)
+        return lower, upper, source - low
+
+    @tf.function(input_signature=[tf.TensorSpec([None] * 4, dtype), tf.TensorSpec([2], tf.int32)])
+    def resize(images: Any, size: Any) -> Any:
+        x = tf.cast(images, tf.float64)
+        shape = tf.shape(x)
+        top, bottom, y_lerp = weights(shape[1], size[0])
+        left, right, x_lerp = weights(shape[2], size[1])
+        x_lerp = tf.reshape(x_lerp, [1, 1, -1, 1])
+        rows_top, rows_bottom = tf.gather(x, top, axis=1), tf.gather(x, bottom, axis=1)
+        top_row = (
+            tf.gather(rows_top, left, axis=2)
+            + (tf.gather(rows_top, right, axis=2) - tf.gather(rows_top, left, axis=2)) * x_lerp
+        )
+        bottom_row = (
+            tf.gather(rows_bottom, left, axis=2)
+            + (tf.gather(rows_bottom, right, axis=2) - tf.gather(rows_bottom, left, axis=2)) * x_lerp
+        )
+        return top_row + (bottom_row - top_row) * tf.reshape(y_lerp, [1, -1, 1, 1])
+
+    return resize.get_concrete_function()
+
+
 def _replace_pool3d(graph_def: Any) -> None:
-    """Each top-level MaxPool3D/AvgPool3D node of ``graph_def`` made a call of its float64 equivalent, in place."""
+    """Each top-level node of ``graph_def`` that has no float64 kernel or result (MaxPool3D/AvgPool3D,
+    ResizeBilinear) made a call of its float64 equivalent, in place; one inside a function body is refused."""
     for node in graph_def.node:
-        if node.op not in _POOL3D:
+        if node.op in _POOL3D:
+            concrete = _pool3d_function(node)
+        elif node.op in _FLOAT_OUTPUT:
+            concrete = _bilinear_function(node)
+        else:
             continue
-        concrete = _pool3d_function(node)
         library = concrete.graph.as_graph_def().library
         known = {f.signature.name for f in graph_def.library.function}
         for function in [concrete.function_def, *library.function]:
@@ -190,9 +247,10 @@ def _replace_pool3d(graph_def: Any) -> None:
                 known.add(function.signature.name)
         node.op = concrete.function_def.signature.name
         node.ClearField("attr")
-    inner = [f"{n.name} ({n.op})" for f in graph_def.library.function for n in f.node_def if n.op in _POOL3D]
-    if inner:
-        raise _RefusedError(f"{inner[0]} has no float64 kernel in TensorFlow")
+    inner = [f"{n.name} ({n.op})" for f in graph_def.library.function for n in f.node_def if n.op in _NO_FLOAT64]
+    left = [f"{n.name} ({n.op})" for n in graph_def.node if n.op in _NO_FLOAT64]
+    if inner or left:
+        raise _RefusedError(f"{(inner or left)[0]} does not compute in float64 in TensorFlow")
 
 
 def _structure(argument: Any) -> tuple[Any, list[Any]]:
