@@ -39,6 +39,7 @@ from lambda_export.io import save_model_atomic, too_large_for_protobuf, write_mo
 from lambda_export.loading import LoadedModel, load_model
 from lambda_export.lookups import HASHING_OPS, TableLookups
 from lambda_export.passes.pipelines import DEFAULT_OPTIMIZE, OPTIMIZE_CHOICES, rewrite_for_target
+from lambda_export.spectral import SpectralLowering
 from lambda_export.targets import TARGETS, check_target
 
 __all__ = [
@@ -249,10 +250,12 @@ def run_tf2onnx(
 
     Lookup tables the function captured (``StringLookup``, ``IntegerLookup``) are read now and their lookups become
     ``ai.onnx.ml`` nodes (:mod:`lambda_export.lookups`); ``model`` (optional) names the layer holding each table in
-    errors.
+    errors. Complex-valued FFT pipelines (FNet's token mixing, spectrogram front ends) are lowered to real ONNX ops
+    (:mod:`lambda_export.spectral`).
 
     Raises:
-        ConversionError: a lookup table that cannot be resolved (naming its layer).
+        ConversionError: a lookup table that cannot be resolved (naming its layer), an op on complex values that is
+            not lowered (naming the op).
     """
     import tensorflow as tf
 
@@ -269,10 +272,12 @@ def run_tf2onnx(
     }
     renames = upstream.tensor_renames(concrete, input_names, output_names)
     lookups = TableLookups.of(concrete, model)
+    spectral = SpectralLowering.of(concrete, opset)  # complex FFT pipelines → real ONNX ops (lambda_export/spectral.py)
     with tf.device("/cpu:0"), _frozen_heap(), _tensorflow_warnings_off():
         frozen = upstream.freeze_function(concrete, input_names, output_names)
         if not plain:
             lookups.pin_shapes(frozen)
+            spectral.pin_shapes(frozen)
         if not plain and upstream.allow_xla_inlining(frozen):
             with tf.Graph().as_default():  # grappler runs on a graph, as in tf_loader.from_function
                 frozen = upstream.grappler_optimize(input_names, output_names, frozen)
@@ -280,7 +285,9 @@ def run_tf2onnx(
             frozen,
             name=concrete.name,
             opset=opset,
-            custom_rewriter=None if plain else [_relabel_einsums, upstream.integer_floor_mod, *lookups.rewriters()],
+            custom_rewriter=None
+            if plain
+            else [_relabel_einsums, upstream.integer_floor_mod, *lookups.rewriters(), *spectral.rewriters()],
             custom_op_handlers=None if plain else {**_ERFC_AS_ERF, **lookups.handlers()},
             input_names=input_names,
             output_names=output_names,
@@ -289,6 +296,7 @@ def run_tf2onnx(
         )
     if not plain:
         lookups.check(proto)
+        spectral.check()
     _inline_captured(proto, captured)
     if weights:
         before = {init.name for init in proto.graph.initializer}

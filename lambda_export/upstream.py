@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ from lambda_export.errors import ConversionError
 __all__ = [
     "PRIVATE_SYMBOLS",
     "TESTED",
+    "GraphOp",
+    "NewOp",
+    "Replacement",
     "UpstreamVersionWarning",
     "allow_xla_inlining",
     "check_versions",
@@ -47,6 +51,7 @@ __all__ = [
     "integer_floor_mod",
     "is_functional",
     "nodes_by_depth",
+    "ops_replacer",
     "stable_merge_duplicates",
     "string_equality_rewriter",
     "sublayers",
@@ -76,6 +81,9 @@ PRIVATE_SYMBOLS: dict[str, str] = {
     "get_tensor_value": "replace a table lookup by an ai.onnx.ml node (table_lookup_handler)",
     "tf2onnx.graph.Graph.make_node(skip_conversion)/get_nodes/remove_node, Node.output_shapes/output_dtypes": "custom "
     "rewriters replacing nodes before tf2onnx's handlers (string_equality_rewriter, integer_floor_mod)",
+    "tf2onnx.graph.Graph.get_nodes/make_const/make_node(skip_conversion)/remove_node/outputs, Node.type/input/"
+    "output/output_dtypes/output_shapes/get_tensor_value": "a custom rewriter replacing TensorFlow nodes by the plain "
+    "ONNX nodes a plan returns (ops_replacer: complex-valued FFT pipelines, lambda_export/spectral.py)",
     # Keras
     "keras Functional._operations": "the operations of a functional model, nested models included "
     "(functional_operations, is_functional)",
@@ -373,6 +381,85 @@ def string_equality_rewriter(
                     "Cast", mapper.output, attr={"to": TensorProto.BOOL}, name=name, outputs=outputs,
                     shapes=[shape], dtypes=[TensorProto.BOOL],
                 )  # fmt: skip
+        return ctx.get_nodes()
+
+    return rewriter
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    """A node of tf2onnx's graph as :func:`ops_replacer` shows it to a plan, in plain values."""
+
+    type: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dtypes: tuple[int | None, ...]
+    """The ONNX element type of each output (``onnx.TensorProto`` numbers; complex64 is 14)."""
+    shapes: tuple[tuple[int, ...] | None, ...]
+    """Each output's shape, -1 for an unknown dim, None for an unknown rank."""
+    read: Callable[[], np.ndarray | None] = field(default=lambda: None, compare=False, repr=False)
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """A ``Const`` node's value (read when asked: a frozen model's weights are ``Const`` nodes too)."""
+        return self.read()
+
+
+@dataclass(frozen=True)
+class NewOp:
+    """A standard ONNX node a plan adds: one output, its element type and (where known) its shape."""
+
+    type: str
+    inputs: tuple[str, ...]
+    output: str
+    dtype: int
+    shape: tuple[int, ...] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Replacement:
+    """What a plan replaces: nodes removed (by name), constants added (tensor name → value), ONNX nodes added (in
+    order). A removed node's output that other nodes read must be the output of an added node."""
+
+    removed: list[str] = field(default_factory=list)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    nodes: list[NewOp] = field(default_factory=list)
+
+
+def ops_replacer(plan: Callable[[list[GraphOp], list[str]], Replacement | None]) -> Callable[[Any, list[Any]], Any]:
+    """A tf2onnx ``custom_rewriter`` that shows ``plan`` the graph (its nodes, the graph's output tensors) before the
+    op handlers run and applies the :class:`Replacement` it returns (None: nothing changes). The added nodes are ONNX
+    nodes already (tf2onnx's handlers skip them)."""
+
+    def rewriter(ctx: Any, ops: list[Any]) -> list[Any]:
+        nodes = ctx.get_nodes()
+        view = [
+            GraphOp(
+                type=node.type,
+                name=node.name,
+                inputs=tuple(node.input),
+                outputs=tuple(node.output),
+                dtypes=tuple(node.output_dtypes),
+                shapes=tuple(None if shape is None else tuple(shape) for shape in node.output_shapes),
+                read=(lambda node=node: node.get_tensor_value(as_list=False)) if node.type == "Const" else lambda: None,
+            )
+            for node in nodes
+        ]
+        replacement = plan(view, list(ctx.outputs))
+        if replacement is None:
+            return nodes
+        for name in replacement.removed:
+            ctx.remove_node(name)
+        for name, value in replacement.constants.items():
+            ctx.make_const(name, value)
+        for new in replacement.nodes:
+            ctx.make_node(
+                new.type, list(new.inputs), attr=dict(new.attrs), name=new.output.split(":")[0],
+                outputs=[new.output], shapes=None if new.shape is None else [list(new.shape)], dtypes=[new.dtype],
+                skip_conversion=True,
+            )  # fmt: skip
         return ctx.get_nodes()
 
     return rewriter

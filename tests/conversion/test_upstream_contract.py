@@ -101,6 +101,26 @@ def _rewriter_api(converted, converted_lookups) -> None:
     np.testing.assert_array_equal(got[3], expected[3])  # floor modulo of −7 by 3 is 2
 
 
+def _ops_replacer(converted) -> None:
+    """FNet's token mixing (Complex → FFT2D → Real) through lambda_export's tf2onnx path: the plan saw the graph, its
+    ONNX nodes replaced the TensorFlow ones, and ONNX Runtime computes TensorFlow's numbers."""
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from lambda_export.conversion import run_tf2onnx
+
+    @tf.function
+    def forward(x):
+        return tf.identity(tf.math.real(tf.signal.fft2d(tf.complex(x, tf.zeros_like(x)))))
+
+    model = run_tf2onnx(forward, [tf.TensorSpec((None, 4, 6), tf.float32, name="x")], 17)
+    ops = {node.op_type for node in model.graph.node}
+    assert "MatMul" in ops and not ops & {"Complex", "FFT2D", "Real"}
+    x = np.random.default_rng(2).standard_normal((2, 4, 6)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], forward(x).numpy(), atol=1e-5)
+
+
 def _keras_history(converted, converted_lookups) -> None:
     import keras
 
@@ -266,6 +286,8 @@ CONTRACTS: dict[str, Callable[..., None]] = {
     "tf2onnx.graph.Graph.make_node(skip_conversion)/get_nodes/remove_node, Node.output_shapes/output_dtypes": (
         _rewriter_api
     ),
+    "tf2onnx.graph.Graph.get_nodes/make_const/make_node(skip_conversion)/remove_node/outputs, Node.type/input/"
+    "output/output_dtypes/output_shapes/get_tensor_value": _ops_replacer,
     "keras KerasTensor._keras_history.operation": _keras_history,
     "keras Functional._operations": _operations,
     "keras Operation._inbound_nodes": _inbound_nodes,
