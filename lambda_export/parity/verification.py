@@ -81,8 +81,16 @@ class ParityConfig:
             rule decides and the report says why. Absolute: ``|onnx − tf| ≤ atol + rtol·|tf|``. Passing ``atol`` or
             ``rtol`` to :func:`verify` as keywords without ``rule`` selects the absolute rule.
         factor: relative rule, how many times TensorFlow float32's own error the export may have (default 6).
-            TensorFlow's error is the largest over the input sets of the same distribution (a single draw's varies
-            ~3×). Measured on the CPU (batch 1 and 4, N(0, 1) and U[0, 1) inputs, 2 samples), on correct exports,
+            TensorFlow's error is estimated per input set as the median of three draws, on its inputs and on two
+            copies jittered by 1e-3 (relative; :func:`_baselines`), then the largest over the sets of the same
+            distribution. One draw is not enough where few elements carry the error: the newcomer guide's trained
+            classifier (docs/guide.md) saturates its softmax on all N(0, 1) items but one, TensorFlow's error there
+            ranges 5.5e-7 to 1.7e-5 over the jittered copies, and a lucky-small draw failed its right export (1.23×
+            allowed on one machine, 0.89× here). Over 40 seeds of the default inputs (here): worst right export 0.89×
+            with one draw, 0.58× with the median of three; a weight ×1.001 (median over the seeds) stem 72× → 64×,
+            lambda 13× → 12×, softmax layer 6.2× → 5.5×. Rejected: the max of three draws (worst 0.47× but margins
+            halved: stem 47×, lambda 8.7×); pooling both distributions (no change: U[0, 1) saturates every item);
+            more samples (2 or 3: worst 1.20× / 1.57×, more of the export's own draws). Measured on the CPU (batch 1 and 4, N(0, 1) and U[0, 1) inputs, 2 samples), on correct exports,
             export error / TensorFlow error on the outputs: up to 2.8 (max) and 2.4 (RMS) over the demo,
             LambdaResNet-26 and -50 (local and relative) at 64×64 and keras MobileNetV3 Large/Small, ResNet50,
             EfficientNetB0 and DenseNet121 at 32×32 with batch norms calibrated on one batch; per layer up to 4.0
@@ -318,6 +326,7 @@ class _InputSet:
     reference: list[np.ndarray] = field(default_factory=list)
     truth: list[np.ndarray] | None = None  # the float64 model's outputs (relative rule)
     baseline: list[tuple[float, float]] | None = None  # per output: TensorFlow's (max, rms) error, see _baselines
+    jitters: list[tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=list)  # see _jitter_draws
 
 
 def _input_sets(
@@ -461,10 +470,11 @@ def _float64_truth(
                 item.truth = run_float64(clone, loaded, item.feed)
                 if len(item.truth) != len(item.reference):
                     raise ValueError(f"it returned {len(item.truth)} outputs, the float32 model {len(item.reference)}")
+                item.jitters = _jitter_draws(clone, loaded, item)
         except Exception as exc:
             clone, reason = None, f"the float64 model failed: {first_line(exc)}"
             for item in sets:
-                item.truth = None
+                item.truth, item.jitters = None, []
     if clone is not None:
         _baselines(sets)
     report.timings["reference_float64"] = time.perf_counter() - step
@@ -476,18 +486,55 @@ def _float64_truth(
     return clone
 
 
-def _baselines(sets: list[_InputSet]) -> None:
-    """Set each set's ``baseline``: per output, TensorFlow float32's largest (max, rms) error against float64 over the
-    sets of the same input distribution (all batch sizes and samples).
+JITTER_DRAWS = 2
+"""Extra draws of TensorFlow float32's own error per input set (:func:`_jitter_draws`): the set's estimate is the
+median of its own draw and these (see :func:`_baselines`)."""
+JITTER = 1e-3
+"""Relative size of the jitter of those draws' float inputs: each value times ``1 + JITTER·N(0, 1)``."""
 
-    One sample's error is a random draw that varies ~3× between inputs of the same kind (measured on ResNet50: 4.5e-6
-    to 2.4e-5 on U[0, 1) inputs), while the export's follows its own draw: comparing each row with the largest of
-    TensorFlow's errors over the sets of its kind keeps the rule from failing a right graph on a lucky draw of
-    TensorFlow's, and still compares a row on normal inputs with errors on normal inputs.
+
+def _jitter_draws(clone: Any, loaded: LoadedModel, item: _InputSet) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+    """``JITTER_DRAWS`` (float64, float32) output pairs of ``item``'s inputs jittered by ``JITTER`` (relative; integer
+    and boolean inputs unchanged): fresh draws of TensorFlow float32's rounding at the same operating point (the same
+    softmax items saturated, the same ReLUs on), only for the baseline. None when the set has no float input."""
+    if not any(np.asarray(a).dtype.kind == "f" for a in item.feed.values()):
+        return []
+    rng = np.random.default_rng([0 if item.seed is None else int(item.seed), 0x6A17])
+    draws = []
+    for _ in range(JITTER_DRAWS):
+        feed = {
+            name: (a * (1 + JITTER * rng.standard_normal(a.shape))).astype(a.dtype) if a.dtype.kind == "f" else a
+            for name, a in ((name, np.asarray(a)) for name, a in item.feed.items())
+        }
+        truth = run_float64(clone, loaded, feed)
+        reference = run_keras(loaded.model, keras_feed(loaded, feed))
+        draws.append((truth, reference))
+    return draws
+
+
+def _baselines(sets: list[_InputSet]) -> None:
+    """Set each set's ``baseline``: per output, TensorFlow float32's (max, rms) error against float64, estimated per
+    set as the median of its own draw and its ``JITTER_DRAWS`` jittered ones (:func:`_jitter_draws`), then the largest
+    of these estimates over the sets of the same input distribution (all batch sizes and samples).
+
+    TensorFlow's error on one set is one random draw of its rounding, heavy-tailed where few elements carry the error
+    (a trained classifier's softmax saturated on all items but one: draws of 5.5e-7 to 1.7e-5 on the same inputs
+    jittered by 1e-3), while the export's follows its own draw: a lucky-small draw of TensorFlow's failed right
+    exports. The median of three draws at the same operating point drops such a draw without inflating the estimate
+    as a max over draws would (which halves the sabotage margins); the largest over the sets of its kind still
+    compares a row on normal inputs with errors on normal inputs. Numbers: :class:`ParityConfig`'s ``factor``.
     """
-    errors = {
-        id(item): [error_against(t, r) for t, r in zip(item.truth or [], item.reference, strict=False)] for item in sets
-    }
+    errors = {}
+    for item in sets:
+        draws = [(item.truth or [], item.reference)] + [(t, r) for t, r in item.jitters]
+        per_draw = [[error_against(t, r) for t, r in zip(truth, ref, strict=False)] for truth, ref in draws]
+        errors[id(item)] = [
+            (
+                float(np.median([d[index][0] for d in per_draw if index < len(d)])),
+                float(np.median([d[index][1] for d in per_draw if index < len(d)])),
+            )
+            for index in range(len(per_draw[0]))
+        ]
     for item in sets:
         peers = [errors[id(other)] for other in sets if other.distribution == item.distribution]
         item.baseline = [

@@ -325,8 +325,10 @@ def test_demo_is_judged_against_float64_and_reported(demo):
         truth = row.metrics.truth
         assert truth.reference_max < 1e-5 and truth.candidate_max < truth.allowed_max
         assert truth.excess < 0.5, truth  # within half the allowance, not at its edge (measured ≤ 0.11)
-        peers = [r.metrics.truth.reference_max for r in report.results if r.distribution == row.distribution]
-        assert truth.baseline_max == max(peers)  # the largest of TensorFlow's errors on inputs of this kind
+        assert truth.baseline_max >= truth.reference_max  # never below TensorFlow's own error on these inputs
+        peers = [r.metrics.truth for r in report.results if r.distribution == row.distribution]
+        # one estimate per distribution (verification._baselines), unless a row's own error is larger
+        assert len({p.baseline_max for p in peers if p.baseline_max > p.reference_max}) <= 1
     assert report.first_divergent_layer is None
     assert report.divergence and all(d.rule == "relative" and d.truth is not None for d in report.divergence)
     assert max(d.truth.excess for d in report.divergence) < 0.5  # every layer too (measured ≤ 0.12)
