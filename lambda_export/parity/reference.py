@@ -10,7 +10,8 @@ with float32 inputs, its variables are frozen into constants as the conversion f
 library's functions get new names, and then every float32 in the graph becomes float64:
 the inputs, the constants (weights, and the Python numbers a layer's code put in the graph; all exactly widened), and
 the ``T``/``dtype``/``DstT``/... type attributes of every op, inside function bodies too (the loops of recurrent
-layers). The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
+layers); every complex64 likewise becomes complex128 (types such as ``Tout``/``Tcomplex``, complex constants), so FFT
+front ends (``rfft``, ``stft``) and FNet's token mixing compute in float64 too. The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
 ``AvgPool3D``) are replaced by an exact float64 equivalent: 3-D pooling is separable into 2-D pooling over
 (height, width) and a second pooling over depth. ``ResizeBilinear`` (Keras' bilinear ``UpSampling2D`` and
 ``Resizing``), whose output is float32 whatever its input, is replaced by the same interpolation computed in float64
@@ -59,44 +60,56 @@ class _RefusedError(Exception):
     """The model cannot be run in float64 (the message says why)."""
 
 
-def _widen_attr(attr: Any, float_type: int, double_type: int) -> None:
-    """Turn float32 into float64 in one ``AttrValue`` (a type, a list of types, a constant tensor, a function's)."""
+def _wide_types() -> dict[int, int]:
+    """The narrow TensorFlow types the widening replaces: float32 → float64, complex64 → complex128 (a complex64 is a
+    pair of float32s: an FFT of a float32 signal would otherwise stay a float32 computation)."""
+    from tensorflow.core.framework import types_pb2
+
+    return {types_pb2.DT_FLOAT: types_pb2.DT_DOUBLE, types_pb2.DT_COMPLEX64: types_pb2.DT_COMPLEX128}
+
+
+_WIDE_NUMPY = {np.dtype(np.float32): np.float64, np.dtype(np.complex64): np.complex128}
+
+
+def _widen_attr(attr: Any, wide: dict[int, int]) -> None:
+    """Widen one ``AttrValue`` (a type, a list of types, a constant tensor, a function's) by ``wide`` (type → type):
+    float32 → float64, complex64 → complex128."""
     import tensorflow as tf
 
     kind = attr.WhichOneof("value")
-    if kind == "type" and attr.type == float_type:
-        attr.type = double_type
+    if kind == "type" and attr.type in wide:
+        attr.type = wide[attr.type]
     elif kind == "list":
         for index, item in enumerate(attr.list.type):
-            if item == float_type:
-                attr.list.type[index] = double_type
-    elif kind == "tensor" and attr.tensor.dtype == float_type:
-        wide = tf.make_ndarray(attr.tensor).astype(np.float64)  # exact
-        attr.tensor.CopyFrom(tf.make_tensor_proto(wide, dtype=tf.float64))
+            if item in wide:
+                attr.list.type[index] = wide[item]
+    elif kind == "tensor" and attr.tensor.dtype in wide:
+        narrow = tf.make_ndarray(attr.tensor)
+        widened = narrow.astype(_WIDE_NUMPY[narrow.dtype])  # exact
+        attr.tensor.CopyFrom(tf.make_tensor_proto(widened, dtype=tf.as_dtype(wide[attr.tensor.dtype])))
     elif kind == "func":
         for inner in attr.func.attr.values():
-            _widen_attr(inner, float_type, double_type)
+            _widen_attr(inner, wide)
 
 
 def _widen_graph(graph_def: Any) -> None:
-    """Every float32 of ``graph_def`` (nodes, function bodies and signatures) made float64, in place."""
-    from tensorflow.core.framework import types_pb2
-
-    single, double = types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE
+    """Every float32 of ``graph_def`` (nodes, function bodies and signatures) made float64, every complex64
+    complex128, in place. Other types (strings, integers, booleans, resources) are left as they are."""
+    wide = _wide_types()
     nodes = list(graph_def.node)
     for function in graph_def.library.function:
         nodes.extend(function.node_def)
         for arg in [*function.signature.input_arg, *function.signature.output_arg]:
-            if arg.type == single:
-                arg.type = double
+            if arg.type in wide:
+                arg.type = wide[arg.type]
         for attr in function.attr.values():
-            _widen_attr(attr, single, double)
+            _widen_attr(attr, wide)
         for arg_attrs in function.arg_attr.values():
             for attr in arg_attrs.attr.values():
-                _widen_attr(attr, single, double)
+                _widen_attr(attr, wide)
     for node in nodes:
         for attr in node.attr.values():
-            _widen_attr(attr, single, double)
+            _widen_attr(attr, wide)
 
 
 _RENAMED = iter(range(1 << 62))
@@ -134,7 +147,12 @@ def _narrow_types(graph_def: Any) -> list[str]:
     """Nodes of ``graph_def`` (function bodies included) that still compute in a float type other than float64."""
     from tensorflow.core.framework import types_pb2
 
-    narrow = {types_pb2.DT_FLOAT: "float32", types_pb2.DT_HALF: "float16", types_pb2.DT_BFLOAT16: "bfloat16"}
+    narrow = {
+        types_pb2.DT_FLOAT: "float32",
+        types_pb2.DT_HALF: "float16",
+        types_pb2.DT_BFLOAT16: "bfloat16",
+        types_pb2.DT_COMPLEX64: "complex64",
+    }
     found = []
     for node in [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]:
         for attr in node.attr.values():
@@ -290,7 +308,10 @@ class Float64Model:
         structure, flat = _structure(argument)
         flat = [np.asarray(a) for a in flat]
         function, _, _ = self._function(structure, flat)
-        wide = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in flat]
+        wide = [
+            a.astype(np.float64) if a.dtype.kind == "f" else a.astype(np.complex128) if a.dtype.kind == "c" else a
+            for a in flat
+        ]
         with tf.device("/CPU:0"):
             outputs = function(*[tf.constant(a) for a in wide])
         return [np.asarray(t) for t in outputs]
@@ -318,7 +339,8 @@ def _trace(model: Any, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any
 
     specs = [
         tf.TensorSpec(
-            (None, *a.shape[1:]) if a.ndim else (), tf.float32 if a.dtype.kind == "f" else tf.as_dtype(a.dtype)
+            (None, *a.shape[1:]) if a.ndim else (),
+            {"f": tf.float32, "c": tf.complex64}.get(a.dtype.kind) or tf.as_dtype(a.dtype),
         )
         for a in flat
     ]
