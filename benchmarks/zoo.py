@@ -1,7 +1,8 @@
 """Conformance zoo: every model of ``benchmarks/zoo_models.py`` through the real ``lambda-export`` command and through
 plain tf2onnx, side by side.
 
-    python benchmarks/zoo.py                  # everything (`make zoo`); writes benchmarks/ZOO.md and benchmarks/zoo.json
+    python benchmarks/zoo.py                  # everything (`make zoo`); writes benchmarks/ZOO.md and benchmarks/zoo.json,
+                                              # then the keras-hub set (benchmarks/hub_models.py: HUB.md, hub.json)
     python benchmarks/zoo.py --ci             # the CI subset only (what tests/conformance/test_zoo.py runs)
     python benchmarks/zoo.py --only ResNet50 --only gru   # entries whose name contains TEXT; ZOO.md untouched
     python benchmarks/zoo.py --render benchmarks/zoo.json # measure nothing, rewrite ZOO.md from a JSON
@@ -615,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="update ZOO.md (default: only for a full run)")  # fmt: skip
+    parser.add_argument("--hub", action=argparse.BooleanOptionalAction, default=None,
+                        help="then the keras-hub set (benchmarks/hub_models.py: HUB.md, hub.json; default: with a full "
+                             "run, where keras-hub is installed)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.render:
         results = json.loads(args.render.read_text())
@@ -664,7 +668,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(markdown(results)))
     failed = [r["name"] for r in results["models"] if not str(r.get("verdict", "")).startswith("pass")]
     print(f"{len(entries) - len(failed)}/{len(entries)} pass; results: {json_path}")
-    return 1 if failed else 0
+    hub_failed = 0
+    if args.hub or (args.hub is None and full):
+        import importlib.util
+
+        if importlib.util.find_spec("keras_hub") is None:
+            print("keras-hub set skipped: keras-hub is not installed (pip install -e '.[dev]')")
+            hub_failed = 1 if args.hub else 0
+        else:
+            from benchmarks import hub_models
+
+            hub_failed = hub_models.main(["--out", str(args.out / "hub"), "--timeout", str(args.timeout)])
+    return 1 if failed or hub_failed else 0
 
 
 if __name__ == "__main__":
