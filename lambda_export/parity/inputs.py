@@ -8,6 +8,10 @@
   :func:`describe_inputs`). One unnamed array (``np.savez(path, x)`` stores it as ``arr_0``) is a one-input model's
   input.
 * :func:`merge_inputs`: the Keras input descriptions with the dims the ONNX graph fixes.
+* :func:`string_vocabularies`: the tokens a string input's ``StringLookup`` layers know, for random draws (a string
+  input gets tokens of its vocabulary and unknown ones; random short strings where no vocabulary can be found).
+  String inputs are NumPy object arrays of ``str`` (what ONNX Runtime takes for an ONNX string tensor and TensorFlow
+  for a ``tf.string`` one); user string arrays (``<U``, ``S``, object of str/bytes) are accepted for them.
 * :func:`derived_seed`: the reported seed of each draw, from the base seed and where the draw sits.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "INT_HIGH",
     "LARGE_SCALE",
+    "Vocabulary",
     "check_arrays",
     "check_distribution",
     "derived_seed",
@@ -36,6 +42,9 @@ __all__ = [
     "load_inputs",
     "make_inputs",
     "merge_inputs",
+    "numpy_dtype",
+    "string_vocabularies",
+    "vocabulary_notes",
 ]
 
 DISTRIBUTIONS = ("normal", "uniform", "zeros", "large")
@@ -43,6 +52,40 @@ DISTRIBUTIONS = ("normal", "uniform", "zeros", "large")
 LARGE_SCALE = 1e3
 INT_HIGH = 100
 """Integer inputs are drawn uniformly from [0, INT_HIGH) (pass ``int_high`` for e.g. an embedding's vocabulary size)."""
+
+
+UNKNOWN_SHARE = 0.25
+"""Share of a string input's random tokens drawn outside its vocabulary (when its lookups accept unknown tokens)."""
+
+
+def numpy_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of a Keras/ONNX input dtype: ``object`` for ``"string"`` (arrays of ``str``), else its own."""
+    if str(dtype) in ("string", "str", "object") or (isinstance(dtype, np.dtype) and dtype.kind in "OSU"):
+        return np.dtype(object)
+    return np.dtype(dtype)
+
+
+def _is_string(dtype: Any) -> bool:
+    return numpy_dtype(dtype).kind == "O"
+
+
+def _dtype_text(dtype: Any) -> str:
+    return "string" if _is_string(dtype) else str(np.dtype(dtype))
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a string input's random draws take their tokens from.
+
+    ``tokens``: the vocabulary of the ``StringLookup`` layers the input feeds (special tokens included: the mask and
+    OOV tokens), empty when none was found (random short strings are drawn then); ``unknown``: whether tokens
+    outside it may be drawn too (not when a lookup has ``num_oov_indices=0``: it refuses them); ``layers``: the
+    layers it was read from.
+    """
+
+    tokens: tuple[str, ...] = ()
+    unknown: bool = True
+    layers: tuple[str, ...] = ()
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:
@@ -72,7 +115,7 @@ def describe_arrays(arrays: Mapping[str, Any]) -> str:
 
 def describe_inputs(inputs: Sequence[TensorInfo]) -> str:
     """What the model needs, in one phrase: ``'input_layer' (None×32×32×3 float32)`` (None: any size)."""
-    return ", ".join(f"{info.name!r} ({_dims(info.shape)} {np.dtype(info.dtype)})" for info in inputs) or "none"
+    return ", ".join(f"{info.name!r} ({_dims(info.shape)} {_dtype_text(info.dtype)})" for info in inputs) or "none"
 
 
 def check_distribution(distribution: str) -> None:
@@ -94,6 +137,7 @@ def make_inputs(
     *,
     int_high: int = INT_HIGH,
     ranges: Mapping[str, tuple[int, int]] | None = None,
+    vocabularies: Mapping[str, Vocabulary] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs, one array per input, keyed by input name.
 
@@ -108,6 +152,10 @@ def make_inputs(
         ranges: input name → [low, high): the values that input may take (its Embeddings' vocabulary, {0, 1} for a
             mask; :attr:`lambda_export.loading.LoadedModel.input_ranges`). Such an input gets uniform integers in
             that range, in its own dtype, whatever the distribution ("zeros" gives ``low``), instead of ``int_high``'s.
+        vocabularies: string input name → its :class:`Vocabulary` (:func:`string_vocabularies`). A string input
+            gets tokens of it, about :data:`UNKNOWN_SHARE` of them unknown ones (random short strings) where its
+            lookups accept them, whatever the distribution ("zeros" gives its first token); without a vocabulary,
+            random short strings. Strings are an object array of ``str``.
 
     Raises:
         InputError: unknown distribution, unknown non-batch dims, bad batch size.
@@ -123,7 +171,10 @@ def make_inputs(
     for info in inputs:
         shape = _batch_shape(info, batch_size)
         bounds = (ranges or {}).get(info.name)
-        if bounds is not None and np.dtype(info.dtype).kind in "iubf":
+        if _is_string(info.dtype):
+            vocabulary = (vocabularies or {}).get(info.name) or Vocabulary()
+            out[info.name] = _draw_strings(rng, shape, distribution, vocabulary)
+        elif bounds is not None and np.dtype(info.dtype).kind in "iubf":
             out[info.name] = np.ascontiguousarray(_draw_in_range(rng, info, shape, distribution, bounds))
         else:
             out[info.name] = np.ascontiguousarray(_draw(rng, info, shape, distribution, int_high))
@@ -142,6 +193,36 @@ def _draw_in_range(
         limits = np.iinfo(dtype)
         low, high = max(low, int(limits.min)), min(high, int(limits.max) + 1)
     return rng.integers(low, max(high, low + 1), shape).astype(dtype)
+
+
+def _random_words(rng: np.random.Generator, count: int, avoid: set[str]) -> list[str]:
+    """``count`` random lowercase words of 1 to 8 letters, none of them in ``avoid``."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = []
+    while len(words) < count:
+        word = "".join(rng.choice(letters, int(rng.integers(1, 9))))
+        if word not in avoid:
+            words.append(word)
+    return words
+
+
+def _draw_strings(rng: np.random.Generator, shape: list[int], distribution: str, vocabulary: Vocabulary) -> np.ndarray:
+    """An object array of ``str``: tokens of ``vocabulary`` and (where allowed) unknown ones, or random words."""
+    size = int(np.prod(shape, dtype=np.int64))
+    tokens = list(vocabulary.tokens)
+    if distribution == "zeros":
+        words = [tokens[0] if tokens else "a"] * size
+    elif not tokens:
+        words = _random_words(rng, size, set())
+    else:
+        words = [tokens[i] for i in rng.integers(0, len(tokens), size)]
+        if vocabulary.unknown:
+            unknown = np.flatnonzero(rng.random(size) < UNKNOWN_SHARE)
+            for index, word in zip(unknown, _random_words(rng, len(unknown), set(tokens)), strict=True):
+                words[index] = word
+    array = np.empty(size, dtype=object)
+    array[:] = words
+    return array.reshape(shape)
 
 
 def _batch_shape(info: TensorInfo, batch_size: int | None) -> list[int]:
@@ -209,7 +290,9 @@ def check_arrays(arrays: Mapping[str, Any], inputs: list[TensorInfo], where: str
     batch = None
     for info in inputs:
         array = np.asarray(arrays[info.name])
-        want = np.dtype(info.dtype)
+        want = numpy_dtype(info.dtype)
+        if want.kind == "O":
+            array = _strings(array, info, where)
         _check_array(array, info, want, where)
         if batch is not None and array.shape[0] != batch[1]:
             raise InputError(
@@ -223,9 +306,11 @@ def check_arrays(arrays: Mapping[str, Any], inputs: list[TensorInfo], where: str
 
 def _check_array(array: np.ndarray, info: TensorInfo, want: np.dtype, where: str) -> None:
     """One user array against its input: a dtype of the same kind, the rank and known dims, not empty, finite."""
-    if array.dtype.kind not in "biuf":
+    if want.kind == "O":  # a string input: _strings made it an object array of str
+        pass
+    elif array.dtype.kind not in "biuf":
         raise InputError(f"{where}: input {info.name!r} has dtype {array.dtype}; the model expects {want}")
-    if not np.can_cast(array.dtype, want, casting="same_kind"):
+    if want.kind != "O" and not np.can_cast(array.dtype, want, casting="same_kind"):
         raise InputError(f"{where}: input {info.name!r} has dtype {array.dtype}, which cannot be used as {want}")
     if array.ndim != len(info.shape) or any(
         d is not None and d != a for d, a in zip(info.shape, array.shape, strict=False)
@@ -243,6 +328,31 @@ def _check_array(array: np.ndarray, info: TensorInfo, want: np.dtype, where: str
             raise InputError(
                 f"{where}: input {info.name!r} contains {int(bad.sum())} {kind} value(s) (first at index {first})"
             )
+
+
+def _strings(array: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:
+    """A user array for a string input as an object array of ``str`` (``<U`` and object arrays of str as they are,
+    ``S`` and ``bytes`` items decoded from UTF-8); anything else is refused."""
+    if array.dtype.kind == "U":
+        return array.astype(object)
+    if array.dtype.kind not in "SO":
+        raise InputError(f"{where}: input {info.name!r} has dtype {array.dtype}; the model expects strings")
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for index, item in enumerate(flat.tolist()):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{where}: input {info.name!r}: item {index} is not UTF-8 text ({first_line(exc)})"
+                ) from exc
+        if not isinstance(item, str):
+            raise InputError(
+                f"{where}: input {info.name!r} holds a {type(item).__name__} at item {index}; the model expects strings"
+            )
+        out[index] = item
+    return out.reshape(array.shape)
 
 
 def _expects(array: np.ndarray, info: TensorInfo) -> str:
@@ -348,3 +458,114 @@ def merge_inputs(keras_inputs: list[TensorInfo], onnx_inputs: list[TensorInfo]) 
         shape = tuple(o if o is not None else k for k, o in zip(info.shape, other.shape, strict=True))
         merged.append(TensorInfo(info.name, shape, info.dtype))
     return merged
+
+
+def string_vocabularies(model: Any, inputs: Sequence[TensorInfo]) -> dict[str, Vocabulary]:
+    """A :class:`Vocabulary` for each string input of ``inputs`` (the Keras model's, in ``model.inputs``' order).
+
+    A string input's vocabulary is that of the (not inverted) ``StringLookup`` layers it reaches in the model's
+    functional graph, through any layer whose outputs are strings, into nested functional models, and into a custom
+    layer that holds one. A model with one string input whose walk finds none takes every ``StringLookup`` the model
+    holds (a subclassed model has no graph to walk). Where several lookups are found, their tokens are joined; where
+    one has ``num_oov_indices=0`` only the tokens they all know are kept and no unknown token is drawn. An input with
+    no lookup found gets an empty vocabulary (random short strings: :func:`vocabulary_notes` says so).
+    """
+    positions = [index for index, info in enumerate(inputs) if _is_string(info.dtype)]
+    if not positions:
+        return {}
+    try:
+        found = _lookups_by_input(model)
+    except Exception:  # a model whose graph cannot be walked: no vocabulary found
+        found = {}
+    if len(positions) == 1 and not found.get(positions[0]):
+        found[positions[0]] = [layer for layer in _sublayers(model) if _is_string_lookup(layer)]
+    return {inputs[index].name: _vocabulary(found.get(index, [])) for index in positions}
+
+
+def vocabulary_notes(vocabularies: Mapping[str, Vocabulary]) -> list[str]:
+    """The report's notes on random string inputs: each input whose vocabulary was not found."""
+    return [
+        f"input {name!r}: no StringLookup vocabulary found for this string input: its random inputs are random short "
+        "strings (most of them unknown to the model's tables); pass real samples with --inputs"
+        for name, vocabulary in vocabularies.items()
+        if not vocabulary.tokens
+    ]
+
+
+def _is_string_lookup(layer: Any) -> bool:
+    return type(layer).__name__ == "StringLookup" and not getattr(layer, "invert", False)
+
+
+def _sublayers(layer: Any) -> list[Any]:
+    from lambda_export import upstream
+
+    return upstream.sublayers(layer)
+
+
+def _vocabulary(layers: list[Any]) -> Vocabulary:
+    """The tokens of ``layers`` (StringLookups), see :func:`string_vocabularies`."""
+    layers = list({id(layer): layer for layer in layers}.values())
+    vocabularies = []
+    for layer in layers:
+        try:
+            vocabularies.append([str(t.decode() if isinstance(t, bytes) else t) for t in layer.get_vocabulary()])
+        except Exception:  # an unadapted lookup has no vocabulary yet
+            continue
+    if not vocabularies:
+        return Vocabulary()
+    strict = any(int(getattr(layer, "num_oov_indices", 1)) == 0 for layer in layers)
+    if strict:
+        tokens = [t for t in vocabularies[0] if all(t in v for v in vocabularies[1:])] or vocabularies[0]
+    else:
+        tokens = list(dict.fromkeys(t for v in vocabularies for t in v))
+    return Vocabulary(tuple(tokens), not strict, tuple(str(getattr(layer, "name", "")) for layer in layers))
+
+
+def _lookups_by_input(model: Any) -> dict[int, list[Any]]:
+    """Position in ``model.inputs`` → the StringLookup layers that input reaches (see :func:`string_vocabularies`)."""
+    import keras
+
+    from lambda_export import upstream
+
+    def tensors(structure: Any) -> list[Any]:
+        return [v for v in keras.tree.flatten(structure) if isinstance(v, keras.KerasTensor)]
+
+    consumers: dict[int, list[tuple[Any, list[Any], list[Any]]]] = {}
+    pending, seen = [model], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for operation in upstream.functional_operations(current):
+            if upstream.is_functional(operation):
+                pending.append(operation)
+            for args, kwargs, outputs in upstream.inbound_calls(operation):
+                flat = tensors((args, kwargs))
+                for value in flat:
+                    consumers.setdefault(id(value), []).append((operation, flat, outputs))
+
+    def reach(tensor: Any, visited: set[int]) -> list[Any]:
+        if id(tensor) in visited:
+            return []
+        visited.add(id(tensor))
+        layers = []
+        for operation, flat, outputs in consumers.get(id(tensor), []):
+            if _is_string_lookup(operation):
+                layers.append(operation)
+            elif upstream.is_functional(operation) and getattr(operation, "inputs", None):
+                inner = list(operation.inputs)
+                for index, value in enumerate(flat):
+                    if value is tensor and index < len(inner):
+                        layers += reach(inner[index], visited)
+            else:
+                held = [layer for layer in upstream.sublayers(operation) if _is_string_lookup(layer)]
+                if held:
+                    layers += held
+                else:
+                    for output in tensors(outputs):
+                        if "string" in str(getattr(output, "dtype", "")):
+                            layers += reach(output, visited)
+        return layers
+
+    return {index: reach(tensor, set()) for index, tensor in enumerate(getattr(model, "inputs", None) or [])}

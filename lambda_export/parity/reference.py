@@ -11,7 +11,9 @@ library's functions get new names, and then every float32 in the graph becomes f
 the inputs, the constants (weights, and the Python numbers a layer's code put in the graph; all exactly widened), and
 the ``T``/``dtype``/``DstT``/... type attributes of every op, inside function bodies too (the loops of recurrent
 layers); every complex64 likewise becomes complex128 (types such as ``Tout``/``Tcomplex``, complex constants), so FFT
-front ends (``rfft``, ``stft``) and FNet's token mixing compute in float64 too. The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
+front ends (``rfft``, ``stft``) and FNet's token mixing compute in float64 too. Strings, integers and booleans are left
+as they are; a lookup table the call captured (``StringLookup``/``IntegerLookup``; freezing leaves its handle a
+placeholder) is fed the model's own table at every call, so string inputs get a float64 truth too. The graph is then imported and run as it is. TensorFlow ops without a float64 CPU kernel (``MaxPool3D``,
 ``AvgPool3D``) are replaced by an exact float64 equivalent: 3-D pooling is separable into 2-D pooling over
 (height, width) and a second pooling over depth. ``ResizeBilinear`` (Keras' bilinear ``UpSampling2D`` and
 ``Resizing``), whose output is float32 whatever its input, is replaced by the same interpolation computed in float64
@@ -46,6 +48,7 @@ import numpy as np
 
 from lambda_export.errors import first_line
 from lambda_export.loading import LoadedModel
+from lambda_export.parity.inputs import numpy_dtype, string_vocabularies
 from lambda_export.parity.running import keras_feed
 
 __all__ = ["Float64Model", "float64_model", "run_float64"]
@@ -340,7 +343,8 @@ def _trace(model: Any, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any
     specs = [
         tf.TensorSpec(
             (None, *a.shape[1:]) if a.ndim else (),
-            {"f": tf.float32, "c": tf.complex64}.get(a.dtype.kind) or tf.as_dtype(a.dtype),
+            {"f": tf.float32, "c": tf.complex64, "O": tf.string, "U": tf.string, "S": tf.string}.get(a.dtype.kind)
+            or tf.as_dtype(a.dtype),
         )
         for a in flat
     ]
@@ -354,6 +358,7 @@ def _trace(model: Any, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any
         inputs = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
         outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
         graph_def = upstream.freeze_function(concrete, inputs, outputs)
+    tables = _captured_tables(concrete, graph_def)
     _widen_graph(graph_def)
     _rename_functions(graph_def)
     _replace_pool3d(graph_def)
@@ -365,11 +370,33 @@ def _trace(model: Any, structure: Any, flat: list[np.ndarray]) -> tuple[Any, Any
     with tf.device("/CPU:0"):
         wrapped = tf.compat.v1.wrap_function(imported, [])
     graph = wrapped.graph
-    function = wrapped.prune(
-        [graph.get_tensor_by_name(name) for name in inputs[: len(specs)]],
+    pruned = wrapped.prune(
+        [graph.get_tensor_by_name(name) for name in [*inputs[: len(specs)], *tables]],
         [graph.get_tensor_by_name(name) for name in outputs],
     )
+    handles = list(tables.values())
+
+    def function(*args: Any) -> Any:
+        return pruned(*args, *handles)
+
     return function, graph_def, narrow
+
+
+def _captured_tables(concrete: Any, graph_def: Any) -> dict[str, Any]:
+    """Tensor name → eager resource handle of each table (a ``StringLookup``'s, an ``IntegerLookup``'s) the traced
+    function captured: freezing leaves its handle a ``Placeholder`` (see :mod:`lambda_export.lookups`), which the
+    float64 graph is fed with the model's own table at every call. Tables hold strings and integers: nothing to
+    widen, and the lookups compute exactly as in the float32 model."""
+    import tensorflow as tf
+
+    captures = list(concrete.captured_inputs)
+    placeholders = concrete.inputs[len(concrete.inputs) - len(captures) :] if captures else []
+    left = {node.name for node in graph_def.node if node.op == "Placeholder"}
+    return {
+        placeholder.name: value
+        for placeholder, value in zip(placeholders, captures, strict=True)
+        if placeholder.dtype == tf.dtypes.resource and placeholder.name.split(":")[0] in left
+    }
 
 
 def _message(exc: BaseException) -> str:
@@ -382,12 +409,23 @@ def _message(exc: BaseException) -> str:
 
 
 def _probe_argument(model: Any) -> Any:
-    """A small deterministic call argument for ``model``: N(0, 1) floats, ones for integer inputs, batch 2."""
+    """A small deterministic call argument for ``model``: N(0, 1) floats, ones for integer inputs, the first token
+    of its vocabulary for a string input (:func:`lambda_export.parity.inputs.string_vocabularies`), batch 2."""
+    from lambda_export.graph import TensorInfo
+
     rng = np.random.default_rng(0)
     arrays = {}
-    for tensor in model.inputs:
+    infos = [TensorInfo(str(t.name), tuple(t.shape), str(t.dtype)) for t in model.inputs]
+    vocabularies = string_vocabularies(model, infos)
+    for tensor, info in zip(model.inputs, infos, strict=True):
         shape = tuple(2 if d is None else int(d) for d in tensor.shape)
-        dtype = np.dtype(str(tensor.dtype))
+        dtype = numpy_dtype(str(tensor.dtype))
+        if dtype.kind == "O":
+            tokens = vocabularies[info.name].tokens
+            array = np.empty(shape, dtype=object)
+            array[...] = tokens[0] if tokens else "a"
+            arrays[tensor.name] = array
+            continue
         arrays[tensor.name] = (
             rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype=dtype)
         )

@@ -35,6 +35,8 @@ from lambda_export.parity.inputs import (
     load_inputs,
     make_inputs,
     merge_inputs,
+    string_vocabularies,
+    vocabulary_notes,
 )
 from lambda_export.parity.locate import LOCATE_MAX_BATCH, LOCATE_MODES, locate_divergence
 from lambda_export.parity.metrics import (
@@ -234,7 +236,8 @@ def verify(
     timings["load"] = time.perf_counter() - step
 
     infos, keras_out = _matching_io(loaded, proto)
-    sets, inputs_label = _input_sets(config, infos, notes, loaded.input_ranges)
+    vocabularies = string_vocabularies(loaded.model, infos)
+    sets, inputs_label = _input_sets(config, infos, notes, loaded.input_ranges, vocabularies)
     report = ParityReport(
         passed=False,
         atol=float(config.atol),
@@ -334,13 +337,16 @@ def _input_sets(
     infos: list[TensorInfo],
     notes: list[str],
     ranges: dict[str, tuple[int, int]] | None = None,
+    vocabularies: dict[str, Any] | None = None,
 ) -> tuple[list[_InputSet], str]:
     """The input sets to compare on, and how the report names them ("random", "user (in memory)" or the file).
 
-    ``ranges``: each input's value range read from the Keras model (``LoadedModel.input_ranges``) for random draws.
+    ``ranges``: each input's value range read from the Keras model (``LoadedModel.input_ranges``) for random draws;
+    ``vocabularies``: each string input's tokens (:func:`lambda_export.parity.inputs.string_vocabularies`).
     """
     if config.inputs is None:
-        return _random_sets(config, infos, notes, ranges), "random"
+        notes.extend(vocabulary_notes(vocabularies or {}))
+        return _random_sets(config, infos, notes, ranges, vocabularies), "random"
     if isinstance(config.inputs, dict):
         feed = check_arrays(config.inputs, infos, "inputs")
         inputs_label = "user (in memory)"
@@ -356,6 +362,7 @@ def _random_sets(
     infos: list[TensorInfo],
     notes: list[str],
     ranges: dict[str, tuple[int, int]] | None = None,
+    vocabularies: dict[str, Any] | None = None,
 ) -> list[_InputSet]:
     """One seeded draw per batch size × distribution × sample (the graph's batch, when it fixes one)."""
     fixed = sorted({info.shape[0] for info in infos if info.shape and info.shape[0] is not None})
@@ -372,7 +379,15 @@ def _random_sets(
         for distribution in config.distributions:
             for sample in range(int(config.samples)):
                 derived = derived_seed(config.seed, size, DISTRIBUTIONS.index(distribution), sample)
-                feed = make_inputs(infos, size, distribution, derived, int_high=config.int_high, ranges=ranges)
+                feed = make_inputs(
+                    infos,
+                    size,
+                    distribution,
+                    derived,
+                    int_high=config.int_high,
+                    ranges=ranges,
+                    vocabularies=vocabularies,
+                )
                 sets.append(_InputSet(size, distribution, sample, derived, feed))
     return sets
 

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_helpers import run_main
 
 from lambda_export.conversion import _rename_io, convert
 from lambda_export.errors import ConversionError
@@ -188,8 +189,8 @@ def test_extra_graph_inputs_are_named_not_an_internal_error() -> None:
 
 
 def test_cli_exports_a_string_lookup_model(tmp_path: Path) -> None:
-    """The reported command: exit 3 with an internal error before; now the file is written (--skip-verify: the
-    parity check's random inputs do not cover string inputs yet, see the report)."""
+    """The reported command: exit 3 with an internal error before; now the file is written (here --skip-verify; the
+    parity check of string inputs: test_cli_verifies_a_lookup_model)."""
     keras_path, out = tmp_path / "words.keras", tmp_path / "words.onnx"
     _model(keras.layers.StringLookup(vocabulary=WORDS, mask_token="[M]"), "string").save(keras_path)
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
@@ -202,3 +203,33 @@ def test_cli_exports_a_string_lookup_model(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"tokens": WORD_BATCH})
     assert got.tolist() == [[2, 3, 1, 0, 1, 5], [4, 1, 2, 2, 3, 0]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "oov"), [("string", 1), ("string", 0), ("integer", 1)], ids=["string", "string-no-oov", "integer"]
+)
+def test_cli_verifies_a_lookup_model(kind: str, oov: int, tmp_path: Path, capsys) -> None:
+    """Without --skip-verify: random string inputs come from the layer's vocabulary (plus unknown tokens where the
+    layer takes them); the integer output is judged on the relative rule against the float64 reference (the lookup
+    tables fed to it), where TensorFlow's own error is 0: any wrong id fails."""
+    keras_path, out = tmp_path / f"{kind}.keras", tmp_path / f"{kind}.onnx"
+    if kind == "string":
+        layer = keras.layers.StringLookup(vocabulary=WORDS, mask_token="[M]", num_oov_indices=oov)
+    else:
+        layer = keras.layers.IntegerLookup(vocabulary=IDS, mask_token=0, num_oov_indices=oov)
+    _model(layer, "string" if kind == "string" else "int64").save(keras_path)
+    code, stdout, stderr = run_main([str(keras_path), "-o", str(out), "--providers", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "PASS" in stdout and "FAIL" not in stdout and "relative rule" in stdout
+    assert "internal error" not in stderr and "no float64 reference" not in stdout
+
+
+def test_cli_verifies_a_string_lookup_model_on_user_strings(tmp_path: Path, capsys) -> None:
+    keras_path, out = tmp_path / "words.keras", tmp_path / "words.onnx"
+    _model(keras.layers.StringLookup(vocabulary=WORDS, mask_token="[M]"), "string").save(keras_path)
+    samples = tmp_path / "words.npz"
+    np.savez(samples, tokens=WORD_BATCH.astype(str))  # <U: .npz files hold no object arrays
+    argv = [str(keras_path), "-o", str(out), "--providers", "cpu", "--inputs", str(samples)]
+    code, stdout, stderr = run_main(argv, capsys)
+    assert code == 0, stderr
+    assert "PASS" in stdout and "your inputs" in stdout and "FAIL" not in stdout
