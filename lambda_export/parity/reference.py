@@ -42,6 +42,7 @@ TensorFlow's float32 run and the ONNX export. The weights are those of the momen
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -402,23 +403,39 @@ def _captured_tables(concrete: Any, graph_def: Any) -> dict[str, Any]:
 def _message(exc: BaseException) -> str:
     """The line of a TensorFlow error that says what went wrong (a traced function's error starts "in user code:"
     and ends with it)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0] == "in user code:":
-        return f"{type(exc).__name__}: {lines[-1]}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Keras colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Keras ends a layer's error with "Arguments received by X.call():" and one "• name=value" line per argument
+    said = [line for line in lines if not line.startswith(("•", "Arguments received by"))]
+    if len(lines) > 1 and lines[0] == "in user code:" and said:
+        return f"{type(exc).__name__}: {said[-1]}"
     return first_line(exc)
 
 
-def _probe_argument(model: Any) -> Any:
+def _probe_argument(model: Any, shapes: dict[str, tuple[int, ...]] | None = None) -> Any:
     """A small deterministic call argument for ``model``: N(0, 1) floats, ones for integer inputs, the first token
-    of its vocabulary for a string input (:func:`lambda_export.parity.inputs.string_vocabularies`), batch 2."""
+    of its vocabulary for a string input (:func:`lambda_export.parity.inputs.string_vocabularies`), batch 2.
+
+    ``shapes`` (by input name) gives the shape of an input whose dims the model leaves unknown: the parity check's
+    own inputs, so that a model that needs a long sequence (a strided Conv1D front end with a 127-wide kernel) is
+    probed at a length it can run; without it an unknown dim is 2."""
     from lambda_export.graph import TensorInfo
 
     rng = np.random.default_rng(0)
     arrays = {}
     infos = [TensorInfo(str(t.name), tuple(t.shape), str(t.dtype)) for t in model.inputs]
     vocabularies = string_vocabularies(model, infos)
-    for tensor, info in zip(model.inputs, infos, strict=True):
-        shape = tuple(2 if d is None else int(d) for d in tensor.shape)
+    shapes = shapes or {}
+    by_position = list(shapes.values()) if len(shapes) == len(infos) else []
+    for position, (tensor, info) in enumerate(zip(model.inputs, infos, strict=True)):
+        # by name; else by position (an unnamed keras.Input exports under its InputLayer's name, not the tensor's)
+        known = shapes.get(info.name, by_position[position] if by_position else None)
+        if known is not None and len(known) == len(tensor.shape):
+            batch = 2 if tensor.shape[0] is None else int(tensor.shape[0])
+            rest = (int(k) if d is None else int(d) for d, k in zip(tensor.shape[1:], known[1:], strict=True))
+            shape = (batch, *rest)
+        else:
+            shape = tuple(2 if d is None else int(d) for d in tensor.shape)
         dtype = numpy_dtype(str(tensor.dtype))
         if dtype.kind == "O":
             tokens = vocabularies[info.name].tokens
@@ -439,8 +456,13 @@ def _probe_argument(model: Any) -> Any:
     return keras.tree.map_structure(lambda tensor: arrays[tensor.name], model.input)
 
 
-def float64_model(model: Any) -> tuple[Float64Model | None, str | None]:
+def float64_model(
+    model: Any, probe_shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[Float64Model | None, str | None]:
     """``(Float64Model, None)``: ``model`` computing in float64 with its exact weights; ``(None, why)`` when not.
+
+    ``probe_shapes``: the shapes of the inputs it will run on, by input name (the probe takes its unknown dims from
+    them; see :func:`_probe_argument`).
 
     The model's graph is traced, frozen and widened to float64 (see the module docstring), then checked on a probe
     input: it must run, return float64, keep no float32/float16 node, and its float outputs must not all equal the
@@ -452,7 +474,7 @@ def float64_model(model: Any) -> tuple[Float64Model | None, str | None]:
         return None, f"{type(model).__name__} is not a Keras model"
     result = Float64Model(model)
     try:
-        argument = _probe_argument(model)
+        argument = _probe_argument(model, probe_shapes)
         narrow = result.narrow_nodes(argument)
         if narrow:
             return None, f"node {narrow[0]} does not compute in float64 in the model's float64 graph"

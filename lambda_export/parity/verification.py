@@ -478,7 +478,8 @@ def _float64_truth(
     """Run the float64 clone on every set (``item.truth``) and return it; None, with a note, when there is none."""
     say("float64 reference (the Keras model in float64, same weights)")
     step = time.perf_counter()
-    clone, reason = float64_model(loaded.model)
+    # probed at the shapes it will run on: unknown dims (a sequence length) from the first input set
+    clone, reason = float64_model(loaded.model, {name: np.shape(array) for name, array in sets[0].feed.items()})
     if clone is not None:
         try:
             for item in sets:
