@@ -259,4 +259,8 @@ def test_a_file_keras_cannot_reload_says_why(tmp_path: Path) -> None:
     message = str(caught.value)
     assert "\n" not in message and len(message) < 500, message
     assert "Example error message for object <Conv2D name=top_conv, built=True>: — " in message, message
-    assert "variable.shape=(1, 1, 40, 128), Received: value.shape=(1, 1, 40, 1280)" in message, message
+    cause = message.split(" — ", 1)[1]  # Keras' next line: the cause, in the words of the installed Keras
+    assert (
+        "variable.shape=(1, 1, 40, 128), Received: value.shape=(1, 1, 40, 1280)" in cause  # Keras 3.15.1
+        or "Layer 'top_conv' expected 2 variables, but received 0 variables during loading" in cause  # 3.15.0
+    ), message
