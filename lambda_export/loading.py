@@ -462,23 +462,13 @@ def input_value_ranges(model: Any) -> dict[int, tuple[int, int]]:
 def _consumers(model: Any) -> dict[int, list[tuple[Any, _Call, bool]]]:
     """id(KerasTensor) → (operation, call, used as a mask) for every call in ``model`` and the models nested in it."""
     found: dict[int, list[tuple[Any, _Call, bool]]] = {}
-    seen: set[int] = set()
-    pending = [model]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for operation in upstream.functional_operations(current):
-            if upstream.is_functional(operation):
-                pending.append(operation)
-            for call in upstream.inbound_calls(operation):
-                args, kwargs, _ = call
-                for value in _keras_tensors(args):
-                    found.setdefault(id(value), []).append((operation, call, False))
-                for key, argument in kwargs.items():
-                    for value in _keras_tensors(argument):
-                        found.setdefault(id(value), []).append((operation, call, "mask" in key.lower()))
+    for operation, args, kwargs, outputs in upstream.all_calls(model):
+        call = (args, kwargs, outputs)
+        for value in _keras_tensors(args):
+            found.setdefault(id(value), []).append((operation, call, False))
+        for key, argument in kwargs.items():
+            for value in _keras_tensors(argument):
+                found.setdefault(id(value), []).append((operation, call, "mask" in key.lower()))
     return found
 
 

@@ -508,6 +508,22 @@ def inbound_calls(operation: Any) -> Iterator[tuple[tuple[Any, ...], dict[str, A
         yield tuple(arguments.args), dict(arguments.kwargs), list(node.outputs)
 
 
+def all_calls(model: Any) -> Iterator[tuple[Any, tuple[Any, ...], dict[str, Any], list[Any]]]:
+    """(operation, positional arguments, keyword arguments, outputs) of every call in ``model``'s functional graph
+    and in the graphs of the functional models nested in it (each model walked once)."""
+    pending, seen = [model], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for operation in functional_operations(current):
+            if is_functional(operation):
+                pending.append(operation)
+            for args, kwargs, outputs in inbound_calls(operation):
+                yield operation, args, kwargs, outputs
+
+
 def input_layer_name(tensor: Any) -> str | None:
     """The name of the ``InputLayer`` that made the model input ``tensor`` (None when it was not made by one).
 

@@ -531,19 +531,10 @@ def _lookups_by_input(model: Any) -> dict[int, list[Any]]:
         return [v for v in keras.tree.flatten(structure) if isinstance(v, keras.KerasTensor)]
 
     consumers: dict[int, list[tuple[Any, list[Any], list[Any]]]] = {}
-    pending, seen = [model], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for operation in upstream.functional_operations(current):
-            if upstream.is_functional(operation):
-                pending.append(operation)
-            for args, kwargs, outputs in upstream.inbound_calls(operation):
-                flat = tensors((args, kwargs))
-                for value in flat:
-                    consumers.setdefault(id(value), []).append((operation, flat, outputs))
+    for operation, args, kwargs, outputs in upstream.all_calls(model):
+        flat = tensors((args, kwargs))
+        for value in flat:
+            consumers.setdefault(id(value), []).append((operation, flat, outputs))
 
     def reach(tensor: Any, visited: set[int]) -> list[Any]:
         if id(tensor) in visited:
