@@ -3,6 +3,7 @@
     python benchmarks/hub_models.py                 # every entry; writes benchmarks/HUB.md and benchmarks/hub.json
     python benchmarks/hub_models.py --only bert     # entries whose name contains TEXT; HUB.md untouched
     python benchmarks/hub_models.py --ci            # the CI subset (tests/conformance/test_hub.py)
+    python benchmarks/hub_models.py --only moonshine --rerun   # re-run a selection into hub.json, rewrite HUB.md
 
 Every entry of :data:`HUB` builds a keras-hub backbone from its constructor arguments (``keras_hub.models.XBackbone(
 ...)``: no preset, no download; ``from_preset`` is never called), a couple of layers wide 16–32, images of 32×32,
@@ -616,7 +617,7 @@ def _prepare_worker(entry: HubModel, folder: Path) -> dict[str, Any]:
         if structure is not None
         else [feeds[input_name(t)] for t in model.inputs]
     )
-    wide, why = float64_model(model)
+    wide, why = float64_model(model, {name: array.shape for name, array in feeds.items()})  # as the parity check
     truth = None
     if wide is None:
         record["float64_error"] = why
@@ -882,7 +883,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per subprocess")
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="update HUB.md")
     parser.add_argument("--render", type=Path, default=None, help="measure nothing: rewrite HUB.md from this JSON")
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help=f"with --only: replace those entries' records in the full run's {HUB_JSON.name} (its header then says "
+        "'re-run: ...') and rewrite HUB.md from it",
+    )
     args = parser.parse_args(argv)
+    if args.rerun and not args.only:
+        parser.error("--rerun needs --only (a full run rewrites everything)")
     if args.render:
         write_hub_md(json.loads(args.render.read_text()))
         return 0
@@ -917,12 +926,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=1) + "\n")
-    if args.write if args.write is not None else full:
+    if args.rerun:
+        results = merge_rerun(results, HUB_JSON)
+        HUB_JSON.write_text(json.dumps(results, indent=1) + "\n")
+    if args.write if args.write is not None else (full or args.rerun):
         write_hub_md(results)
     print("\n".join(markdown(results)))
     failed = [r["name"] for r in results["models"] if not str(r.get("verdict", "")).startswith("pass")]
     print(f"{len(entries) - len(failed)}/{len(entries)} pass; results: {json_path}")
     return 1 if failed else 0
+
+
+def merge_rerun(selection: dict[str, Any], full_json: Path) -> dict[str, Any]:
+    """The full run's results (``full_json``) with the records of ``selection`` (a re-run of some entries) in place of
+    theirs, and their names added to its ``rerun`` list (HUB.md's header says them). The environment, date and runtime
+    stay the full run's."""
+    results = json.loads(full_json.read_text())
+    fresh = {record["name"]: record for record in selection["models"]}
+    known = {record["name"] for record in results["models"]}
+    missing = sorted(set(fresh) - known)
+    if missing:
+        raise ValueError(f"{full_json.name} has no record of {', '.join(missing)}: run the full set first")
+    results["models"] = [fresh.get(record["name"], record) for record in results["models"]]
+    rerun = list(results.get("rerun") or [])
+    results["rerun"] = rerun + [name for name in fresh if name not in rerun]
+    return results
 
 
 def _version(distribution: str) -> str | None:
