@@ -12,11 +12,14 @@ sides, interleaved rounds, the median of the per-round ratios (``lambda_export.t
 
 Targets: top-1 agreement with TensorFlow float32 ≥ 99 % on the held-out images, cosine ≥ 0.999 on the logits, ORT int8
 ≥ 1.8× faster than the float32 default export at batch 8, int8 file ≤ 30 % of the float32 file. Each is printed with
-its figure and met / missed; nothing is adjusted to meet one. Writes WORKDIR/quantize.json and quantize.md.
+its figure and met / missed; nothing is adjusted to meet one. Writes WORKDIR/quantize.json (the machine under
+``environment``: CPU model and SIMD flags, cores, versions, threads; the models under ``models``) and quantize.md (the
+machine line, then the table): int8 speed depends on the CPU's int8 dot-product instructions (VNNI, AMX).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import sys
@@ -205,8 +208,24 @@ def size_floor(float_model: Any) -> float:
     return (total - 0.75 * weight_bytes) / total
 
 
-def _markdown(records: list[dict[str, Any]]) -> str:
+def results_document(records: list[dict[str, Any]], environment: dict[str, Any]) -> dict[str, Any]:
+    """What quantize.json holds: the machine (``lambda_export.bench.harness.environment_info``: CPU model, family and
+    SIMD flags, cores, versions, threads), the targets and the models' records."""
+    return {
+        "schema": "lambda-export/quantize/v2",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "environment": environment,
+        "targets": TARGETS,
+        "models": records,
+    }
+
+
+def _markdown(records: list[dict[str, Any]], environment: dict[str, Any] | None = None) -> str:
+    from lambda_export.bench.render import environment_text
+
+    head = [f"Machine: {environment_text({'environment': environment})}.", ""] if environment else []
     lines = [
+        *head,
         "| model | held-out n | top-1 agreement (ORT / OpenVINO) | logits cosine (ORT / OpenVINO) | worst-sample "
         "logits cosine | ORT fp32 ms | ORT int8 ms | speed-up (p10–p90) | fp32 MB | int8 MB | size | size floor "
         "| verdict |",
@@ -260,16 +279,24 @@ def _markdown(records: list[dict[str, Any]]) -> str:
     show_default=True,
 )
 def main(workdir: str, only: tuple[str, ...], threads: int, budget: float, method: str) -> None:
+    from lambda_export import env
+    from lambda_export.bench.harness import environment_info
     from lambda_export.bench.runners import configure_tensorflow
 
-    configure_tensorflow(threads)  # before TensorFlow runs anything (training included)
+    tf_threads = configure_tensorflow(threads)  # before TensorFlow runs anything (training included)
+    environment = environment_info(threads)
+    environment["threads"].update({k: v for k, v in tf_threads.items() if v is not None})
     folder = Path(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     records = []
     for name in only or MODELS:
         records.append(_bench_model(name, folder, threads, budget, method))
-        write_text_atomic(folder / "quantize.json", json.dumps(records, indent=2, default=str), what="the results")
-    text = _markdown(records)
+        document = results_document(records, environment)
+        write_text_atomic(folder / "quantize.json", json.dumps(document, indent=2, default=str), what="the results")
+    environment["load_average_end"] = env.load_average()
+    document = results_document(records, environment)
+    write_text_atomic(folder / "quantize.json", json.dumps(document, indent=2, default=str), what="the results")
+    text = _markdown(records, environment)
     write_text_atomic(folder / "quantize.md", text + "\n", what="the Markdown table")
     click.echo(text)
     click.echo(f"wrote {folder / 'quantize.json'} and {folder / 'quantize.md'}", err=True)

@@ -87,7 +87,9 @@ def main(
         out_json = out / "bench.json"
         if Path(render_json).resolve() != out_json.resolve():
             write_text_atomic(out_json, Path(render_json).read_text(), what="the benchmark results")
-        _publish(results, out_json, bool(write_results))
+        # re-rendering the published results without matplotlib: their chart (drawn from the same figures) stays
+        published = Path(render_json).resolve() == (HERE / "results.json").resolve() and (HERE / "results.png").exists()
+        _publish(results, out_json, bool(write_results), keep_chart=published)
         return
     settings = settings_for_mode(mode, threads)
     settings.memory_budget_bytes = int(memory_budget_gb * 1e9)
@@ -118,8 +120,10 @@ def main(
     _publish(results, out_json, write_results)
 
 
-def _publish(results: dict, out_json: Path, write_results: bool) -> None:
-    """Print the Markdown table, write bench.md and the chart next to ``out_json``; update RESULTS.md if asked."""
+def _publish(results: dict, out_json: Path, write_results: bool, keep_chart: bool = False) -> None:
+    """Print the Markdown table, write bench.md and the chart next to ``out_json``; update RESULTS.md if asked
+    (``keep_chart``: where no chart could be drawn, RESULTS.md and the README keep showing results.png, which was
+    drawn from the same results)."""
     text, chart = report(results, out_json)
     write_text_atomic(out_json.with_suffix(".md"), text, what="the Markdown table")
     click.echo(text)
@@ -127,7 +131,7 @@ def _publish(results: dict, out_json: Path, write_results: bool) -> None:
         import shutil
 
         shutil.copyfile(out_json, HERE / "results.json")
-        chart_name = None
+        chart_name = "results.png" if keep_chart else None
         if chart:
             shutil.copyfile(chart, HERE / "results.png")
             chart_name = "results.png"

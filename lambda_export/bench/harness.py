@@ -73,7 +73,14 @@ from lambda_export.bench.configs import LayerConfig, build_builtin, build_from_s
 from lambda_export.bench.flops import layer_flops, onnx_flops
 from lambda_export.bench.memory import export_cost, export_cost_worker, measure_memory, memory_worker
 from lambda_export.bench.profile import profile_ort
-from lambda_export.bench.render import json_default, min_latency_ratio, summarize, write_json
+from lambda_export.bench.render import (
+    RATIO_TARGET_OPENVINO,
+    json_default,
+    min_latency_ratio,
+    openvino_target,
+    summarize,
+    write_json,
+)
 from lambda_export.bench.runners import (
     as_numpy,
     configure_tensorflow,
@@ -102,11 +109,13 @@ __all__ = [
     "ORT_RUNNERS",
     "RATIO_TARGET_LAYER",
     "RATIO_TARGET_MODEL",
+    "RATIO_TARGET_OPENVINO",
     "SCHEMA",
     "TF_RUNNERS",
     "Entry",
     "bench_entry",
     "bench_gpu",
+    "cpu_id",
     "environment_info",
     "gpu_status",
     "run_suite",
@@ -140,11 +149,31 @@ class Entry:
     memory: bool = True
 
 
+def cpu_id() -> dict[str, Any]:
+    """The CPU's vendor, family, model and stepping from ``/proc/cpuinfo`` (x86 Linux; ``{}`` elsewhere): the model
+    name alone can be as vague as "AMD EPYC" on a virtual machine, the family and model numbers tell the generation."""
+    fields = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    ident: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor is enough
+            key, _, value = line.partition(":")
+            name = fields.get(key.strip())
+            if name:
+                value = value.strip()
+                ident[name] = int(value) if value.isdigit() else value
+    return ident
+
+
 def environment_info(threads: int) -> dict[str, Any]:
-    """CPU, cores, memory, OS, library versions and the thread settings of both runtimes."""
+    """CPU (model, family/model numbers, SIMD flags), cores, memory, OS, library versions and the thread settings of
+    both runtimes."""
     info: dict[str, Any] = {
         "cpu_model": env.cpu_model(),
+        "cpu_id": cpu_id(),
         "cpu_flags": env.cpu_flags(),
+        "int8_dot_product": env.int8_dot_product(),
         "logical_cores": os.cpu_count(),
         "usable_cores": env.usable_cores(),
         "memory_gb": env.memory_total_gb(),
@@ -517,13 +546,17 @@ def _throughput(record: dict[str, Any], ceiling_shape: tuple[int, int, int] | No
 
 
 def _target(record: dict[str, Any], entry: Entry) -> None:
-    """Is the entry's target met: ORT/TF best at most its ratio (and, for 2D global layers, the ceiling fraction)?"""
+    """Are the entry's targets met: ORT/TF best at most its ratio (and, for 2D global layers, the ceiling fraction)?
+    And, judged apart (``openvino_*``), ORT over OpenVINO on the same file at most :data:`RATIO_TARGET_OPENVINO`
+    (``openvino_met`` None where OpenVINO was not measured)."""
     best_ratio = (record["ratios"].get("ort_portable/tf_best") or {}).get("median")
     record["target"] = {
         "ratio": entry.ratio_target,
         "value": best_ratio,
         "met": None if best_ratio is None else best_ratio <= entry.ratio_target,
     }
+    versus = openvino_target({"ratios": record["ratios"]})
+    record["target"].update(openvino_ratio=versus["ratio"], openvino_value=versus["value"], openvino_met=versus["met"])
     if entry.config is not None and entry.config.rank == 2 and entry.config.is_global and "ceiling" in record:
         fraction = record["ceiling"]["ort_portable_fraction"]
         record["target"]["ceiling_fraction"] = CEILING_TARGET
@@ -714,6 +747,7 @@ def run_suite(
         "targets": {
             "ratio_layer": RATIO_TARGET_LAYER,
             "ratio_model": RATIO_TARGET_MODEL,
+            "ratio_ort_openvino": RATIO_TARGET_OPENVINO,
             "ceiling_fraction_2d_global": CEILING_TARGET,
         },
         "entries": [],
@@ -735,8 +769,11 @@ def run_suite(
             _log(settings, f"{entry.name}: ERROR {record['reason']}")
         if record.get("status") == "ok":
             ratio = record["target"]["value"]
-            target = "" if mode == "model" else f" (target {entry.ratio_target})"  # a user's model has none
-            _log(settings, f"{entry.name}: ORT/TF best = {ratio}{target}")
+            versus = record["target"]["openvino_value"]
+            model_mode = mode == "model"  # a user's model has no target
+            target = "" if model_mode else f" (target {entry.ratio_target})"
+            versus_target = "" if model_mode else f" (target {RATIO_TARGET_OPENVINO})"
+            _log(settings, f"{entry.name}: ORT/TF best = {ratio}{target}, ORT/OpenVINO = {versus}{versus_target}")
         results["entries"].append(record)
         write_json(results, out_json)
     rank = {entry.name: position for position, entry in enumerate(entries)}

@@ -1,8 +1,11 @@
 """Results as text and pictures: the summary, the Markdown tables, the machine line, the chart, the JSON file.
 
-* :func:`summarize`: which targets are met and missed, which entries were skipped or failed.
+* :func:`summarize`: which targets are met and missed (ORT/TF best, the MatMul ceiling of 2D global layers, and
+  ORT/OpenVINO ≤ :data:`RATIO_TARGET_OPENVINO` on the same file), which entries were skipped or failed;
+  :func:`openvino_target` judges one entry's ORT/OpenVINO ratio, :func:`target_lines` says the three verdicts in words.
 * :func:`markdown_table`, :func:`environment_text`, :func:`format_cell`: the Markdown the command prints (and that
-  ``benchmarks/publish.py`` puts into RESULTS.md and the README).
+  ``benchmarks/publish.py`` puts into RESULTS.md and the README); :func:`cpu_text` is the CPU part of the machine
+  line (model, family/model numbers, the SIMD flags that decide which kernels the runtimes pick).
 * :func:`draw_chart`: the ORT/TF latency ratio per configuration (PNG; needs matplotlib, the ``bench`` extra).
 * :func:`report`: the printable text and the chart next to the JSON file; :func:`write_json` writes that file
   atomically (:func:`json_default` turns NumPy scalars, tuples and sets into JSON).
@@ -18,6 +21,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "RATIO_TARGET_OPENVINO",
+    "SIMD_FLAGS",
+    "cpu_flags_text",
+    "cpu_text",
     "draw_chart",
     "environment_text",
     "format_cell",
@@ -25,10 +32,34 @@ __all__ = [
     "json_default",
     "markdown_table",
     "min_latency_ratio",
+    "openvino_target",
     "report",
     "summarize",
+    "target_lines",
     "write_json",
 ]
+
+# ONNX Runtime over OpenVINO on the same portable file: ORT may be at most 25 % slower (issue 27, item 6), on whichever
+# CPU the benchmark runs
+RATIO_TARGET_OPENVINO = 1.25
+
+# The CPU flags the machine line shows (``environment.cpu_flags`` in the JSON keeps all of avx*, fma, amx*, sse4*):
+# the ones that decide which float32 and int8 kernels ONNX Runtime, OpenVINO, oneDNN and XLA pick, in this order
+SIMD_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def min_latency_ratio(record: dict[str, Any], runner: str = "ort_portable") -> float | None:
@@ -40,9 +71,35 @@ def min_latency_ratio(record: dict[str, Any], runner: str = "ort_portable") -> f
     return round(latency[runner]["min_ms"] / latency[best]["min_ms"], 4)
 
 
+def openvino_target(record: dict[str, Any]) -> dict[str, Any]:
+    """The ORT/OpenVINO target of one measured entry: ``{"ratio": 1.25, "value": median or None, "met": bool or
+    None}`` (None: OpenVINO was not measured). Read from ``target`` where the harness recorded it, else judged on the
+    record's paired ratio (results written before the target was judged)."""
+    target = record.get("target") or {}
+    if "openvino_ratio" in target:
+        return {
+            "ratio": target["openvino_ratio"],
+            "value": target.get("openvino_value"),
+            "met": target.get("openvino_met"),
+        }
+    value = ((record.get("ratios") or {}).get("ort_portable/openvino") or {}).get("median")
+    return {
+        "ratio": RATIO_TARGET_OPENVINO,
+        "value": value,
+        "met": None if value is None else value <= RATIO_TARGET_OPENVINO,
+    }
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """Which targets are met, which not, which entries were skipped."""
+    """Which targets are met, which not, which entries were skipped.
+
+    ``met`` / ``missed``: the ORT/TF best ratio and, for 2D global layers, the MatMul ceiling fraction (both must hold);
+    ``ratio_met`` / ``ceiling_met``: ``[met, judged]`` counts of each on its own; ``openvino``: the second target,
+    ORT/OpenVINO on the same file at most :data:`RATIO_TARGET_OPENVINO` (``met``, ``missed`` and ``not_measured``
+    entry names)."""
     met, missed, skipped, failed = [], [], [], []
+    openvino: dict[str, Any] = {"target": RATIO_TARGET_OPENVINO, "met": [], "missed": [], "not_measured": []}
+    ratio_met, ceiling_met = [0, 0], [0, 0]
     for record in results["entries"]:
         if record.get("status") == "skipped":
             skipped.append({"name": record["name"], "reason": record.get("reason")})
@@ -51,6 +108,17 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             failed.append({"name": record["name"], "reason": record.get("reason")})
             continue
         target = record["target"]
+        versus = openvino_target(record)
+        if versus["met"] is None:
+            openvino["not_measured"].append(record["name"])
+        else:
+            openvino["met" if versus["met"] else "missed"].append({"name": record["name"], "ratio": versus["value"]})
+        if target.get("met") is not None:
+            ratio_met[0] += bool(target["met"])
+            ratio_met[1] += 1
+        if target.get("ceiling_met") is not None:
+            ceiling_met[0] += bool(target["ceiling_met"])
+            ceiling_met[1] += 1
         item = {"name": record["name"], "ratio": target["value"], "target": target["ratio"]}
         if target.get("ceiling_value") is not None:
             item["ceiling_fraction"] = target["ceiling_value"]
@@ -70,7 +138,45 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "skipped": skipped,
         "failed": failed,
         "geomean_ratio": round(float(np.exp(np.mean(np.log(ratios)))), 4) if ratios else None,
+        "ratio_met": ratio_met,
+        "ceiling_met": ceiling_met,
+        "openvino": openvino,
     }
+
+
+def target_lines(results: dict[str, Any]) -> list[str]:
+    """The verdicts in words, one line per target: ORT/TF best (its ratio per kind of entry), the MatMul ceiling of
+    the 2D global layers (where judged), ORT/OpenVINO ≤ :data:`RATIO_TARGET_OPENVINO` (with the entries that missed
+    it and how many had no OpenVINO figure). Computed from the entries, so that results written before a target
+    existed are judged the same way."""
+    summary = summarize(results)
+    ok = [record for record in results["entries"] if record.get("status") == "ok"]
+    kinds = sorted({(record.get("kind") or "", record["target"]["ratio"]) for record in ok})
+    per_kind = ", ".join(f"≤ {ratio} for {kind}s" if kind else f"≤ {ratio}" for kind, ratio in kinds)
+    met, judged = summary["ratio_met"]
+    missed_ratio = [record["name"] for record in ok if record["target"].get("met") is False]
+    lines = [
+        f"Target ORT/TF best ({per_kind or 'none measured'}): met on {met} of {judged} measured configurations"
+        + (f"; missed: {', '.join(missed_ratio)}." if missed_ratio else ".")
+    ]
+    met, judged = summary["ceiling_met"]
+    if judged:
+        lines.append(
+            f"Target MatMul ceiling (2D global layers at ≥ {ok[0]['target'].get('ceiling_fraction', 0.6):.0%} of the "
+            f"plain-MatMul GFLOP/s): met on {met} of {judged}."
+        )
+    openvino = summary["openvino"]
+    measured = len(openvino["met"]) + len(openvino["missed"])
+    line = (
+        f"Target ORT/OpenVINO ≤ {openvino['target']} (the same portable file on both runtimes): met on "
+        f"{len(openvino['met'])} of {measured} measured configurations"
+    )
+    if openvino["missed"]:
+        line += "; missed: " + ", ".join(f"{item['name']} ({item['ratio']:.3f})" for item in openvino["missed"])
+    if openvino["not_measured"]:
+        line += f"; {len(openvino['not_measured'])} without an OpenVINO figure"
+    lines.append(line + ".")
+    return lines
 
 
 def write_json(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -110,7 +216,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     The project's own runs judge each configuration against its target (``target``, ``met`` columns); a user's model
     (``lambda-export bench MODEL``, mode ``model``) gets the ratios only: those targets are the project's benchmark
     goals for its layers and models, not a verdict on someone else's model."""
-    lines = _latency_table(results["entries"], targets=results.get("mode") != "model")
+    targets = results.get("mode") != "model"
+    lines = _latency_table(results["entries"], targets=targets)
+    if targets:
+        lines.extend(["", *(f"- {line}" for line in target_lines(results))])
     lines.extend(int8_lines(results))
     lines.append("")
     lines.extend(_throughput_table(results["entries"]))
@@ -141,17 +250,21 @@ def _latency_table(entries: list[dict[str, Any]], *, targets: bool = True) -> li
         "| ORT/OpenVINO (p10–p90) |"
     )
     align = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    lines = [header + " target | met |", align + "---:|:---:|"] if targets else [header, align]
+    lines = (
+        [header + f" target | met | ORT/OpenVINO ≤ {RATIO_TARGET_OPENVINO} |", align + "---:|:---:|:---:|"]
+        if targets
+        else [header, align]
+    )
     for record in entries:
         if record.get("status") != "ok":
             reason = record.get("reason", "")
-            cells = [record["name"], f"{record.get('status')}: {reason}", *[""] * (11 if targets else 9)]
+            cells = [record["name"], f"{record.get('status')}: {reason}", *[""] * (12 if targets else 9)]
             lines.append("| " + " | ".join(cells) + " |")
             continue
         lines.append(_latency_row(record, targets=targets))
     note = _LATENCY_NOTE.format(
         judged="; the targets are judged on it" if targets else "",
-        openvino_target=" (target ≤ 1.25)" if targets else "",
+        openvino_target=f" (target ≤ {RATIO_TARGET_OPENVINO}, judged in the last column)" if targets else "",
     )
     return [*lines, "", note, *_openvino_lines(entries)]
 
@@ -203,7 +316,12 @@ def _latency_row(record: dict[str, Any], *, targets: bool = True) -> str:
     )
     if not targets:
         return row
-    return row + f" ≤ {record['target']['ratio']} | {'✅' if met else '❌' if met is not None else '–'} |"
+    return row + f" ≤ {record['target']['ratio']} | {_mark(met)} | {_mark(openvino_target(record)['met'])} |"
+
+
+def _mark(met: bool | None) -> str:
+    """A verdict cell: ✅ met, ❌ missed, – not judged."""
+    return "✅" if met else "❌" if met is not None else "–"
 
 
 def _throughput_table(entries: list[dict[str, Any]]) -> list[str]:
@@ -336,13 +454,44 @@ def int8_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def cpu_flags_text(flags: list[str] | None) -> str:
+    """The SIMD flags of :data:`SIMD_FLAGS` a CPU has, and which of AVX-512, VNNI and AMX it lacks:
+    ``"flags avx avx2 fma; no AVX-512, VNNI or AMX"``; ``"CPU flags not recorded"`` for results without them."""
+    if flags is None:
+        return "CPU flags not recorded"
+    present = set(flags)
+    shown = [flag for flag in SIMD_FLAGS if flag in present]
+    families = {
+        "AVX-512": any(flag.startswith("avx512") for flag in present),
+        "VNNI": any(flag in present for flag in ("avx512_vnni", "avx_vnni")),
+        "AMX": any(flag.startswith("amx") for flag in present),
+    }
+    absent = [name for name, has in families.items() if not has]
+    text = f"flags {' '.join(shown)}" if shown else "no AVX/FMA flags"
+    if absent:
+        text += "; no " + (", ".join(absent[:-1]) + " or " + absent[-1] if len(absent) > 1 else absent[0])
+    return text
+
+
+def cpu_text(env: dict[str, Any]) -> str:
+    """The CPU of an ``environment`` record: model name, family/model numbers (where recorded) and SIMD flags:
+    ``"AMD EPYC (family 25 model 1; flags avx avx2 fma; no AVX-512, VNNI or AMX)"``."""
+    ident = env.get("cpu_id") or {}
+    parts = []
+    if ident.get("family") is not None:
+        parts.append(f"family {ident['family']} model {ident.get('model')}")
+    parts.append(cpu_flags_text(env.get("cpu_flags")))
+    return f"{env.get('cpu_model')} ({'; '.join(parts)})"
+
+
 def environment_text(results: dict[str, Any]) -> str:
-    """One line on the machine of ``results``: CPU, cores, RAM, OS, thread settings, versions, load average."""
+    """One line on the machine of ``results``: CPU (model, SIMD flags), cores, RAM, OS, thread settings, versions,
+    load average."""
     env = results["environment"]
     versions = env.get("versions", {})
     threads = env.get("threads", {})
     return (
-        f"{env.get('cpu_model')} ({env.get('usable_cores')} usable cores, {env.get('memory_gb')} GiB RAM), {env.get('os')}; "
+        f"{cpu_text(env)}, {env.get('usable_cores')} usable cores, {env.get('memory_gb')} GiB RAM, {env.get('os')}; "
         f"threads N = {threads.get('n')} (TF intra {threads.get('tf_intra_op')} / inter {threads.get('tf_inter_op')}, "
         f"ORT intra {threads.get('ort_intra_op')}); TensorFlow {versions.get('tensorflow')}, Keras {versions.get('keras')}, "
         f"ONNX Runtime {versions.get('onnxruntime') or versions.get('onnxruntime-gpu')}, tf2onnx {versions.get('tf2onnx')}, "
