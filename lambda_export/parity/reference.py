@@ -446,14 +446,17 @@ def _probe_argument(model: Any, shapes: dict[str, tuple[int, ...]] | None = None
         arrays[tensor.name] = (
             rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype=dtype)
         )
+    # the structure the parity check calls the model with (lambda_export.parity.running.keras_feed): a dict for dict
+    # inputs, else a bare array for one input and a flat list for several. The float64 graph is traced once per call
+    # structure, so a probe shaped otherwise (the [array] of a model built with inputs=[x], as keras.applications
+    # builds theirs) would trace, freeze and widen the whole graph a second time at the first parity run.
     try:
         if isinstance(model.input, dict):
             return {name: arrays[t.name] for name, t in model.input.items()}
     except (AttributeError, ValueError):
         pass
-    import keras
-
-    return keras.tree.map_structure(lambda tensor: arrays[tensor.name], model.input)
+    flat = [arrays[t.name] for t in model.inputs]
+    return flat[0] if len(flat) == 1 else flat
 
 
 def float64_model(
