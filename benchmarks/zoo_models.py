@@ -745,7 +745,8 @@ def lambda_unet() -> Any:
 
 
 def _applications() -> list[ZooModel]:
-    sizes = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+    # ConvNeXtBase at 64x64: the zoo's largest model (88M parameters), the conversion-time case of issue 25
+    sizes = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71, "ConvNeXtBase": 64}
     # Families with their preprocessing inside the model take images in [0, 255]; the others expect what their
     # `preprocess_input` gives (roughly zero-mean values of order 1): raw [0, 255] pixels there would make the first
     # batch norm subtract a mean ~100x the spread, and the cancellation alone costs ~1e-4 in float32 (in TensorFlow
@@ -779,6 +780,7 @@ def _applications() -> list[ZooModel]:
         "EfficientNetV2S",
         "ConvNeXtTiny",
         "ConvNeXtSmall",
+        "ConvNeXtBase",
         "DenseNet121",
         "DenseNet169",
         "DenseNet201",
