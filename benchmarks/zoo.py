@@ -6,6 +6,8 @@ plain tf2onnx, side by side.
     python benchmarks/zoo.py --ci             # the CI subset only (what tests/conformance/test_zoo.py runs)
     python benchmarks/zoo.py --only ResNet50 --only gru   # entries whose name contains TEXT; ZOO.md untouched
     python benchmarks/zoo.py --render benchmarks/zoo.json # measure nothing, rewrite ZOO.md from a JSON
+    python benchmarks/zoo.py --only ConvNeXtBase --merge  # re-run entries; their records replace those of zoo.json,
+                                                          # ZOO.md rewritten from it (the re-run named in its header)
 
 Per model, each step in a fresh subprocess (memory isolation; peak RSS from ``os.wait4`` of that process):
 
@@ -19,9 +21,13 @@ Per model, each step in a fresh subprocess (memory isolation; peak RSS from ``os
    (its CPU default may be bf16) on the build's inputs, max |onnx − keras| against the build's reference, and the
    distance to the float64 truth (the model rebuilt in float64 with the same weights, computed by the build step).
 
-"convert" is the conversion alone (lambda-export: the ``convert`` timing of its JSON report; tf2onnx: the
-``from_keras`` call), "wall" the whole process (start-up, imports, loading; lambda-export's includes its parity
-check); "peak" is the peak RSS of that process. A model passes when lambda-export exits 0 and both runtimes
+"conversion" is the way from the ``.keras`` file to the written ``.onnx`` file, after the imports, for both tools:
+lambda-export's ``load`` + ``convert`` + ``write`` timings of its JSON report (tf2onnx, the rewrite passes, the
+structural checks, canonical names, the atomic write), against plain tf2onnx's ``keras.models.load_model`` +
+``from_keras(..., output_path=...)``; "ratio" is lambda-export's over plain's. "end to end" is lambda-export's whole
+process (start-up, imports, conversion and its parity check: TensorFlow float32 and float64 references, ONNX Runtime
+runs), which plain tf2onnx does not have; "wall" the whole process of either; "peak" is the peak RSS of that
+process (``benchmarks/conversion_time.py`` repeats the conversion comparison in alternating rounds). A model passes when lambda-export exits 0 and both runtimes
 match Keras to 1e-4 (OpenVINO only where the graph loads), or, where TensorFlow's own float32 error (Keras float32
 against the float64 truth) already exceeds 1e-4, when the export is no further from the truth than 5 times that
 ("pass (float32 noise)", the factor of lambda-export's own relative rule); it is flagged "worse than tf2onnx" when plain tf2onnx
@@ -215,13 +221,18 @@ def _plain_worker(entry: ZooModel, folder: Path) -> dict[str, Any]:
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     _import_files(entry)
-    model = keras.models.load_model(folder / f"{entry.name}.keras")
-    signature = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
     started = time.perf_counter()
+    model = keras.models.load_model(folder / f"{entry.name}.keras")
+    loaded = time.perf_counter()
+    signature = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
     proto, _ = tf2onnx.convert.from_keras(
         model, input_signature=signature, opset=17, output_path=str(folder / f"{entry.name}.tf2onnx.onnx")
     )
-    return {"convert_s": round(time.perf_counter() - started, 2), "nodes": len(proto.graph.node)}
+    return {
+        "load_s": round(loaded - started, 2),
+        "convert_s": round(time.perf_counter() - loaded, 2),
+        "nodes": len(proto.graph.node),
+    }
 
 
 def check_onnx(
@@ -382,6 +393,8 @@ def zoo_model(entry: ZooModel, folder: Path, *, timeout: float = DEFAULT_TIMEOUT
         "wall_s": round(cli.seconds, 2),
         "load_s": timings.get("load"),
         "convert_s": timings.get("convert"),
+        "write_s": timings.get("write"),
+        "conversion_s": _sum(timings.get("load"), timings.get("convert"), timings.get("write")),
         "peak_mb": round(cli.peak_mb, 1),
         "error": None if cli.returncode == 0 else cli.error_line(),
     }
@@ -392,7 +405,9 @@ def zoo_model(entry: ZooModel, folder: Path, *, timeout: float = DEFAULT_TIMEOUT
         record["tf2onnx"] = {
             "exit": run.returncode,
             "nodes": out.get("nodes"),
+            "load_s": out.get("load_s"),
             "convert_s": out.get("convert_s"),
+            "conversion_s": _sum(out.get("load_s"), out.get("convert_s")),
             "wall_s": round(run.seconds, 2),
             "peak_mb": round(run.peak_mb, 1),
             "error": out.get("error") or (None if run.returncode == 0 else run.error_line()),
@@ -406,6 +421,19 @@ def zoo_model(entry: ZooModel, folder: Path, *, timeout: float = DEFAULT_TIMEOUT
             record[side]["check"] = checks.get(side) or {}
     record["verdict"], record["vs_tf2onnx"] = _verdict(record)
     return record
+
+
+def _sum(*seconds: float | None) -> float | None:
+    """The sum of timings, rounded; None when one is missing."""
+    return None if any(s is None for s in seconds) else round(sum(seconds), 2)
+
+
+def conversion_ratio(record: dict[str, Any]) -> float | None:
+    """lambda-export's conversion time over plain tf2onnx's (both from the ``.keras`` file to the written ``.onnx``,
+    loading included); None for a record without both (one from before the two were timed alike)."""
+    ours = (record.get("lambda_export") or {}).get("conversion_s")
+    plain = (record.get("tf2onnx") or {}).get("conversion_s")
+    return round(ours / plain, 2) if ours and plain else None
 
 
 NOISE_FACTOR = 5.0
@@ -517,15 +545,17 @@ def markdown(results: dict[str, Any]) -> list[str]:
         "TF32 err: max |keras float32 − keras float64| (the model rebuilt in float64 with the same weights), "
         "TensorFlow's own float32 error; where it exceeds the tolerance, an error marked ≈ is over 1e-4 but no further "
         f"from the float64 truth than {NOISE_FACTOR:g}× TensorFlow's (❌: further). "
-        "Convert: seconds of the conversion alone (lambda-export: its JSON report's `convert` timing; tf2onnx: the "
-        "`from_keras` call); peak: peak RSS in MiB of the whole process (lambda-export's includes its own parity "
-        f"check). Load average {env.get('load_before')} → {env.get('load_after')} on a machine shared with other work: "
+        "Conversion: seconds from the `.keras` file to the written `.onnx` file, loading included (lambda-export: its "
+        "JSON report's `load` + `convert` + `write`; tf2onnx: `keras.models.load_model` + `from_keras` with its "
+        "`output_path`); ratio: lambda-export's over tf2onnx's; end to end: the whole `lambda-export` process, its "
+        "parity check included (plain tf2onnx checks nothing); peak: peak RSS in MiB of the whole process. "
+        f"Load average {env.get('load_before')} → {env.get('load_after')} on a machine shared with other work: "
         "times are indicative.",
         "",
-        "| model | family | input | params | TF32 err | exit | nodes | ORT err | OpenVINO err | convert s | peak MiB "
-        "| tf2onnx nodes | tf2onnx ORT err | tf2onnx OpenVINO err | tf2onnx convert s | tf2onnx peak MiB | verdict "
-        "| vs tf2onnx |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| model | family | input | params | TF32 err | exit | nodes | ORT err | OpenVINO err | conversion s "
+        "| end to end s | peak MiB | tf2onnx nodes | tf2onnx ORT err | tf2onnx OpenVINO err | tf2onnx conversion s "
+        "| conversion ratio | tf2onnx peak MiB | verdict | vs tf2onnx |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in records:
         build = r.get("build") or {}
@@ -547,10 +577,11 @@ def markdown(results: dict[str, Any]) -> list[str]:
             f"| {r['name']}{' (CI)' if r.get('ci') else ''} | {r['family']} | {shapes or '–'} "
             f"| {format_cell(build.get('params'), 1)} | {'–' if noise is None else f'{noise:.1e}'} | {format_cell(ours.get('exit'), 1)} "
             f"| {format_cell(ours.get('nodes'), 1)} | {_err(ours.get('check'), 'ort', noise)} "
-            f"| {_err(ours.get('check'), 'openvino', noise)} | {format_cell(ours.get('convert_s'), 1)} "
+            f"| {_err(ours.get('check'), 'openvino', noise)} | {format_cell(ours.get('conversion_s'), 1)} "
+            f"| {format_cell(ours.get('wall_s'), 1)} "
             f"| {format_cell(ours.get('peak_mb'), 0)} | {format_cell(plain_nodes, 1)} | {_err(plain.get('check'), 'ort', noise)} "
-            f"| {_err(plain.get('check'), 'openvino', noise)} | {format_cell(plain.get('convert_s'), 1)} "
-            f"| {format_cell(plain.get('peak_mb'), 0)} "
+            f"| {_err(plain.get('check'), 'openvino', noise)} | {format_cell(plain.get('conversion_s'), 1)} "
+            f"| {format_cell(conversion_ratio(r), 2)} | {format_cell(plain.get('peak_mb'), 0)} "
             f"| {verdict_cell} | {r.get('vs_tf2onnx') or '–'} |"
         )
     lines.append("")
@@ -596,6 +627,24 @@ def write_zoo_md(results: dict[str, Any], path: Path = ZOO_MD) -> None:
     write_text_atomic(path, text, what=path.name)
 
 
+def merge_records(results: dict[str, Any], path: Path = ZOO_JSON) -> dict[str, Any]:
+    """Replace the records of ``path`` (a full run's JSON) by ``results``' of the same names (new names are added),
+    in the zoo's order; name them in its ``rerun``; write it and rewrite ZOO.md from it. Returns the merged results."""
+    merged = json.loads(path.read_text())
+    order = {entry.name: index for index, entry in enumerate(ZOO)}
+    records = {record["name"]: record for record in merged["models"]}
+    fresh = [record["name"] for record in results["models"]]
+    records.update({record["name"]: record for record in results["models"]})
+    merged["models"] = sorted(records.values(), key=lambda record: order.get(record["name"], len(order)))
+    rerun = merged.get("rerun") or {"models": []}
+    rerun["models"] = list(dict.fromkeys([*rerun["models"], *fresh]))
+    rerun["created"] = results["created"]
+    merged["rerun"] = rerun
+    path.write_text(json.dumps(merged, indent=1) + "\n")
+    write_zoo_md(merged)
+    return merged
+
+
 # -- the command -----------------------------------------------------------------------------------------------------
 
 
@@ -614,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", type=Path, default=None, help="rewrite ZOO.md (and the verdicts in the JSON) from this JSON"
     )
+    parser.add_argument("--merge", action="store_true",
+                        help=f"put the records measured into {ZOO_JSON.name} (replacing those of the same names, in "
+                             "the zoo's order) and rewrite ZOO.md from it")  # fmt: skip
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="update ZOO.md (default: only for a full run)")  # fmt: skip
     parser.add_argument("--hub", action=argparse.BooleanOptionalAction, default=None,
@@ -655,15 +707,19 @@ def main(argv: list[str] | None = None) -> int:
         noise = (record.get("build") or {}).get("tf32_error")
         print(
             f"{record['verdict']} | exit {ours.get('exit')} nodes {ours.get('nodes')} ORT {_err(check, 'ort', noise)} "
-            f"OV {_err(check, 'openvino', noise)} {ours.get('convert_s')} s {ours.get('peak_mb')} MiB | tf2onnx "
-            f"{(record.get('tf2onnx') or {}).get('nodes')} nodes | {record.get('vs_tf2onnx')}",
+            f"OV {_err(check, 'openvino', noise)} conversion {ours.get('conversion_s')} s (end to end "
+            f"{ours.get('wall_s')} s) {ours.get('peak_mb')} MiB | tf2onnx {(record.get('tf2onnx') or {}).get('nodes')} "
+            f"nodes, conversion {(record.get('tf2onnx') or {}).get('conversion_s')} s, ratio {conversion_ratio(record)} "
+            f"| {record.get('vs_tf2onnx')}",
             flush=True,
         )
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(results, indent=1) + "\n")  # after every model: a partial run is kept
     results["environment"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
     json_path.write_text(json.dumps(results, indent=1) + "\n")
-    if args.write if args.write is not None else full:
+    if args.merge and not full:
+        merge_records(results, ZOO_JSON)
+    elif args.write if args.write is not None else full:
         write_zoo_md(results)
     print("\n".join(markdown(results)))
     failed = [r["name"] for r in results["models"] if not str(r.get("verdict", "")).startswith("pass")]
