@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # the 15 slowest tests at the end of every run (where the suite's time goes)
 DURATIONS ?= --durations=15
 
-.PHONY: demo test test-fast lint format bench bench-quick zoo clean
+.PHONY: demo test test-fast lint format bench bench-quick bench-timm zoo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,15 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# the grid of benchmarks/RESULTS.md (~16 min on 2 cores), then timm's LambdaResNets (benchmarks/TIMM.md, ~12 min)
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/timm_bench.py
+
+# timm's LambdaResNets alone: our export vs timm's own ONNX file vs TensorFlow; writes benchmarks/TIMM.md, timm.json
+# (benchmarks/timm_bench.py --quick: one network, fewer rounds, for development)
+bench-timm: $(DEV_STAMP)
+	$(BIN)/python benchmarks/timm_bench.py
 
 bench-quick: $(DEV_STAMP)
 	$(BIN)/python benchmarks/run.py --quick
