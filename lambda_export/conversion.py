@@ -760,11 +760,11 @@ def convert(
         loaded = options.load(source)
     inputs = _resolve_shapes(loaded, batch_size, input_shapes)
     model = _traced(loaded, inputs, int(opset))
-    model, passes, warnings, pass_log = _rewritten(model, target, optimize)
+    model, passes, ran, warnings, pass_log = _rewritten(model, target, optimize)
     issues = [str(offense) for offense in check_target(model, target)]
     if issues:
         warnings.append(f"{len(issues)} node(s) may not load on target {target!r}: " + "; ".join(issues[:5]))
-    _stamp(model, loaded, options, passes)
+    _stamp(model, loaded, options, ran)
     result = ConvertResult(
         model=model,
         inputs=inputs,
@@ -794,10 +794,10 @@ def _traced(loaded: LoadedModel, inputs: list[TensorInfo], opset: int) -> onnx.M
 
 def _rewritten(
     model: onnx.ModelProto, target: str, optimize: str
-) -> tuple[onnx.ModelProto, list[str], list[str], list[str]]:
+) -> tuple[onnx.ModelProto, list[str], list[str], list[str], list[str]]:
     """The rewrite passes for ``target`` (see :mod:`lambda_export.passes.pipelines`), then canonical order and names
     again, no value_info, only the opset imports the nodes use, and the checks: (model, passes that changed it,
-    warnings, the per-pass log)."""
+    passes that ran, warnings, the per-pass log)."""
     rewritten = rewrite_for_target(model, target, optimize, check=_check_converted)
     model, passes, warnings = rewritten.model, rewritten.passes, list(rewritten.warnings)
     canonical_order(model.graph, _strip_counters)
@@ -808,11 +808,13 @@ def _rewritten(
     del model.opset_import[:]
     model.opset_import.extend(kept)
     _check_converted(model)
-    return model, list(passes), warnings, rewritten.log_lines()
+    return model, list(passes), rewritten.ran, warnings, rewritten.log_lines()
 
 
-def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, passes: list[str]) -> None:
-    """The producer and the provenance ``metadata_props``: source hash, passes, target, optimize, opset, versions."""
+def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, ran: list[str]) -> None:
+    """The producer and the provenance ``metadata_props``: source hash, the rewrite passes that ran (not only those
+    that changed the graph: which of them find work depends on tf2onnx's redundant nodes, which vary from one run to
+    the next in one process, while the written graph does not), target, optimize, opset, versions."""
     from lambda_export.version import __version__
 
     model.producer_name = "lambda-export"
@@ -820,7 +822,7 @@ def _stamp(model: onnx.ModelProto, loaded: LoadedModel, options: ExportOptions, 
     metadata = {
         "source_sha256": loaded.sha256 or "in-memory",
         "source": os.path.basename(loaded.source) if loaded.source else "in-memory",
-        "rewrite_passes": ",".join(passes),
+        "rewrite_passes": ",".join(ran),
         "target": options.target,
         "optimize": options.optimize,
         "opset": str(options.opset),

@@ -301,7 +301,12 @@ def tensor_digest(tensor: onnx.TensorProto) -> str:
     import hashlib
 
     if not tensor.HasField("raw_data") or _raw_length(tensor) < DIGEST_STREAMING_BYTES:
-        return hashlib.sha1(tensor.SerializeToString(deterministic=True).replace(tensor.name.encode(), b"")).hexdigest()
+        # the name field left out entirely: removing only the name's bytes from the serialization kept its length
+        # prefix, so the digest depended on the name's length (Keras' process-global counters, "_1" vs "_12"), which
+        # reordered the canonical node order from one conversion to the next in the same process
+        return hashlib.sha1(
+            _part(tensor, lambda number: number != _NAME).SerializeToString(deterministic=True)
+        ).hexdigest()
     digest = hashlib.sha1(b"large tensor\x00")
     digest.update(_part(tensor, lambda number: number not in (_RAW, _NAME)).SerializeToString(deterministic=True))
     raw = tensor.raw_data

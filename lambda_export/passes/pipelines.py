@@ -127,6 +127,13 @@ class RewriteResult:
     warnings: list[str] = field(default_factory=list)
     log: list[PassRecord] = field(default_factory=list)
 
+    @property
+    def ran(self) -> list[str]:
+        """Every pass the pipeline ran, in first-run order, whether or not it changed the graph: what the ONNX file's
+        ``rewrite_passes`` metadata records. Unlike :attr:`passes` it does not depend on the node order or the
+        redundant nodes tf2onnx left (which vary between runs in one process; the rewritten graph does not)."""
+        return list(dict.fromkeys(record.name for record in self.log))
+
     def log_lines(self) -> list[str]:
         """The per-pass log, one line per pass (:func:`lambda_export.passes.base.format_log`)."""
         return format_log(self.log)

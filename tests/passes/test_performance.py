@@ -169,11 +169,12 @@ def test_conv_as_dense_matmul_on_local_lambda_layers(spatial, extra, data_format
     x = np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
     reference = np.asarray(model(x))
     original = convert(model, optimize="size").model
-    optimized = convert(model, optimize="speed").model
+    speed = convert(model, optimize="speed")
+    optimized = speed.model
     assert "Conv" in {node.op_type for node in original.graph.node}
     assert "Conv" not in {node.op_type for node in optimized.graph.node}  # rewritten with the default thresholds
     props = {p.key: p.value for p in optimized.metadata_props}
-    assert "conv_as_dense_matmul" in props["rewrite_passes"] and props["optimize"] == "speed"
+    assert "conv_as_dense_matmul" in speed.passes and props["optimize"] == "speed"
     assert check_target(optimized, "portable") == []
     got, before = _run(optimized, x), _run(original, x)
     assert np.abs(before - reference).max() <= 1e-5
@@ -231,8 +232,7 @@ def test_conv_output_channels_last_is_exact(spatial, u, k, applies) -> None:
     assert [n.op_type for n in after] == ["Transpose"] and list(after[0].attribute[0].ints) == [0, 2, 3, 1]
     np.testing.assert_allclose(_run(rewritten, x), _run(original, x), rtol=0, atol=1e-5)
     assert check_target(rewritten, "portable") == []
-    props = {p.key: p.value for p in convert(model).model.metadata_props}  # the default export takes it
-    assert "conv_output_channels_last" in props["rewrite_passes"]
+    assert "conv_output_channels_last" in convert(model).passes  # the default export takes it
 
 
 def test_conv_along_width_is_exact() -> None:
@@ -254,9 +254,9 @@ def test_conv_along_width_is_exact() -> None:
         inputs, LambdaNetwork1DConv(32, key_depth=16, heads=2, intra_depth=2, receptive_kernel=7)(inputs)
     )
     x = np.random.default_rng(3).standard_normal((3, 64, 8)).astype(np.float32)
-    default = convert(model).model
-    props = {p.key: p.value for p in default.metadata_props}
-    assert "conv_along_width" in props["rewrite_passes"] and "conv_output_channels_last" in props["rewrite_passes"]
+    exported = convert(model)
+    default = exported.model
+    assert "conv_along_width" in exported.passes and "conv_output_channels_last" in exported.passes
     conv = next(n for n in default.graph.node if n.op_type == "Conv")
     assert [a.ints for a in conv.attribute if a.name == "kernel_shape"] == [[1, 7]]
     assert check_target(default, "portable") == []
