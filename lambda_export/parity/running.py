@@ -5,7 +5,8 @@
   :func:`session_source`: a temporary file for one instead (with external data for a larger model). Both are
   :mod:`lambda_export.io`'s (:func:`~lambda_export.io.model_bytes`, :func:`~lambda_export.io.write_model_file`).
 * :func:`keras_feed`, :func:`run_keras`: call the Keras model in inference mode on TensorFlow's CPU, as the converter's
-  traced function calls it.
+  traced function calls it; eagerly, or (``graph=True``, the parity check's references) through a ``tf.function``
+  traced once per input signature (any batch) and kept for the model (:func:`_graph_function`).
 
 Sessions themselves come from :func:`lambda_export.ort.session`; :func:`ort_failure` turns ONNX Runtime's refusal to
 load or run the graph into a :class:`~lambda_export.errors.ConversionError` naming the node.
@@ -17,6 +18,7 @@ import contextlib
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,14 +83,66 @@ def keras_feed(loaded: LoadedModel, feed: dict[str, np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-def run_keras(model: Any, argument: Any) -> list[np.ndarray]:
-    """``model(argument, training=False)`` on TensorFlow's CPU, its outputs flattened to NumPy arrays."""
+def run_keras(model: Any, argument: Any, *, graph: bool = False) -> list[np.ndarray]:
+    """``model(argument, training=False)`` on TensorFlow's CPU, its outputs flattened to NumPy arrays.
+
+    ``graph``: through a ``tf.function`` of the call traced once per input signature, batch left open, and kept for
+    the model (:func:`_graph_function`): what ``model.predict`` runs, and what the converter traces. The parity check
+    calls the model a dozen times (its references and the jittered draws of TensorFlow's own error); eagerly, Keras 3
+    rebuilds and XLA-compiles a ``tf.function`` for every grouped convolution at every call (ConvNeXt's depthwise
+    ``Conv2D(groups=C)``: 9 s a call for ConvNeXtBase at 64x64 under load, 2.7 s through the function). A model whose
+    call cannot be traced runs eagerly.
+    """
     import keras
     import tensorflow as tf
 
+    if graph:
+        function, flat = _graph_function(model, argument)
+        if function is not None:
+            with tf.device("/CPU:0"):
+                result = function(*[tf.constant(a) for a in flat])
+            return [np.asarray(t) for t in result]
     with tf.device("/CPU:0"):
         result = model(argument, training=False)
     return [np.asarray(t) for t in keras.tree.flatten(result)]
+
+
+_GRAPHS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+"""Per Keras model: input signature → its traced call (None: the trace failed, run eagerly)."""
+
+
+def _graph_function(model: Any, argument: Any) -> tuple[Any, list[Any]]:
+    """``(function, flat arguments)``: the model's call on arguments shaped like ``argument`` (any batch) as a
+    concrete ``tf.function``, traced at the first call of that signature; ``(None, ...)`` when it cannot be traced."""
+    import keras
+    import tensorflow as tf
+
+    flat = [np.asarray(a) for a in keras.tree.flatten(argument)]
+    structure = keras.tree.map_structure(lambda _: 0, argument)  # the nesting, without the arrays
+    key = (repr(structure), tuple((a.shape[1:], a.ndim, a.dtype.str) for a in flat))
+    try:
+        functions = _GRAPHS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable
+        return None, flat
+    if key not in functions:
+        specs = [
+            tf.TensorSpec(
+                (None, *a.shape[1:]) if a.ndim else (),
+                tf.string if a.dtype.kind in "OUS" else tf.as_dtype(a.dtype),
+            )
+            for a in flat
+        ]
+
+        def call(*args: Any) -> list[Any]:
+            packed = keras.tree.pack_sequence_as(structure, list(args))
+            return list(keras.tree.flatten(model(packed, training=False)))
+
+        try:
+            with tf.device("/CPU:0"):
+                functions[key] = tf.function(call, input_signature=specs).get_concrete_function()
+        except Exception:  # a call that only runs eagerly
+            functions[key] = None
+    return functions[key], flat
 
 
 # how ONNX Runtime names the node it failed at: while running ("... running Reshape node. Name:'r' Status Message:

@@ -449,7 +449,7 @@ def _run_checks(
     say(f"TensorFlow reference on the CPU ({len(sets)} input set(s))")
     step = time.perf_counter()
     for item in sets:
-        item.reference = run_keras(loaded.model, keras_feed(loaded, item.feed))
+        item.reference = run_keras(loaded.model, keras_feed(loaded, item.feed), graph=True)
         if len(item.reference) != len(keras_out):
             raise InputError(
                 f"the Keras model returned {len(item.reference)} outputs, its description lists {len(keras_out)}"
@@ -523,7 +523,7 @@ def _jitter_draws(clone: Any, loaded: LoadedModel, item: _InputSet) -> list[tupl
             for name, a in ((name, np.asarray(a)) for name, a in item.feed.items())
         }
         truth = run_float64(clone, loaded, feed)
-        reference = run_keras(loaded.model, keras_feed(loaded, feed))
+        reference = run_keras(loaded.model, keras_feed(loaded, feed), graph=True)
         draws.append((truth, reference))
     return draws
 
