@@ -26,7 +26,8 @@ For each of ``lambda_resnet26t``, ``lambda_resnet26rpt_256`` and ``lambda_resnet
   milliseconds per op type and the slowest nodes of each, where the time differs.
 
 The published files (``benchmarks/TIMM.md`` between its markers, ``benchmarks/timm.json``) are written by a full run;
-``--quick`` (and ``--only``) write only to ``--out``. Full run: ≈ 12 minutes on 2 cores.
+``--quick`` (and ``--only``) write only to ``--out``. Full run: ≈ 14 minutes on 2 cores shared with other work (load
+average 5–8); ``--quick`` ≈ 2–3 minutes.
 """
 
 from __future__ import annotations
