@@ -439,11 +439,36 @@ def quantize_summary(run: dict[str, Any]) -> dict[str, Any]:
         "speedup": speed.get("speedup"),
         "speed": {k: speed.get(k) for k in ("int8_ms", "float32_ms", "speedup_p10", "speedup_p90", "rounds", "batch")},
         "float_groups": quantization.get("float_groups"),
+        "groups": len((quantization.get("sensitivity") or {}).get("groups") or []),
         "calibration": {k: calibration.get(k) for k in ("samples", "held_out", "source", "method") if k in calibration},
         "warnings": quantization.get("warnings"),
         "wall_s": run["wall_s"],
         "stderr": None if run["exit"] == 0 else run["stderr"],
     }
+
+
+def enrich(record: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Add what the files in ``folder`` say beyond the commands' JSON: the top-1 margins of Keras' logits on the
+    evaluation images (gap between the two largest logits over their standard deviation: how near a tie a random
+    network's classes are) and the Q/DQ pairs left in the int8 file (which tensors are quantized)."""
+    logits_path = folder / "keras_logits.npz"
+    if logits_path.is_file() and record.get("keras"):
+        with np.load(logits_path) as archive:
+            logits = archive["logits"].astype(np.float64)
+        ordered = np.sort(logits, axis=1)
+        record["keras"]["top1_margin"] = [float(v) for v in (ordered[:, -1] - ordered[:, -2]) / logits.std(axis=1)]
+    int8_path = folder / f"{record['name']}.int8.onnx"
+    if int8_path.is_file() and record.get("int8"):
+        import onnx
+
+        graph = onnx.load(str(int8_path), load_external_data=False).graph
+        quantized = [node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"]
+        record["int8"]["quantized_tensors"] = quantized
+        if record["int8"].get("groups") is None and (folder / "int8.json").is_file():
+            with contextlib.suppress(ValueError, AttributeError):
+                quantization = json.loads((folder / "int8.json").read_text()).get("quantization") or {}
+                record["int8"]["groups"] = len((quantization.get("sensitivity") or {}).get("groups") or [])
+    return record
 
 
 # -- one network -----------------------------------------------------------------------------------------------------
@@ -527,6 +552,7 @@ def markdown(document: dict[str, Any]) -> str:
         ("nodes", lambda r: str(r["export"]["nodes"])),
         ("TF float32 vs float64 (structured)", lambda r: _num(r["keras"]["tf32_error"])),
         ("logits scale (max abs)", lambda r: _num(r["keras"]["logits_scale"], ".2f")),
+        ("top-1 margin / logits σ (smallest)", lambda r: _num(min(r["keras"]["top1_margin"]), ".3f")),
         ("ONNX Runtime err", lambda r: _runtime_cell((r.get("runtimes") or {}).get("ort"))),
         ("OpenVINO f32 err", lambda r: _runtime_cell((r.get("runtimes") or {}).get("openvino"))),
         ("onnxruntime-web err", lambda r: _runtime_cell(r.get("browser"))),
@@ -537,7 +563,8 @@ def markdown(document: dict[str, Any]) -> str:
         ("int8 logits cosine (worst)", lambda r: _num((r.get("int8") or {}).get("cosine_min"), ".5f")),
         ("int8 size / float32", lambda r: _num((r.get("int8") or {}).get("size_ratio"), ".2f")),
         ("int8 speed-up (ORT CPU)", lambda r: _num((r.get("int8") or {}).get("speedup"), ".2f") + "×"),
-        ("int8 groups kept float", lambda r: ", ".join((r.get("int8") or {}).get("float_groups") or []) or "none"),
+        ("int8 groups kept float", lambda r: f"{len((r.get('int8') or {}).get('float_groups') or [])} of {(r.get('int8') or {}).get('groups')}"),
+        ("int8 Q/DQ pairs left (tensors)", lambda r: f"{len(r['int8']['quantized_tensors'])}: " + ", ".join(t.rsplit('/', 1)[0].split('/')[-1] for t in r["int8"]["quantized_tensors"][:4])),
         ("conversion s (load + convert + write)", lambda r: _num(r["export"]["conversion_s"], ".1f")),
         ("`lambda-export` wall s (with parity)", lambda r: _num(r["export"]["wall_s"], ".1f")),
         ("`--quantize int8` wall s", lambda r: _num((r.get("int8") or {}).get("wall_s"), ".1f")),
@@ -605,11 +632,16 @@ def main(
     json_path, md_path = HERE / "timm_export.json", HERE / "TIMM_EXPORT.md"
     if worker:
         folder = workdir / worker
-        record = run_network(worker, folder, browser=not no_browser, int8=not no_int8)
+        record = enrich(run_network(worker, folder, browser=not no_browser, int8=not no_int8), folder)
         (folder / "record.json").write_text(json.dumps(record, indent=1, default=str))
         return
     if render:
-        md_path.write_text(markdown(json.loads(json_path.read_text())))
+        document = json.loads(json_path.read_text())
+        for record in document["networks"]:
+            if (workdir / record["name"]).is_dir():
+                enrich(record, workdir / record["name"])
+        json_path.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        md_path.write_text(markdown(document))
         return
     document = json.loads(json_path.read_text()) if json_path.is_file() else {"networks": []}
     document.update(schema=SCHEMA, date=time.strftime("%Y-%m-%d"), environment=environment())
