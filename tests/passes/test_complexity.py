@@ -8,7 +8,8 @@ size is timed as the best of three runs, which drops most of the noise of other 
 
 Guarded: the conversion's bookkeeping (topological sort, canonical order and names, the target check) and the rewrite
 pipeline on a graph it has nothing left to do on (every pass matching every node, the shape inferences, the
-managers' dead-node removal and snapshots). Known and not guarded (xfail): the rewrites themselves are quadratic,
+managers' dead-node removal and snapshots). Known and not guarded (no test here: CI fails on an xfail as on a skip,
+and an xfail that cannot fail guards nothing): the rewrites themselves are quadratic,
 because a sweep rebuilds its whole :class:`~lambda_export.graph.GraphIndex` after every rewrite and ``bypass`` /
 ``insert_before`` rename or search the whole node list (measured: 4.1x the nodes, 14x the time; 80 blocks, 1,110
 nodes, 11.8 s on this 2-core machine under load).
@@ -86,11 +87,6 @@ def _chain(blocks: int) -> onnx.ModelProto:
     return model
 
 
-def _rewrite(model: onnx.ModelProto) -> None:
-    result = rewrite_for_target(model, "portable", "speed")
-    assert result.passes, "the synthetic graph gives the passes nothing to do"
-
-
 def _rewrite_nothing_left(model: onnx.ModelProto) -> None:
     result = rewrite_for_target(model, "portable", "speed")
     assert not result.passes, f"the pipeline is not at a fixed point: {result.passes}"
@@ -117,17 +113,9 @@ def _best_of(step: Callable[[onnx.ModelProto], None], blocks: int, runs: int = 3
     return best
 
 
-QUADRATIC_REWRITES = pytest.mark.xfail(
-    reason="known: every rewrite rebuilds the sweep's GraphIndex and bypass/insert_before walk the node list (O(N) "
-    "per rewrite); see the module docstring",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "step",
     [
-        pytest.param(_rewrite, marks=[QUADRATIC_REWRITES, pytest.mark.slow], id="rewrite_pipeline"),
         pytest.param(_rewrite_nothing_left, id="pipeline_at_fixed_point"),
         pytest.param(_bookkeeping, id="order_names_target_check"),
     ],
