@@ -77,14 +77,21 @@ def _named(model: onnx.ModelProto, needle: str) -> list[str]:
 
 
 def weight_of(model: onnx.ModelProto, layer: str, op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")) -> str:
-    """The weight initializer of the first ``op_types`` node reading a weight named after Keras layer ``layer``."""
-    names = {i.name for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type in op_types:
-            for name in node.input:
-                if name in names and f"/{layer}_1/" in name:
-                    return name
-    raise AssertionError(f"no {'/'.join(op_types)} weight of {layer}")
+    """The largest weight initializer an ``op_types`` node reads that is named after Keras layer ``layer`` (ties: the
+    first name in sorted order). Not the first in node order: the canonical order changes with the graph's content
+    (picking the first made a lambda layer's key projection, 15x less sensitive than its queries, the sabotaged
+    weight once the order changed)."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    found = {
+        name
+        for node in model.graph.node
+        if node.op_type in op_types
+        for name in node.input
+        if name in sizes and f"/{layer}_1/" in name
+    }
+    if not found:
+        raise AssertionError(f"no {'/'.join(op_types)} weight of {layer}")
+    return min(found, key=lambda name: (-sizes[name], name))
 
 
 # -- sabotages -----------------------------------------------------------------------------------------------------
