@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -14,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from node_example import find_node, start_server, stop
 
 pytestmark = pytest.mark.examples
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
-INSTALL = "cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci"
 TOLERANCE = 1e-4
 START_TIMEOUT_S = 30
 REQUEST_TIMEOUT_S = 20
@@ -60,53 +56,23 @@ class Server:
         return status, data
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 @pytest.fixture(scope="session")  # session scope: set up before the session-scoped demo_artifacts
 def node() -> str:
     """The `node` executable, once onnxruntime-node is installed (checked before the demo model is built)."""
-    node = shutil.which("node")
-    require(node is not None, "Node.js (node)", "apt-get install -y nodejs npm")
-    require(
-        (EXAMPLE / "node_modules" / "onnxruntime-node" / "package.json").is_file(),
-        "onnxruntime-node in examples/node/node_modules",
-        INSTALL,
-    )
-    return node
+    return find_node()
 
 
 @pytest.fixture(scope="module")
 def server(node: str, demo_artifacts: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`node server.js --model demo.onnx --port 0` on 127.0.0.1; the bound port is read from its stdout."""
     log = tmp_path_factory.mktemp("node_server") / "server.log"
-    command = [node, "server.js", "--model", str(demo_artifacts["onnx"]), "--port", "0", "--host", "127.0.0.1"]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=EXAMPLE, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+    started = time.monotonic()
+    process, url = start_server(node, demo_artifacts["onnx"], log, START_TIMEOUT_S)
+    print(f"\nnode example: {url} (started in {time.monotonic() - started:.1f} s)")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        match = None
-        while match is None:
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
-            if match is None:
-                assert process.poll() is None, f"server.js exited with {process.returncode}:\n{log.read_text()}"
-                assert time.monotonic() < deadline, (
-                    f"server.js did not start in {START_TIMEOUT_S} s:\n{log.read_text()}"
-                )
-                time.sleep(0.05)
-        print(f"\nnode example: {match.group(1)} (started in {START_TIMEOUT_S - (deadline - time.monotonic()):.1f} s)")
-        yield Server(process, match.group(1), log)
+        yield Server(process, url, log)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _reference(demo_artifacts: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
-import shutil
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require
+from node_example import find_node, start_server, stop
 
 pytest.importorskip("torch", reason="PyTorch is an optional dependency: pip install -e '.[torch]'")
 if (
@@ -43,22 +38,13 @@ from benchmarks.timm_export import grade, keras_step, make_checkpoint, run_lambd
 pytestmark = [pytest.mark.examples, pytest.mark.slow]
 
 NAME = "lambda_resnet26t"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
-INSTALL = "cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci"
 START_TIMEOUT_S = 60
 REQUEST_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    node = shutil.which("node")
-    require(node is not None, "Node.js (node)", "apt-get install -y nodejs npm")
-    require(
-        (EXAMPLE / "node_modules" / "onnxruntime-node" / "package.json").is_file(),
-        "onnxruntime-node in examples/node/node_modules",
-        INSTALL,
-    )
-    return node
+    return find_node()
 
 
 @pytest.fixture(scope="module")
@@ -94,31 +80,11 @@ def _check(logits: np.ndarray, reference: np.ndarray, truth: np.ndarray) -> dict
 def server(node: str, exported: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`node server.js --model lambda_resnet26t.onnx --port 0` on 127.0.0.1; yields its base URL."""
     log = tmp_path_factory.mktemp("node_timm") / "server.log"
-    command = [node, "server.js", "--model", str(exported["onnx"]), "--port", "0", "--host", "127.0.0.1"]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=EXAMPLE, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+    process, url = start_server(node, exported["onnx"], log, START_TIMEOUT_S)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        match = None
-        while match is None:
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
-            if match is None:
-                assert process.poll() is None, f"server.js exited with {process.returncode}:\n{log.read_text()}"
-                assert time.monotonic() < deadline, (
-                    f"server.js did not start in {START_TIMEOUT_S} s:\n{log.read_text()}"
-                )
-                time.sleep(0.1)
-        yield match.group(1)
+        yield url
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop(process)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> dict:
