@@ -58,8 +58,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.zoo import NOISE_FACTOR, check_onnx  # noqa: E402
-from benchmarks.zoo_models import TOLERANCE  # noqa: E402
+from benchmarks.zoo import NOISE_FACTOR, check_onnx, grade  # noqa: E402
 
 NETWORKS = ("lambda_resnet26t", "lambda_resnet26rpt_256", "lambda_resnet50ts")
 TIMM_REFERENCE = ROOT / "tests" / "layers" / "timm_reference.py"
@@ -254,19 +253,6 @@ def export_summary(run: dict[str, Any]) -> dict[str, Any]:
         "wall_s": run["wall_s"],
         "stderr": None if run["exit"] == 0 else run["stderr"],
     }
-
-
-def grade(result: dict[str, Any], noise: float | None) -> str:
-    """The zoo's grade of one runtime's result (``benchmarks/zoo.py``): "ok" (max abs ≤ 1e-4 against Keras), "noise"
-    (over it, but no further from the float64 truth than 5× TensorFlow float32's own error), "fail", or "error"."""
-    if "max_abs" not in result:
-        return "error"
-    if result["max_abs"] <= TOLERANCE:
-        return "ok"
-    truth = result.get("max_abs_float64")
-    if noise and truth is not None and truth <= NOISE_FACTOR * noise:
-        return "noise"
-    return "fail"
 
 
 def runtime_checks(onnx_path: Path, folder: Path) -> dict[str, Any]:

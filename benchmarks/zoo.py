@@ -443,7 +443,7 @@ networks with random weights and batch norms amplify rounding errors block after
 float32 is 9e-4 from the float64 truth on logits of order 1), so a bar of 1e-4 alone would fail any converter."""
 
 
-def _grade(result: dict[str, Any], noise: float | None) -> str:
+def grade(result: dict[str, Any], noise: float | None) -> str:
     """One runtime's result: "ok" (≤ TOLERANCE), "noise" (over it, but within float32's own error of the float64
     truth), "fail", or "error" (no number: not loaded, not run)."""
     if "max_abs" not in result:
@@ -464,12 +464,12 @@ def _side_verdict(side: dict[str, Any], noise: float | None) -> str:
     grades = {}
     for runtime, label in (("ort", "ONNX Runtime"), ("openvino", "OpenVINO")):
         result = check.get(runtime) or {}
-        grades[runtime] = grade = _grade(result, noise)
-        if runtime == "openvino" and grade == "error" and str(result.get("error", "")).startswith("does not load"):
+        grades[runtime] = graded = grade(result, noise)
+        if runtime == "openvino" and graded == "error" and str(result.get("error", "")).startswith("does not load"):
             continue
-        if grade == "error":
+        if graded == "error":
             return f"FAIL: {label}: {result.get('error')}"
-        if grade == "fail":
+        if graded == "fail":
             truth = result.get("max_abs_float64")
             extra = f" (float64 truth {truth:.2e}, TF float32 {noise:.2e})" if truth is not None and noise else ""
             return f"FAIL: {label} max abs error {result['max_abs']:.2e} > {TOLERANCE:g}{extra}"
@@ -516,7 +516,7 @@ def _environment() -> dict[str, Any]:
 def _err(check: dict[str, Any], runtime: str, noise: float | None = None) -> str:
     entry = (check or {}).get(runtime) or {}
     if "max_abs" in entry:
-        mark = {"ok": "", "noise": " ≈", "fail": " ❌"}[_grade(entry, noise)]
+        mark = {"ok": "", "noise": " ≈", "fail": " ❌"}[grade(entry, noise)]
         return f"{entry['max_abs']:.1e}{mark}"
     if "error" in entry:
         return "no load" if entry["error"].startswith("does not load") else "error"
