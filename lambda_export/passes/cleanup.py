@@ -13,6 +13,11 @@ anything. Their order is in :mod:`lambda_export.passes.pipelines`. Passes:
   per-channel constants without leading 1s).
 * ``merge_sibling_matmuls`` – the query/key/value projections of a lambda layer become one GEMM and a Split.
 * ``merge_reshapes`` / ``merge_transposes`` – chains collapse to one node; identity transposes disappear.
+* ``pad_into_max_pool`` – a ``reflect`` or ``edge`` ``Pad`` of the spatial axes before a ``MaxPool`` becomes the
+  pool's own padding when every padded value is a copy of a value already inside each window that sees it (reflect:
+  2p ≤ k − 1; edge: p ≤ k − 1), so the maximum is the same (exact). timm's stems pool like PyTorch (``padding=1``),
+  which Keras writes as a reflect pad and a ``"valid"`` pool; the Pad cost ONNX Runtime two layout conversions and a
+  copy of the network's largest tensor. ONNX Runtime's own PadFusion takes only ``constant`` pads.
 * ``remove_identities`` – tidy up (dead nodes are the :class:`~lambda_export.passes.base.PassManager`'s job;
   ``eliminate_dead_nodes`` is the same removal as a pass, for graphs edited by hand).
 
@@ -45,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lambda_export.graph import GraphIndex, bypass, toposort, transpose_perm
+from lambda_export.graph import GraphIndex, attribute, bypass, toposort, transpose_perm
 from lambda_export.passes.base import (
     GraphPass,
     NoMatch,
@@ -64,6 +69,7 @@ __all__ = [
     "merge_reshapes",
     "merge_sibling_matmuls",
     "merge_transposes",
+    "pad_into_max_pool",
     "remove_identities",
     "squeeze_elementwise_constants",
     "squeeze_matmul_constants",
@@ -536,6 +542,80 @@ remove_identities = RewritePass(
     "remove_identities",
     [Rule(_match_identity, lambda g, node: _bypass(g, node, node.input[0]))],
     """Drop ``Identity`` nodes (readers read the identity's input).""",
+    fixed_point=False,
+)
+
+
+# -- pad_into_max_pool -----------------------------------------------------------------------------------------------
+
+# how far each mode may pad an axis of a k-wide window and still copy only values the window already holds
+_POOL_PAD_LIMITS = {"reflect": lambda k: (k - 1) // 2, "edge": lambda k: k - 1}
+
+
+@dataclass
+class _PadPool:
+    pool: onnx.NodeProto
+    pad: onnx.NodeProto
+    pads: list[int]  # the pool's new pads (spatial begins, then ends)
+
+
+def _match_pad_pool(g: GraphIndex, node: onnx.NodeProto) -> _PadPool | NoMatch | None:
+    if node.op_type != "MaxPool" or not node.input:
+        return None
+    pad = g.producer.get(node.input[0])
+    if pad is None or pad.op_type != "Pad":
+        return None
+    mode = attribute(pad, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode not in _POOL_PAD_LIMITS:
+        return NoMatch(f"{mode} Pad")  # constant: ONNX Runtime's PadFusion; wrap copies values from afar
+    if len(pad.input) > 3 and pad.input[3]:
+        return NoMatch("Pad with axes")
+    pads = attribute(pad, "pads") if len(pad.input) < 2 or not pad.input[1] else g.const(pad.input[1])
+    if pads is None:
+        return NoMatch("pads not constant")
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    rank = len(pads) // 2
+    kernel = [int(k) for k in attribute(node, "kernel_shape", [])]
+    if rank != len(kernel) + 2:
+        return NoMatch("Pad rank is not the pool's")
+    if any(pads[i] or pads[rank + i] for i in (0, 1)):
+        return NoMatch("pads the batch or channel axis")
+    if any(p < 0 for p in pads):
+        return NoMatch("negative pads (a crop)")
+    auto_pad = attribute(node, "auto_pad", b"NOTSET")
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", "VALID"):
+        return NoMatch("MaxPool with auto_pad SAME")
+    if any(int(d) != 1 for d in attribute(node, "dilations", [])) or attribute(node, "ceil_mode", 0):
+        return NoMatch("dilated or ceil_mode MaxPool")
+    if len(node.output) > 1 and node.output[1]:
+        return NoMatch("MaxPool with Indices output")
+    own = [int(p) for p in attribute(node, "pads", [0] * 2 * len(kernel))]
+    spatial = [pads[2:rank], pads[rank + 2 :]]
+    limit = _POOL_PAD_LIMITS[mode]
+    if any(p > limit(k) for side in spatial for p, k in zip(side, kernel, strict=True)):
+        return NoMatch(f"{mode} pad wider than the window holds")
+    if any(own):
+        return NoMatch("MaxPool pads already")
+    return _PadPool(node, pad, spatial[0] + spatial[1])
+
+
+def _pad_into_pool(g: GraphIndex, found: _PadPool) -> None:
+    pool = found.pool
+    pool.input[0] = found.pad.input[0]
+    keep = [a for a in pool.attribute if a.name not in ("pads", "auto_pad")]
+    del pool.attribute[:]
+    pool.attribute.extend(keep)
+    pool.attribute.append(onnx.helper.make_attribute("pads", found.pads))
+
+
+pad_into_max_pool = RewritePass(
+    "pad_into_max_pool",
+    [Rule(_match_pad_pool, _pad_into_pool)],
+    """``Pad(x, mode=reflect|edge)`` of the spatial axes → ``MaxPool`` ⇒ ``MaxPool(x, pads)`` when each padded value
+    is a copy of one the window already holds (reflect: 2p ≤ k − 1, edge: p ≤ k − 1 on every axis, dilation 1, no
+    ``ceil_mode``), so the maximum is the same; ONNX pads a MaxPool with −∞, which no window's maximum takes (every
+    window holds an input value). Exact.""",
     fixed_point=False,
 )
 

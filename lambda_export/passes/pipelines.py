@@ -35,6 +35,7 @@ from lambda_export.passes.cleanup import (
     merge_reshapes,
     merge_sibling_matmuls,
     merge_transposes,
+    pad_into_max_pool,
     remove_identities,
     squeeze_elementwise_constants,
     squeeze_matmul_constants,
@@ -93,6 +94,9 @@ CLEANUP: tuple[Pass, ...] = (
     # collapse the chains the passes above and tf2onnx leave (the manager removes what any pass left dead)
     merge_reshapes,
     merge_transposes,
+    # last: the Pad → MaxPool pairs as the transpose merges leave them (tf2onnx moves the NHWC Transpose of a padded
+    # pool away from between the two)
+    pad_into_max_pool,
 )
 
 PERFORMANCE: tuple[Pass, ...] = (

@@ -80,6 +80,14 @@ def _keras_model(name: str):
         return LayerConfig("local", (16,), 8, d=16, k=4, h=4, u=4, r=5).build()
     if name == "local_k16":
         return LayerConfig("local", (12, 12), 8, d=32, k=16, h=2, u=1, r=5).build()
+    if name == "padded_pool":  # timm's stem pool as the Keras port writes it: reflect pad, "valid" max pool
+        from lambda_layers.byobnet import PaddedMaxPooling2D
+
+        inputs = keras.Input((15, 16, 8))
+        hidden = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+        hidden = PaddedMaxPooling2D(3, 2, 1, name="pool")(hidden)
+        hidden = keras.layers.GlobalAveragePooling2D(name="gap")(hidden)
+        return keras.Model(inputs, keras.layers.Dense(10, name="dense")(hidden))
     inputs = keras.Input((8, 8, 64))  # conv_bn: a kernel of 288 KiB is traced as a graph input (Conv → Transpose → Mul)
     hidden = keras.layers.Conv2D(128, 3, padding="same", name="conv")(inputs)
     hidden = keras.layers.BatchNormalization(name="bn")(hidden)
@@ -160,6 +168,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "merge_sibling_matmuls": ("demo", FORCED),
     "merge_reshapes": ("conv_bn", {}),
     "merge_transposes": ("conv_bn", {}),
+    "pad_into_max_pool": ("padded_pool", {}),
     "rewrite_einsum": ("conv_bn", {}),
     "conv_as_dense_matmul": ("demo", FORCED),
     "conv_along_width": ("local_1d", {"min_elements": 0}),
