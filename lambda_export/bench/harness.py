@@ -18,7 +18,12 @@ How the figures are taken (written into the JSON under ``method`` as well):
   writes). Both sides take host NumPy inputs and return host arrays.
 * **Interleaved rounds.** After warm-up (XLA compiles there) the runners take turns: each round runs every runner for
   a block of about ``block_s`` seconds (the first run of a block is untimed when runs are short, so that a runtime
-  does not pay for the other one's spinning threads or evicted caches), in an order that rotates every round. Latency
+  does not pay for evicted caches), in an order that rotates every round, with a pause of ``settle_s`` (50 ms) after
+  each block: the runtime that ran last keeps its threads spinning on the cores for a while, and without the pause
+  the next one ran on what they left (measured on 2 cores, ``lambda_resnet26t`` at batch 1 next to TensorFlow and
+  OpenVINO: timm's ONNX file 76 ms instead of 44, TF XLA 100 ms instead of 74; with the pause every runtime is within
+  ~10 % of its time alone in a process and the ratios within 3 % of those measured with each runtime in a process
+  of its own, :class:`lambda_export.timing.IsolatedRunners`, which ``benchmarks/timm_bench.py`` uses). Latency
   statistics (median, p90) are over all timed runs; a ratio ORT/TF is computed pair by pair, round by round (block
   median over block median) and summarised by the median (and p10/p90) of those per-round ratios, which cancels most
   of the drift of a machine shared with other work.

@@ -5,8 +5,10 @@
 * ONNX: :func:`portable_export` (the export that is timed: what :func:`lambda_export.conversion.convert` returns with
   ``optimize="speed"``, the default, and, to compare, its ``optimize="size"`` graph), :func:`int8_export` (what
   ``--quantize int8`` makes of it), :func:`export_tf2onnx_plain` (the plain tf2onnx anchor) and :func:`matmul_model`
-  (the GEMM ceiling); ONNX Runtime sessions come from :func:`lambda_export.ort.cpu_session`.
+  (the GEMM ceiling), :func:`conv_model` (the convolution ceiling); ONNX Runtime sessions come from :func:`lambda_export.ort.cpu_session`.
 * Inputs and outputs: :func:`make_feed` (seeded inputs), :func:`as_numpy` / :func:`first_output`.
+* Runners built in a worker process of their own (for :class:`lambda_export.timing.IsolatedRunners`):
+  :func:`ort_worker_runner`, :func:`openvino_worker_runner`, :func:`keras_worker_runner`.
 * Files: :func:`serialize_model` (through :func:`lambda_export.io.write_model_file`) and :func:`graph_info` (nodes,
   size, op histogram of a written export).
 
@@ -33,13 +35,17 @@ __all__ = [
     "PortableExport",
     "as_numpy",
     "configure_tensorflow",
+    "conv_model",
     "export_tf2onnx_plain",
     "first_output",
     "graph_info",
     "int8_export",
+    "keras_worker_runner",
     "make_feed",
     "matmul_model",
     "openvino_runner",
+    "openvino_worker_runner",
+    "ort_worker_runner",
     "portable_export",
     "serialize_model",
     "tf_function",
@@ -252,6 +258,27 @@ def matmul_model(flops: int) -> tuple[Any, tuple[int, int, int]]:
     return model, (size, size, size)
 
 
+def conv_model(channels: int = 128, size: int = 32, batch: int = 8) -> tuple[Any, int]:
+    """A one-Conv ONNX model (3×3, stride 1, ``channels`` in and out, ``size``² NCHW input at ``batch``, constant
+    weight) and its FLOPs (2 · multiply-adds): the convolution ceiling, the rate ONNX Runtime reaches on the kind of
+    operation a convolutional network spends its time in (ResNet-like stages: 64–256 channels at 16²–64²)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weight = np.random.default_rng(1).standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.05
+    shape = [batch, channels, size, size]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])],
+        "conv_ceiling",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, 2 * batch * channels * channels * 9 * size * size
+
+
 def serialize_model(model: Any, folder: Path, name: str) -> tuple[str, int]:
     """Write ``model`` to ``folder/name`` (``name.data`` beside it when it is too large for protobuf, as
     :func:`lambda_export.io.write_model_file` decides); return (path, bytes on disk)."""
@@ -273,3 +300,52 @@ def graph_info(model: Any, path: str, size: int) -> dict[str, Any]:
         "op_histogram": dict(sorted(histogram.items())),
         "file": os.path.basename(path),
     }
+
+
+# Runners built inside a worker process (lambda_export.timing.IsolatedRunners): module-level functions, so that a
+# spawned worker imports them by name; each returns the function of the inputs (a list of arrays, by position) to time.
+
+
+def ort_worker_runner(path: str | bytes, threads: int) -> Callable[[Sequence[np.ndarray]], Any]:
+    """The ``.onnx`` file at ``path`` (or a serialized model) on ONNX Runtime's CPU provider (:func:`lambda_export.ort.cpu_session`,
+    ``threads`` intra-op threads), as a function of the input arrays (by position)."""
+    from lambda_export.ort import cpu_session
+
+    session = cpu_session(path, threads)
+    names = [value.name for value in session.get_inputs()]
+
+    def run(arrays: Sequence[np.ndarray]) -> Any:
+        return session.run(None, dict(zip(names, arrays, strict=True)))
+
+    return run
+
+
+def openvino_worker_runner(path: str, threads: int, count: int = 1) -> Callable[[Sequence[np.ndarray]], Any]:
+    """:func:`openvino_runner` for a file of ``count`` inputs (built in the worker)."""
+    return openvino_runner(path, [None] * count, threads)
+
+
+def keras_worker_runner(
+    build: Callable[..., Any], args: tuple[Any, ...], threads: int, xla: bool
+) -> Callable[[Sequence[np.ndarray]], Any]:
+    """The Keras model ``build(*args)`` in TensorFlow (thread pools set to ``threads`` first), as a ``tf.function``
+    in graph mode or with XLA (``xla``; traced for each new input shape, so the warm-up compiles), returning host
+    arrays. The arrays become tensors once per new input list, as a caller that keeps its tensors would have them."""
+    configure_tensorflow(threads)
+    import tensorflow as tf
+
+    model = build(*args)
+
+    @tf.autograph.experimental.do_not_convert
+    def forward(*tensors: Any) -> Any:
+        return model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)
+
+    function = tf.function(forward, jit_compile=xla)
+    held: dict[str, Any] = {"arrays": None, "tensors": None}
+
+    def run(arrays: Sequence[np.ndarray]) -> Any:
+        if held["arrays"] is not arrays:
+            held["arrays"], held["tensors"] = arrays, [tf.constant(a) for a in arrays]
+        return as_numpy(function(*held["tensors"]))
+
+    return run

@@ -22,6 +22,9 @@ class BenchSettings:
     max_rounds: int = 200
     block_s: float = 0.08
     warmup: int = 3
+    # pause after each timed block: the runtimes share this process, and the one that ran last keeps its threads
+    # spinning on the cores for a while (up to tens of ms); see lambda_export.timing
+    settle_s: float = 0.05
     memory: bool = True
     memory_runs: int = 5
     profile: bool = True
@@ -46,4 +49,5 @@ class BenchSettings:
             "max_rounds": self.max_rounds,
             "block_s": self.block_s,
             "warmup": self.warmup,
+            "settle_s": self.settle_s,
         }

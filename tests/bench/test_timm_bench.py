@@ -146,18 +146,18 @@ def test_timm_md_keeps_the_text_around_its_markers(tmp_path: Path) -> None:
 
 
 def test_cpu_time_per_run_share_and_ratios() -> None:
-    samples = {
-        "ours": [9.0, 0.10, 0.10, 0.12],  # the first call (warm-up) is left out
-        "timm_onnx": [1.0, 0.125, 0.125, 0.125],
-        "tf_graph": [5.0, 0.2, 0.2, 0.2],
-        "tf_xla": [5.0, 0.16, 0.16, 0.16],
+    samples = {  # the timed calls only (the workers' warm-up is not in them)
+        "ours": [0.10, 0.10, 0.12],
+        "timm_onnx": [0.125, 0.125, 0.125],
+        "tf_graph": [0.2, 0.2, 0.2],
+        "tf_xla": [0.16, 0.16, 0.16],
     }
     latency = {name: {"median_ms": 200.0} for name in samples}
-    cpu = timm_bench.cpu_time(samples, latency, warmup=1)
+    cpu = timm_bench.cpu_time(samples, latency)
     assert cpu["per_run"]["ours"] == {"median_ms": 100.0, "share_of_wall": 0.5}
     assert cpu["tf_best"] == "tf_xla"  # the TF runner with the least CPU time
     assert cpu["ratios"] == {"ours/timm_onnx": 0.8, "ours/tf_best": 0.625}
-    assert timm_bench.cpu_time({"ours": [0.1]}, {}, warmup=1)["ratios"] == {
+    assert timm_bench.cpu_time({"ours": [0.1]}, {})["ratios"] == {
         "ours/timm_onnx": None,
         "ours/tf_best": None,
     }
@@ -183,3 +183,16 @@ def test_cpu_table_and_the_shared_machine_warning() -> None:
     (warning, _) = timm_bench.load_lines(results)
     assert warning.startswith("**Shared machine**: the 1-minute load average ranged 1.5–9.9 on 2 usable cores")
     assert "CPU time per run" in timm_bench.markdown(results) and "**Shared machine**" in timm_bench.markdown(results)
+
+
+def test_roofline_rates_shares_and_what_each_target_needs() -> None:
+    results = _results()
+    assert timm_bench.roofline_table(results) == []  # no ceiling measured: no table
+    results["ceiling"] = {"op": "Conv 3×3", "median_gflops": 150.0, "best_gflops": 160.0}
+    lines = timm_bench.roofline_table(results)
+    assert len(lines) == 2 + 2  # header, rule, one row per entry of the network that ran
+    # batch 1: 6.007 GFLOP; ours 100 ms → 60 GFLOP/s (40 % of 150); timm 133.3 ms; TF graph 222.2 ms
+    # ≤ 0.8 × timm needs 6.007 / (0.8 · 0.1333) = 56.3 GFLOP/s; ≤ 0.5 × TF best needs 6.007 / (0.5 · 0.2222) = 54.1
+    assert lines[2] == "| lambda_resnet26t | 1 | 60 / 45 / 27 / – | 40% | 56 (38%) | 54 (36%) |"
+    assert lines[3].startswith("| lambda_resnet26t | 8 | 481 / 490 / 336 / – | 320% |")
+    assert "Roofline" in timm_bench.markdown(results)
