@@ -18,16 +18,20 @@ For each of ``lambda_resnet26t``, ``lambda_resnet26rpt_256`` and ``lambda_resnet
   logits from the subprocess: max abs and relative (max abs over the largest logit) differences, top-1 agreement.
 * **timing**: ONNX Runtime CPU on both files with the same session options (:func:`lambda_export.ort.cpu_session_options`:
   N intra-op threads, sequential, ``ORT_ENABLE_ALL``), TensorFlow graph mode and XLA on the Keras model (N intra- and
-  inter-op threads), and OpenVINO (f32 pinned, N threads, latency hint) on our file, at batch 1 and 8; interleaved
-  rounds (:func:`lambda_export.timing.measure_interleaved`), ratios as the median (p10–p90) of the per-round ratios.
+  inter-op threads), and OpenVINO (f32 pinned, N threads, latency hint) on our file, at batch 1 and 8; each runner
+  in a worker process of its own, interleaved rounds with a 50 ms pause after each block
+  (:class:`lambda_export.timing.IsolatedRunners`: in one process, a runtime's spinning threads slowed whoever ran
+  next), ratios as the median (p10–p90) of the per-round ratios; CPU time per run from each worker.
+* **ceiling**: one 3×3 convolution on ONNX Runtime (:func:`lambda_export.bench.runners.conv_model`) in a worker of its
+  own: the rate the networks and the targets are read against (the roofline table).
 * **targets**: ours / timm's ONNX ≤ 0.8, ours / TF best (the better of graph and XLA) ≤ 0.5, ours on ORT / ours on
   OpenVINO ≤ 1.25; each met or missed as measured, nothing adjusted to meet one.
 * **profile**: ONNX Runtime's profiler on both files, run in turns (:func:`lambda_export.bench.profile.profile_ort_paired`):
   milliseconds per op type and the slowest nodes of each, where the time differs.
 
 The published files (``benchmarks/TIMM.md`` between its markers, ``benchmarks/timm.json``) are written by a full run;
-``--quick`` (and ``--only``) write only to ``--out``. Full run: ≈ 14 minutes on 2 cores shared with other work (load
-average 5–8); ``--quick`` ≈ 2–3 minutes.
+``--quick`` (and ``--only``) write only to ``--out``. Full run: ≈ 5 minutes on 2 quiet cores (timm's files reused;
+≈ 14 minutes with load average 5–8 from other work); ``--quick`` ≈ 1 minute.
 """
 
 from __future__ import annotations
