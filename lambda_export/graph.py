@@ -46,6 +46,7 @@ __all__ = [
     "skeleton",
     "static_shapes",
     "subgraph_reads",
+    "text_attribute",
     "toposort",
     "transpose_perm",
 ]
@@ -237,6 +238,12 @@ def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object
         if attr.name == name:
             return onnx.helper.get_attribute_value(attr)
     return default
+
+
+def text_attribute(node: onnx.NodeProto, name: str, default: str = "") -> str:
+    """A string attribute of ``node`` as text (ONNX stores them as bytes; ``default`` when absent)."""
+    value = attribute(node, name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def transpose_perm(node: onnx.NodeProto) -> list[int] | None:

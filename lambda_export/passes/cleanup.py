@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lambda_export.graph import GraphIndex, attribute, bypass, toposort, transpose_perm
+from lambda_export.graph import GraphIndex, attribute, bypass, text_attribute, toposort, transpose_perm
 from lambda_export.passes.base import (
     GraphPass,
     NoMatch,
@@ -565,8 +565,7 @@ def _match_pad_pool(g: GraphIndex, node: onnx.NodeProto) -> _PadPool | NoMatch |
     pad = g.producer.get(node.input[0])
     if pad is None or pad.op_type != "Pad":
         return None
-    mode = attribute(pad, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = text_attribute(pad, "mode", "constant")
     if mode not in _POOL_PAD_LIMITS:
         return NoMatch(f"{mode} Pad")  # constant: ONNX Runtime's PadFusion; wrap copies values from afar
     if len(pad.input) > 3 and pad.input[3]:
@@ -583,8 +582,7 @@ def _match_pad_pool(g: GraphIndex, node: onnx.NodeProto) -> _PadPool | NoMatch |
         return NoMatch("pads the batch or channel axis")
     if any(p < 0 for p in pads):
         return NoMatch("negative pads (a crop)")
-    auto_pad = attribute(node, "auto_pad", b"NOTSET")
-    if (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) not in ("NOTSET", "VALID"):
+    if text_attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return NoMatch("MaxPool with auto_pad SAME")
     if any(int(d) != 1 for d in attribute(node, "dilations", [])) or attribute(node, "ceil_mode", 0):
         return NoMatch("dilated or ceil_mode MaxPool")

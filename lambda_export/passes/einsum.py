@@ -55,7 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lambda_export.graph import UniqueNames, all_names, iter_graphs
+from lambda_export.graph import UniqueNames, all_names, iter_graphs, text_attribute
 from lambda_export.passes.base import GraphPass, PassContext, PassResult
 from lambda_export.passes.einsum_spec import ELLIPSIS, LETTERS, EinsumSpec, parse_einsum_equation
 
@@ -583,9 +583,7 @@ def _operand_ranks(equation: str, dims: Sequence[list[Dim] | None], where: str) 
 
 def _describe(node: onnx.NodeProto) -> str:
     name = f"'{node.name}'" if node.name else f"(unnamed, output '{node.output[0]}')"
-    equation = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "equation"), b"")
-    equation = equation.decode() if isinstance(equation, bytes) else str(equation)
-    return f"Einsum node {name} with equation {equation!r}"
+    return f"Einsum node {name} with equation {text_attribute(node, 'equation')!r}"
 
 
 def _rewrite_graph(
@@ -634,11 +632,9 @@ def _rewrite_einsum_node(
         raise _LeftAsEinsumError(f"the model's default opset is {opset}; Einsum needs opset >= {_MIN_OPSET}")
     if len(node.output) != 1 or any(not name for name in node.input):
         raise _LeftAsEinsumError("it does not have one output and named inputs")
-    equation = next((a for a in node.attribute if a.name == "equation"), None)
-    if equation is None:
+    if not any(a.name == "equation" for a in node.attribute):
         raise ValueError(f"{where}: the node has no 'equation' attribute")
-    equation_text = helper.get_attribute_value(equation)
-    equation_text = equation_text.decode() if isinstance(equation_text, bytes) else str(equation_text)
+    equation_text = text_attribute(node, "equation")
 
     operand_info = [info.get(name, (TensorProto.UNDEFINED, None)) for name in node.input]
     for name, (elem_type, _) in zip(node.input, operand_info, strict=True):

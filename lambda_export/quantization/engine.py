@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 
 from lambda_export.errors import ConversionError, InputError, described
+from lambda_export.graph import GraphIndex
 from lambda_export.quantization.calibration import batches, equal_batch
 
 __all__ = [
@@ -169,15 +170,11 @@ def _idle_followers(graph: onnx.GraphProto, quantized: set[str]) -> set[str]:
     on their tensors (a Pad between a float Relu and a float MaxPool), so a model with every compute node kept in
     float rounded its activations to 8 bits there: larger, slower and less exact than the float file (seen on timm's
     LambdaResNets: the stem's reflect Pad, 0.88-0.95x the float32 speed, near-tied top-1 classes flipped)."""
-    producer = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    index = GraphIndex(graph)
 
     def neighbours(node: onnx.NodeProto) -> list[onnx.NodeProto]:
-        found = [producer[name] for name in node.input if name in producer]
-        return found + [user for name in node.output for user in consumers.get(name, [])]
+        found = [index.producer[name] for name in node.input if name in index.producer]
+        return found + [user for name in node.output for user in index.consumers.get(name, [])]
 
     reached: set[str] = set()
     pending = [node for node in graph.node if node.name in quantized]

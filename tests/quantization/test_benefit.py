@@ -112,22 +112,32 @@ def test_slow_reasons_come_from_the_profile() -> None:
     assert "VNNI" not in (speed_warning(check, [*AVX2, "avx512_vnni"]) or "")
 
 
-def _two_convs() -> onnx.ModelProto:
-    """x (b, 4, 8, 8) → Conv 3×3 → Relu → Conv 1×1 → y: 9216 + 1024 multiply-adds per sample, 160 weights."""
+def _two_convs(pool: bool = False) -> onnx.ModelProto:
+    """x (b, 4, 8, 8) → Conv 3×3 → Relu → Conv 1×1 → y: 9216 + 1024 multiply-adds per sample, 160 weights. With
+    ``pool``, a reflect Pad and a 3×3 stride-2 MaxPool sit between the Relu and the second Conv (y: (b, 4, 4, 4)): the
+    stem of timm's LambdaResNets as the port exports it."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2")
+    initializers = [w1, w2]
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a"], ["r"], name="relu"),
-        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
     ]
+    if pool:
+        initializers.append(numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"))
+        nodes += [
+            helper.make_node("Pad", ["r", "pads"], ["p"], name="pad", mode="reflect"),
+            helper.make_node("MaxPool", ["p"], ["m"], name="pool", kernel_shape=[3, 3], strides=[2, 2]),
+        ]
+    nodes.append(helper.make_node("Conv", ["m" if pool else "r", "w2"], ["y"], name="conv2"))
+    side = 4 if pool else 8
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        [w1, w2],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, side, side])],
+        initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -152,34 +162,11 @@ def test_a_small_graph_int8_is_larger_and_says_why() -> None:
     assert f"{fields['size_ratio']:.0%} of the float32 size, {check.speedup:.2f}× its speed; why: " in line
 
 
-def _conv_pad_pool_conv() -> onnx.ModelProto:
-    """conv1 -> Relu -> reflect Pad -> MaxPool -> conv2: the stem of timm's LambdaResNets as the port exports it."""
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2")
-    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["r"], name="relu"),
-        helper.make_node("Pad", ["r", "pads"], ["p"], name="pad", mode="reflect"),
-        helper.make_node("MaxPool", ["p"], ["m"], name="pool", kernel_shape=[3, 3], strides=[2, 2]),
-        helper.make_node("Conv", ["m", "w2"], ["y"], name="conv2"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 4, 4])],
-        [w1, w2, pads],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def test_data_movement_between_float_nodes_stays_float() -> None:
     """Every compute node kept in float: no Q/DQ pair is left on a Relu or Pad between them (ONNX Runtime's quantizer
     put one on the Pad's tensors when only the compute nodes were excluded: an "int8" file as large as the float one,
     slower, and rounding its activations to 8 bits). With conv2 quantized, the movement next to it still is."""
-    model = _conv_pad_pool_conv()
+    model = _two_convs(pool=True)
     calibration = {"x": np.random.default_rng(1).normal(size=(8, 4, 8, 8)).astype(np.float32)}
     with Quantizer(model, calibration, "minmax", 4) as quantizer:
         all_float = quantizer.quantize(exclude=["conv1", "conv2", "pool"])
